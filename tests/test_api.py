@@ -17,7 +17,11 @@ def test_all_names_exist_and_are_documented() -> None:
 
 
 def test_all_is_complete_without_repeats() -> None:
-    public = {n for n in vars(udpkit) if not n.startswith("_")} - {"annotations"}
+    public = {n for n in dir(udpkit) if not n.startswith("_")} - {
+        "annotations",
+        "TYPE_CHECKING",
+        "Any",
+    }
     # every public attribute (other than submodules) is listed in __all__
     modules = {n for n in public if type(getattr(udpkit, n)).__name__ == "module"}
     assert public - modules <= set(udpkit.__all__)
@@ -45,3 +49,12 @@ def test_cli_start_path_stays_light() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_lazy_table_matches_all() -> None:
+    """Every exported name loads lazily from the module that defines it."""
+    assert set(udpkit._LAZY) | {"__version__"} == set(udpkit.__all__)
+    for name, module in udpkit._LAZY.items():
+        assert getattr(udpkit, name) is getattr(
+            __import__(f"udpkit.{module}", fromlist=[name]), name
+        )

@@ -21,11 +21,9 @@ through here. Malformed numeric-looking hosts (``"256.1.1.1"``, ``"1.2.3"``,
 from __future__ import annotations
 
 import functools
-import ipaddress
 import os
 import socket
 import struct
-from dataclasses import dataclass
 
 from udpkit._errors import AddressError
 
@@ -69,7 +67,6 @@ _SERVICE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 Sockaddr = tuple[str, int] | tuple[str, int, int, int] | str | bytes
 
 
-@dataclass(frozen=True, slots=True)
 class Address:
     """A resolved socket address, ready for ``bind`` or ``sendto``.
 
@@ -81,8 +78,32 @@ class Address:
             AF_UNIX.
     """
 
+    # A hand-written immutable value class, not a dataclass: importing
+    # dataclasses costs ~9 ms, a third of `udpkit send`'s start-up.
+    __slots__ = ("family", "sockaddr")
     family: socket.AddressFamily
     sockaddr: Sockaddr
+
+    def __init__(self, family: socket.AddressFamily, sockaddr: Sockaddr) -> None:
+        object.__setattr__(self, "family", family)
+        object.__setattr__(self, "sockaddr", sockaddr)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Address is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Address is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Address):
+            return NotImplemented
+        return self.family == other.family and self.sockaddr == other.sockaddr
+
+    def __hash__(self) -> int:
+        return hash((self.family, self.sockaddr))
+
+    def __repr__(self) -> str:
+        return f"Address(family={self.family!r}, sockaddr={self.sockaddr!r})"
 
     @property
     def host(self) -> str:
@@ -488,17 +509,30 @@ def format_sockaddr(sockaddr: object) -> str:
     return str(sockaddr)
 
 
-def _ip(addr: Address) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if addr.family not in (socket.AF_INET, socket.AF_INET6):
-        return None
+def _packed_v4(addr: Address) -> bytes | None:
+    """The IPv4 address inside ``addr`` as 4 bytes, or None.
+
+    An IPv4-mapped IPv6 address (``::ffff:a.b.c.d``) counts: a dual-stack
+    socket sends to it as IPv4. Plain inet_pton, no ``ipaddress``: this runs
+    on every ``udpkit send``, whose start-up must stay light.
+    """
+    if addr.family == socket.AF_INET:
+        return socket.inet_pton(socket.AF_INET, addr.host)
+    if addr.family == socket.AF_INET6:
+        packed = _packed_v6(addr)
+        if packed is not None and packed[:12] == _V4_MAPPED_PREFIX:
+            return packed[12:]
+    return None
+
+
+def _packed_v6(addr: Address) -> bytes | None:
     try:
-        ip = ipaddress.ip_address(addr.host)
-    except ValueError:
+        return socket.inet_pton(socket.AF_INET6, addr.host.split("%", 1)[0])
+    except (OSError, ValueError):
         return None
-    # A dual-stack socket sends to ::ffff:a.b.c.d as IPv4, so judge the IPv4 inside.
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
+
+
+_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 def is_broadcast(addr: Address) -> bool:
@@ -513,8 +547,10 @@ def is_broadcast(addr: Address) -> bool:
     Returns:
         True for 255.255.255.255 (also as ``::ffff:255.255.255.255``).
     """
-    ip = _ip(addr)
-    return ip is not None and ip.version == 4 and str(ip) == _V4_BROADCAST
+    try:
+        return _packed_v4(addr) == b"\xff\xff\xff\xff"
+    except (OSError, ValueError):
+        return False
 
 
 def is_multicast(addr: Address) -> bool:
@@ -526,5 +562,13 @@ def is_multicast(addr: Address) -> bool:
     Returns:
         True for a multicast address (an IPv4-mapped IPv4 group counts).
     """
-    ip = _ip(addr)
-    return ip is not None and ip.is_multicast
+    try:
+        v4 = _packed_v4(addr)
+    except (OSError, ValueError):
+        return False
+    if v4 is not None:
+        return 224 <= v4[0] <= 239
+    if addr.family == socket.AF_INET6:
+        v6 = _packed_v6(addr)
+        return v6 is not None and v6[0] == 0xFF
+    return False

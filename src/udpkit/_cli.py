@@ -10,11 +10,11 @@ Exit codes (also in ``udpkit --help`` and the README):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
@@ -38,6 +38,9 @@ DEFAULT_UDP_PORT = "5005"
 DEFAULT_TCP_PORT = "12345"  # the seed's simple TCP client connects to 12345
 DEFAULT_MESSAGE = "Hello UDP Server"
 DEFAULT_REPLY = "Hello UDP Client"
+# The same as udpkit._format.FORMATS (a test checks): importing _format here
+# would put json and datetime on every command's start-up.
+FORMATS = ("seed", "line", "hex", "json")
 
 
 class _Stopped(Exception):
@@ -107,8 +110,6 @@ def _seconds(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for ``udpkit`` (exposed for docs and tests)."""
-    from ._format import FORMATS
-
     parser = _Parser(
         prog="udpkit",
         description="Listen for, send, echo and measure UDP datagrams.",
@@ -142,22 +143,44 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("host", nargs="?", default=None, metavar="HOST",
-                       help="address to bind (default 127.0.0.1; '' or 0.0.0.0 for all)")
-    serve.add_argument("port", nargs="?", default=None, metavar="PORT",
-                       help="port number or service name (default 5005, 12345 with --tcp; "
-                       "0 picks a free port)")
+    serve.add_argument(
+        "host",
+        nargs="?",
+        default=None,
+        metavar="HOST",
+        help="address to bind (default 127.0.0.1; '' or 0.0.0.0 for all)",
+    )
+    serve.add_argument(
+        "port",
+        nargs="?",
+        default=None,
+        metavar="PORT",
+        help="port number or service name (default 5005, 12345 with --tcp; 0 picks a free port)",
+    )
     mode = serve.add_mutually_exclusive_group()
-    mode.add_argument("--reply", metavar="TEXT", default=DEFAULT_REPLY,
-                      help=f"reply with TEXT (default {DEFAULT_REPLY!r})")
+    mode.add_argument(
+        "--reply",
+        metavar="TEXT",
+        default=DEFAULT_REPLY,
+        help=f"reply with TEXT (default {DEFAULT_REPLY!r})",
+    )
     mode.add_argument("--echo", action="store_true", help="reply with the message received")
     mode.add_argument("--no-reply", action="store_true", help="never reply")
     serve.add_argument("--count", type=_count, metavar="N", help="exit after N messages")
-    serve.add_argument("--buffer-size", type=_buffer_size, default=65535, metavar="N",
-                       help="receive buffer in bytes (default 65535: the largest datagram); "
-                       "longer datagrams are reported as truncated with their real length")
-    serve.add_argument("--format", choices=FORMATS, default="seed",
-                       help="output: seed (the textbook's), line, hex or json (JSON Lines)")
+    serve.add_argument(
+        "--buffer-size",
+        type=_buffer_size,
+        default=65535,
+        metavar="N",
+        help="receive buffer in bytes (default 65535: the largest datagram); "
+        "longer datagrams are reported as truncated with their real length",
+    )
+    serve.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="seed",
+        help="output: seed (the textbook's), line, hex or json (JSON Lines)",
+    )
     common(serve)
 
     send = sub.add_parser(
@@ -169,21 +192,44 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    send.add_argument("args", nargs="*", metavar="[HOST] [PORT] [MESSAGE]",
-                      help="destination and message")
-    send.add_argument("--bind", metavar="[HOST:]PORT",
-                      help="local address to send from (the seed's client binds port 54312)")
-    send.add_argument("--timeout", type=_seconds, default=2.0, metavar="SECONDS",
-                      help="how long to wait for each reply (default 2)")
-    send.add_argument("--retries", type=_nonneg_int, default=0, metavar="N",
-                      help="resend up to N times when no reply comes (default 0)")
+    send.add_argument(
+        "args", nargs="*", metavar="[HOST] [PORT] [MESSAGE]", help="destination and message"
+    )
+    send.add_argument(
+        "--bind",
+        metavar="[HOST:]PORT",
+        help="local address to send from (the seed's client binds port 54312)",
+    )
+    send.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long to wait for each reply (default 2)",
+    )
+    send.add_argument(
+        "--retries",
+        type=_nonneg_int,
+        default=0,
+        metavar="N",
+        help="resend up to N times when no reply comes (default 0)",
+    )
     send.add_argument("--no-wait", action="store_true", help="send and exit without waiting")
-    send.add_argument("--broadcast", action="store_true",
-                      help="allow broadcast (SO_BROADCAST); needed for '<broadcast>'")
-    send.add_argument("--hex", action="store_true",
-                      help="MESSAGE is hex digits (spaces and colons allowed)")
-    send.add_argument("--buffer-size", type=_buffer_size, default=65535, metavar="N",
-                      help="reply buffer in bytes (default 65535)")
+    send.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="allow broadcast (SO_BROADCAST); needed for '<broadcast>'",
+    )
+    send.add_argument(
+        "--hex", action="store_true", help="MESSAGE is hex digits (spaces and colons allowed)"
+    )
+    send.add_argument(
+        "--buffer-size",
+        type=_buffer_size,
+        default=65535,
+        metavar="N",
+        help="reply buffer in bytes (default 65535)",
+    )
     common(send)
 
     demo = sub.add_parser(
@@ -229,9 +275,7 @@ def _transport(args: argparse.Namespace) -> str:
 
 def _check_unix_args(args: argparse.Namespace, extra: Sequence[object]) -> None:
     if args.unix is not None and any(x is not None for x in extra):
-        raise UsageError(
-            "with --unix PATH give no HOST or PORT (the path is the address)"
-        )
+        raise UsageError("with --unix PATH give no HOST or PORT (the path is the address)")
     if args.unix is not None and (args.ipv4 or args.ipv6):
         raise UsageError("--ipv4/--ipv6 do not apply to --unix sockets")
 
@@ -251,7 +295,9 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     handler = _server.reply_handler(mode, args.reply.encode())
 
     host = DEFAULT_HOST if args.host is None else args.host
-    port = args.port if args.port is not None else (DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT)
+    port = (
+        args.port if args.port is not None else (DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT)
+    )
 
     def observe(dgram: _sockets.Datagram) -> None:
         out.write(_format.format_datagram(fmt, dgram.data, dgram.peer, length=dgram.length))
@@ -267,9 +313,14 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             where = args.unix
         else:
             try:
-                addr = resolve_one(host, port, family=_family(args), passive=True,
-                                   proto="tcp" if stream else "udp",
-                                   type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM)
+                addr = resolve_one(
+                    host,
+                    port,
+                    family=_family(args),
+                    passive=True,
+                    proto="tcp" if stream else "udp",
+                    type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM,
+                )
             except AddressError:
                 raise
             try:
@@ -278,11 +329,18 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                 else:
                     endpoint = _sockets.udp_bind(addr.host, addr.port, family=addr.family)
             except NetworkError as exc:
-                if args.port is None and args.host is not None and args.host.isdigit() \
-                        and int(args.host) <= 65535:
-                    raise type(exc)(exc.errno, f"{exc} (did you mean port {args.host}? "
-                                    f"give the host first: udpkit serve {DEFAULT_HOST} "
-                                    f"{args.host})") from exc
+                if (
+                    args.port is None
+                    and args.host is not None
+                    and args.host.isdigit()
+                    and int(args.host) <= 65535
+                ):
+                    raise type(exc)(
+                        exc.errno,
+                        f"{exc} (did you mean port {args.host}? "
+                        f"give the host first: udpkit serve {DEFAULT_HOST} "
+                        f"{args.host})",
+                    ) from exc
                 raise
             where = format_sockaddr(endpoint.sock.getsockname())
     except UdpkitError:
@@ -291,12 +349,14 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     with endpoint:
         if stream:
             assert isinstance(endpoint, _sockets.StreamListener)
-            server = _server.StreamServer(endpoint, handler, bufsize=args.buffer_size,
-                                          count=args.count, observer=observe)
+            server = _server.StreamServer(
+                endpoint, handler, bufsize=args.buffer_size, count=args.count, observer=observe
+            )
         else:
             assert isinstance(endpoint, _sockets.DatagramSocket)
-            server = _server.DatagramServer(endpoint, handler, bufsize=args.buffer_size,
-                                            count=args.count, observer=observe)
+            server = _server.DatagramServer(
+                endpoint, handler, bufsize=args.buffer_size, count=args.count, observer=observe
+            )
         text, to_stderr = _format.banner(fmt, transport)
         (err if to_stderr else out).write(text)
         err.write(f"udpkit: listening on {where} ({transport})\n")
@@ -317,8 +377,9 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             extra["reply_errors"] = sum(st.reply_errors.values())
         if st.unreplyable:
             extra["unreplyable"] = st.unreplyable
-        summary = _format.format_summary(st.received, st.bytes_received, st.peers, st.truncated,
-                                         **extra)
+        summary = _format.format_summary(
+            st.received, st.bytes_received, st.peers, st.truncated, **extra
+        )
         if stopped_by is not None:
             summary = summary.rstrip("\n") + f" (stopped by {signal.Signals(stopped_by).name})\n"
         err.write(summary if summary.endswith("\n") else summary + "\n")
@@ -382,16 +443,19 @@ def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             conn = _sockets.unix_stream_connect(args.unix, timeout=args.timeout)
         else:
             assert host is not None and port is not None
-            addr = resolve_one(host, port, family=_family(args), type=socket.SOCK_STREAM,
-                               proto="tcp")
-            conn = _sockets.tcp_connect(addr.host, addr.port, family=addr.family,
-                                        timeout=args.timeout, bind=bind)
+            addr = resolve_one(
+                host, port, family=_family(args), type=socket.SOCK_STREAM, proto="tcp"
+            )
+            conn = _sockets.tcp_connect(
+                addr.host, addr.port, family=addr.family, timeout=args.timeout, bind=bind
+            )
         with conn:
             if args.no_wait:
                 conn.send_all(message)
                 return EXIT_OK
-            reply = _client.stream_request(conn, message, timeout=args.timeout,
-                                           bufsize=args.buffer_size)
+            reply = _client.stream_request(
+                conn, message, timeout=args.timeout, bufsize=args.buffer_size
+            )
         out.write(f"Message from Server\n{safe_repr(reply)}\n")
         return EXIT_OK
 
@@ -408,18 +472,21 @@ def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 
             local = bind if bind is not None else ("", "0")
             laddr = _r(local[0], local[1], family=addr.family, passive=True)
-            sock = _sockets.udp_bind(laddr.host, laddr.port, family=addr.family,
-                                     broadcast=args.broadcast)
+            sock = _sockets.udp_bind(
+                laddr.host, laddr.port, family=addr.family, broadcast=args.broadcast
+            )
             to = addr.sockaddr
         else:
-            sock = _sockets.udp_connect(addr.host, addr.port, bind=bind, family=addr.family,
-                                        broadcast=args.broadcast)
+            sock = _sockets.udp_connect(
+                addr.host, addr.port, bind=bind, family=addr.family, broadcast=args.broadcast
+            )
     with sock:
         if args.no_wait:
             sock.send(message, to)
             return EXIT_OK
-        dgram, _attempts = _client.request(sock, message, to, timeout=args.timeout,
-                                           retries=args.retries, bufsize=args.buffer_size)
+        dgram, _attempts = _client.request(
+            sock, message, to, timeout=args.timeout, retries=args.retries, bufsize=args.buffer_size
+        )
     out.write(f"Message from Server\n{safe_repr(dgram.data)}\n")
     if dgram.truncated:
         out.write(f"(truncated: {dgram.length} bytes, {len(dgram.data)} kept)\n")
@@ -432,6 +499,8 @@ def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    import threading
+
     from . import _client, _format, _server, _sockets
     from ._addr import format_sockaddr
     from ._escape import safe_repr
@@ -444,8 +513,7 @@ def _cmd_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                 out.write(f"[{side}] {line}\n")
 
     def observe(dgram: _sockets.Datagram) -> None:
-        say("server", _format.format_datagram("seed", dgram.data, dgram.peer,
-                                              length=dgram.length))
+        say("server", _format.format_datagram("seed", dgram.data, dgram.peer, length=dgram.length))
 
     handler = _server.reply_handler("reply", DEFAULT_REPLY.encode())
     message = DEFAULT_MESSAGE.encode()
@@ -462,8 +530,11 @@ def _cmd_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         transport = "UDP"
     with endpoint:
         port = endpoint.sock.getsockname()[1]
-        say("server", _format.banner("seed", transport)[0].rstrip("\n")
-            + f" on {format_sockaddr(endpoint.sock.getsockname())}")
+        say(
+            "server",
+            _format.banner("seed", transport)[0].rstrip("\n")
+            + f" on {format_sockaddr(endpoint.sock.getsockname())}",
+        )
         thread = threading.Thread(target=server.serve, name="udpkit-demo-server", daemon=True)
         thread.start()
         try:
@@ -510,7 +581,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "send": _cmd_send,
         "demo": _cmd_demo,
     }
-    if threading.current_thread() is threading.main_thread():
+    # Not possible outside the main thread (main() called from a library
+    # user's thread): then SIGTERM keeps its default meaning.
+    with contextlib.suppress(ValueError):
         signal.signal(signal.SIGTERM, _on_sigterm)
     prog = f"udpkit {args.command}"
     try:

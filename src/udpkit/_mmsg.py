@@ -124,7 +124,13 @@ class _Libc:
             send = libc.sendmmsg
         except (OSError, AttributeError):
             return
-        recv.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p]
+        recv.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
         recv.restype = ctypes.c_int
         send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
         send.restype = ctypes.c_int
@@ -231,7 +237,9 @@ class MsgArray:
             length, level, ctype = _CMSG_HDR_STRUCT.unpack_from(self.control, base + off)
             if length < _CMSG_HDR or off + length > controllen:
                 break
-            out.append((level, ctype, bytes(self.control[base + off + _CMSG_HDR : base + off + length])))
+            out.append(
+                (level, ctype, bytes(self.control[base + off + _CMSG_HDR : base + off + length]))
+            )
             off += _cmsg_align(length)
         return out
 
@@ -264,7 +272,9 @@ class MsgArray:
     def put_segment_cmsg(self, control_off: int, segment: int) -> int:
         """Write a SOL_UDP/UDP_SEGMENT control message (uint16 payload); return its length."""
         space = cmsg_space(2)
-        _CMSG_HDR_STRUCT.pack_into(self.control, control_off, _cmsg_align(_CMSG_HDR) + 2, SOL_UDP, UDP_SEGMENT)
+        _CMSG_HDR_STRUCT.pack_into(
+            self.control, control_off, _cmsg_align(_CMSG_HDR) + 2, SOL_UDP, UDP_SEGMENT
+        )
         struct.pack_into("=H", self.control, control_off + _cmsg_align(_CMSG_HDR), segment)
         return space
 

@@ -224,9 +224,7 @@ class StreamServer(_Stoppable):
             sel.register(self.listener.sock, selectors.EVENT_READ, "listen")
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             try:
-                while not self._stopping and (
-                    self.count is None or stats.received < self.count
-                ):
+                while not self._stopping and (self.count is None or stats.received < self.count):
                     for key, _ in sel.select():
                         if key.data == "wake":
                             return stats

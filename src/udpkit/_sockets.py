@@ -25,7 +25,6 @@ import os
 import socket
 import stat
 import sys
-import tempfile
 from collections.abc import Callable
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -1007,6 +1006,8 @@ def _autobind(sock: socket.socket) -> tuple[str, int, int] | None:
     if _LINUX:
         _bind(sock, "", "an automatic abstract address")  # Linux autobind
         return None
+    import tempfile  # off Linux only
+
     base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()  # short: sun_path is small
     path = os.path.join(base, f"udpkit-{os.getpid()}-{os.urandom(4).hex()}.sock")
     _bind(sock, path, path)

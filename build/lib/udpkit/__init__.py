@@ -1,0 +1,189 @@
+"""udpkit: a fast, safe UDP toolkit.
+
+The textbook UDP server and client, grown into a library: every host and port
+form (``"<broadcast>"``, ``""``, integers, service names, IPv6 scope ids),
+endpoints for UDP, TCP and Unix sockets, a generic socket constructor, and
+servers that never truncate or drop a datagram without counting it.
+
+Quick start::
+
+    import udpkit
+
+    with udpkit.udp_bind("127.0.0.1", 0) as server:
+        with udpkit.udp_connect(*server.local_address) as client:
+            client.send(b"Hello UDP Server")
+            dgram = server.recv(timeout=1)
+            server.send(b"Hello UDP Client", dgram.peer)
+            print(client.recv(timeout=1).data)
+"""
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazily below
+    from ._addr import (
+        BROADCAST,
+        MAX_UDP_PAYLOAD,
+        Address,
+        format_sockaddr,
+        is_broadcast,
+        is_multicast,
+        parse_host,
+        parse_port,
+        resolve,
+        resolve_one,
+        split_hostport,
+    )
+    from ._client import request, stream_request
+    from ._errors import (
+        AddressError,
+        AddressInUse,
+        ConnectionRefused,
+        MessageTooLarge,
+        NetworkError,
+        PermissionDenied,
+        Timeout,
+        UdpkitError,
+        Unsupported,
+        UsageError,
+    )
+    from ._escape import escape_bytes, escape_text
+    from ._server import DatagramServer, Handler, ServeStats, StreamServer, reply_handler
+    from ._sockets import (
+        IPPROTO_UDPLITE,
+        Datagram,
+        DatagramSocket,
+        StreamListener,
+        StreamSocket,
+        open_socket,
+        parse_domain,
+        parse_protocol,
+        parse_type,
+        tcp_connect,
+        tcp_listen,
+        udp_bind,
+        udp_connect,
+        unix_datagram_bind,
+        unix_datagram_connect,
+        unix_stream_connect,
+        unix_stream_listen,
+    )
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BROADCAST",
+    "IPPROTO_UDPLITE",
+    "MAX_UDP_PAYLOAD",
+    "Address",
+    "AddressError",
+    "AddressInUse",
+    "ConnectionRefused",
+    "Datagram",
+    "DatagramServer",
+    "DatagramSocket",
+    "Handler",
+    "MessageTooLarge",
+    "NetworkError",
+    "PermissionDenied",
+    "ServeStats",
+    "StreamListener",
+    "StreamServer",
+    "StreamSocket",
+    "Timeout",
+    "UdpkitError",
+    "Unsupported",
+    "UsageError",
+    "__version__",
+    "escape_bytes",
+    "escape_text",
+    "format_sockaddr",
+    "is_broadcast",
+    "is_multicast",
+    "open_socket",
+    "parse_domain",
+    "parse_host",
+    "parse_port",
+    "parse_protocol",
+    "parse_type",
+    "reply_handler",
+    "request",
+    "resolve",
+    "resolve_one",
+    "split_hostport",
+    "stream_request",
+    "tcp_connect",
+    "tcp_listen",
+    "udp_bind",
+    "udp_connect",
+    "unix_datagram_bind",
+    "unix_datagram_connect",
+    "unix_stream_connect",
+    "unix_stream_listen",
+]
+
+# Public names load on first use (PEP 562), so `udpkit send` does not pay for
+# modules it never touches.
+_LAZY: dict[str, str] = {
+    "BROADCAST": "_addr",
+    "MAX_UDP_PAYLOAD": "_addr",
+    "Address": "_addr",
+    "format_sockaddr": "_addr",
+    "is_broadcast": "_addr",
+    "is_multicast": "_addr",
+    "parse_host": "_addr",
+    "parse_port": "_addr",
+    "resolve": "_addr",
+    "resolve_one": "_addr",
+    "split_hostport": "_addr",
+    "request": "_client",
+    "stream_request": "_client",
+    "AddressError": "_errors",
+    "AddressInUse": "_errors",
+    "ConnectionRefused": "_errors",
+    "MessageTooLarge": "_errors",
+    "NetworkError": "_errors",
+    "PermissionDenied": "_errors",
+    "Timeout": "_errors",
+    "UdpkitError": "_errors",
+    "Unsupported": "_errors",
+    "UsageError": "_errors",
+    "escape_bytes": "_escape",
+    "escape_text": "_escape",
+    "DatagramServer": "_server",
+    "Handler": "_server",
+    "ServeStats": "_server",
+    "StreamServer": "_server",
+    "reply_handler": "_server",
+    "IPPROTO_UDPLITE": "_sockets",
+    "Datagram": "_sockets",
+    "DatagramSocket": "_sockets",
+    "StreamListener": "_sockets",
+    "StreamSocket": "_sockets",
+    "open_socket": "_sockets",
+    "parse_domain": "_sockets",
+    "parse_protocol": "_sockets",
+    "parse_type": "_sockets",
+    "tcp_connect": "_sockets",
+    "tcp_listen": "_sockets",
+    "udp_bind": "_sockets",
+    "udp_connect": "_sockets",
+    "unix_datagram_bind": "_sockets",
+    "unix_datagram_connect": "_sockets",
+    "unix_stream_connect": "_sockets",
+    "unix_stream_listen": "_sockets",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'udpkit' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f"udpkit.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

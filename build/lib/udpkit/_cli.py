@@ -1,0 +1,614 @@
+"""The ``udpkit`` command line: a thin layer over the library.
+
+Exit codes (also in ``udpkit --help`` and the README):
+  0  success (and ``serve`` stopped by SIGINT/SIGTERM)
+  1  network or runtime error: port in use, nothing listening, permission denied
+  2  bad arguments or input
+  3  no reply before the timeout
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, TextIO
+
+from ._errors import AddressError, NetworkError, Timeout, UdpkitError, UsageError
+
+EXIT_OK = 0
+EXIT_NETWORK = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  success (serve stopped by SIGINT or SIGTERM also exits 0)
+  1  network or runtime error: port in use, nothing listening, permission denied
+  2  bad arguments or input
+  3  no reply before the timeout
+"""
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_UDP_PORT = "5005"
+DEFAULT_TCP_PORT = "12345"  # the seed's simple TCP client connects to 12345
+DEFAULT_MESSAGE = "Hello UDP Server"
+DEFAULT_REPLY = "Hello UDP Client"
+# The same as udpkit._format.FORMATS (a test checks): importing _format here
+# would put json and datetime on every command's start-up.
+FORMATS = ("seed", "line", "hex", "json")
+
+
+class _Stopped(Exception):
+    """Raised in the main thread by the SIGTERM handler."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+# ---------------------------------------------------------------- argument types
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: must be a whole number >= 1")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: must be a whole number >= 0")
+    return value
+
+
+def _buffer_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1 << 24:
+        raise argparse.ArgumentTypeError(
+            f"invalid buffer size {text!r}: must be a whole number of bytes, 1-16777216"
+        )
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"invalid timeout {text!r}: must be a number of seconds >= 0"
+        )
+    return value
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for ``udpkit`` (exposed for docs and tests)."""
+    parser = _Parser(
+        prog="udpkit",
+        description="Listen for, send, echo and measure UDP datagrams.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"udpkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def common(p: argparse.ArgumentParser) -> None:
+        tr = p.add_argument_group("transport")
+        tr.add_argument("--tcp", action="store_true", help="use TCP (default port 12345)")
+        tr.add_argument(
+            "--unix", metavar="PATH", help="use a Unix-domain socket at PATH ('@name': abstract)"
+        )
+        tr.add_argument(
+            "--stream", action="store_true", help="with --unix: a stream socket (default datagram)"
+        )
+        fam = tr.add_mutually_exclusive_group()
+        fam.add_argument("-4", "--ipv4", action="store_true", help="use IPv4 only")
+        fam.add_argument("-6", "--ipv6", action="store_true", help="use IPv6 only")
+
+    serve = sub.add_parser(
+        "serve",
+        help="listen, print each message and reply (the seed's UDP server)",
+        description="Listen on HOST PORT (default 127.0.0.1 5005), print every datagram "
+        "with its sender, and reply 'Hello UDP Client'.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "host",
+        nargs="?",
+        default=None,
+        metavar="HOST",
+        help="address to bind (default 127.0.0.1; '' or 0.0.0.0 for all)",
+    )
+    serve.add_argument(
+        "port",
+        nargs="?",
+        default=None,
+        metavar="PORT",
+        help="port number or service name (default 5005, 12345 with --tcp; 0 picks a free port)",
+    )
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--reply",
+        metavar="TEXT",
+        default=DEFAULT_REPLY,
+        help=f"reply with TEXT (default {DEFAULT_REPLY!r})",
+    )
+    mode.add_argument("--echo", action="store_true", help="reply with the message received")
+    mode.add_argument("--no-reply", action="store_true", help="never reply")
+    serve.add_argument("--count", type=_count, metavar="N", help="exit after N messages")
+    serve.add_argument(
+        "--buffer-size",
+        type=_buffer_size,
+        default=65535,
+        metavar="N",
+        help="receive buffer in bytes (default 65535: the largest datagram); "
+        "longer datagrams are reported as truncated with their real length",
+    )
+    serve.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="seed",
+        help="output: seed (the textbook's), line, hex or json (JSON Lines)",
+    )
+    common(serve)
+
+    send = sub.add_parser(
+        "send",
+        help="send a message and print the reply (the seed's UDP client)",
+        description="Send MESSAGE (default 'Hello UDP Server') to HOST PORT (default "
+        "127.0.0.1 5005) and print the reply. MESSAGE '-' reads standard input. "
+        "With --unix PATH the only positional argument is MESSAGE.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    send.add_argument(
+        "args", nargs="*", metavar="[HOST] [PORT] [MESSAGE]", help="destination and message"
+    )
+    send.add_argument(
+        "--bind",
+        metavar="[HOST:]PORT",
+        help="local address to send from (the seed's client binds port 54312)",
+    )
+    send.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long to wait for each reply (default 2)",
+    )
+    send.add_argument(
+        "--retries",
+        type=_nonneg_int,
+        default=0,
+        metavar="N",
+        help="resend up to N times when no reply comes (default 0)",
+    )
+    send.add_argument("--no-wait", action="store_true", help="send and exit without waiting")
+    send.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="allow broadcast (SO_BROADCAST); needed for '<broadcast>'",
+    )
+    send.add_argument(
+        "--hex", action="store_true", help="MESSAGE is hex digits (spaces and colons allowed)"
+    )
+    send.add_argument(
+        "--buffer-size",
+        type=_buffer_size,
+        default=65535,
+        metavar="N",
+        help="reply buffer in bytes (default 65535)",
+    )
+    common(send)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the seed's server and client together and show both sides",
+        description="Start a server on a free loopback port and a client in one process, "
+        "and print both sides of the textbook exchange.",
+    )
+    demo.add_argument("--tcp", action="store_true", help="show the TCP exchange instead")
+    return parser
+
+
+# ---------------------------------------------------------------- output
+
+
+class _Out:
+    """Writes whole lines and flushes at once, so pipes and files see each
+    message as it arrives; a closed stdout ends the program quietly."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def _family(args: argparse.Namespace) -> int:
+    if getattr(args, "ipv4", False):
+        return socket.AF_INET
+    if getattr(args, "ipv6", False):
+        return socket.AF_INET6
+    return socket.AF_UNSPEC
+
+
+def _transport(args: argparse.Namespace) -> str:
+    if args.unix is not None:
+        return "Unix stream" if args.stream or args.tcp else "Unix datagram"
+    if args.stream:
+        raise UsageError("--stream goes with --unix PATH; for TCP use --tcp")
+    return "TCP" if args.tcp else "UDP"
+
+
+def _check_unix_args(args: argparse.Namespace, extra: Sequence[object]) -> None:
+    if args.unix is not None and any(x is not None for x in extra):
+        raise UsageError("with --unix PATH give no HOST or PORT (the path is the address)")
+    if args.unix is not None and (args.ipv4 or args.ipv6):
+        raise UsageError("--ipv4/--ipv6 do not apply to --unix sockets")
+
+
+# ---------------------------------------------------------------- serve
+
+
+def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    from . import _format, _server, _sockets
+    from ._addr import format_sockaddr, resolve_one
+
+    transport = _transport(args)
+    _check_unix_args(args, (args.host, args.port))
+    stream = transport in ("TCP", "Unix stream")
+    fmt = args.format
+    mode = "echo" if args.echo else "none" if args.no_reply else "reply"
+    handler = _server.reply_handler(mode, args.reply.encode())
+
+    host = DEFAULT_HOST if args.host is None else args.host
+    port = (
+        args.port if args.port is not None else (DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT)
+    )
+
+    def observe(dgram: _sockets.Datagram) -> None:
+        out.write(_format.format_datagram(fmt, dgram.data, dgram.peer, length=dgram.length))
+
+    server: _server.DatagramServer | _server.StreamServer
+    endpoint: _sockets.DatagramSocket | _sockets.StreamListener
+    try:
+        if args.unix is not None:
+            if stream:
+                endpoint = _sockets.unix_stream_listen(args.unix)
+            else:
+                endpoint = _sockets.unix_datagram_bind(args.unix)
+            where = args.unix
+        else:
+            try:
+                addr = resolve_one(
+                    host,
+                    port,
+                    family=_family(args),
+                    passive=True,
+                    proto="tcp" if stream else "udp",
+                    type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM,
+                )
+            except AddressError:
+                raise
+            try:
+                if stream:
+                    endpoint = _sockets.tcp_listen(addr.host, addr.port, family=addr.family)
+                else:
+                    endpoint = _sockets.udp_bind(addr.host, addr.port, family=addr.family)
+            except NetworkError as exc:
+                if (
+                    args.port is None
+                    and args.host is not None
+                    and args.host.isdigit()
+                    and int(args.host) <= 65535
+                ):
+                    raise type(exc)(
+                        exc.errno,
+                        f"{exc} (did you mean port {args.host}? "
+                        f"give the host first: udpkit serve {DEFAULT_HOST} "
+                        f"{args.host})",
+                    ) from exc
+                raise
+            where = format_sockaddr(endpoint.sock.getsockname())
+    except UdpkitError:
+        raise
+
+    with endpoint:
+        if stream:
+            assert isinstance(endpoint, _sockets.StreamListener)
+            server = _server.StreamServer(
+                endpoint, handler, bufsize=args.buffer_size, count=args.count, observer=observe
+            )
+        else:
+            assert isinstance(endpoint, _sockets.DatagramSocket)
+            server = _server.DatagramServer(
+                endpoint, handler, bufsize=args.buffer_size, count=args.count, observer=observe
+            )
+        text, to_stderr = _format.banner(fmt, transport)
+        (err if to_stderr else out).write(text)
+        err.write(f"udpkit: listening on {where} ({transport})\n")
+        stopped_by: int | None = None
+        try:
+            server.serve()
+        except KeyboardInterrupt:
+            stopped_by = signal.SIGINT
+        except _Stopped as stop:
+            stopped_by = stop.signum
+        finally:
+            server.close()
+        st = server.stats
+        extra: dict[str, int] = {}
+        if st.replies:
+            extra["replies"] = st.replies
+        if st.reply_errors:
+            extra["reply_errors"] = sum(st.reply_errors.values())
+        if st.unreplyable:
+            extra["unreplyable"] = st.unreplyable
+        summary = _format.format_summary(
+            st.received, st.bytes_received, st.peers, st.truncated, **extra
+        )
+        if stopped_by is not None:
+            summary = summary.rstrip("\n") + f" (stopped by {signal.Signals(stopped_by).name})\n"
+        err.write(summary if summary.endswith("\n") else summary + "\n")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- send
+
+
+def _read_message(text: str, as_hex: bool) -> bytes:
+    if text == "-":
+        data = sys.stdin.buffer.read()
+        if as_hex:
+            text = data.decode("ascii", "replace")
+        else:
+            return data
+    if as_hex:
+        cleaned = "".join(text.replace(":", " ").split())
+        try:
+            return bytes.fromhex(cleaned)
+        except ValueError:
+            raise UsageError(
+                f"invalid hex message {text[:40]!r}: use pairs of hex digits, e.g. '48 65 6c 6c 6f'"
+            ) from None
+    return text.encode()
+
+
+def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    from . import _client, _sockets
+    from ._addr import format_sockaddr, is_broadcast, is_multicast, resolve_one, split_hostport
+    from ._escape import safe_repr
+
+    transport = _transport(args)
+    pos: list[str] = list(args.args)
+    if args.unix is not None:
+        if len(pos) > 1:
+            raise UsageError(
+                f"with --unix PATH the only argument is MESSAGE, got {len(pos)}: {pos!r}"
+            )
+        host = port = None
+        text = pos[0] if pos else DEFAULT_MESSAGE
+        _check_unix_args(args, ())
+    else:
+        if len(pos) > 3:
+            raise UsageError(f"too many arguments {pos[3:]!r}: expected [HOST] [PORT] [MESSAGE]")
+        host = pos[0] if len(pos) > 0 else DEFAULT_HOST
+        port = pos[1] if len(pos) > 1 else (DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT)
+        text = pos[2] if len(pos) > 2 else DEFAULT_MESSAGE
+    message = _read_message(text, args.hex)
+    stream = transport in ("TCP", "Unix stream")
+
+    bind: tuple[str, str] | None = None
+    if args.bind is not None:
+        if args.unix is not None:
+            raise UsageError("--bind does not apply to --unix sockets")
+        bind = split_hostport(args.bind, default_host="")
+
+    reply: bytes
+    if stream:
+        if args.unix is not None:
+            conn = _sockets.unix_stream_connect(args.unix, timeout=args.timeout)
+        else:
+            assert host is not None and port is not None
+            addr = resolve_one(
+                host, port, family=_family(args), type=socket.SOCK_STREAM, proto="tcp"
+            )
+            conn = _sockets.tcp_connect(
+                addr.host, addr.port, family=addr.family, timeout=args.timeout, bind=bind
+            )
+        with conn:
+            if args.no_wait:
+                conn.send_all(message)
+                return EXIT_OK
+            reply = _client.stream_request(
+                conn, message, timeout=args.timeout, bufsize=args.buffer_size
+            )
+        out.write(f"Message from Server\n{safe_repr(reply)}\n")
+        return EXIT_OK
+
+    to: Any = None
+    if args.unix is not None:
+        sock = _sockets.unix_datagram_connect(args.unix)
+    else:
+        assert host is not None and port is not None
+        addr = resolve_one(host, port, family=_family(args))
+        if is_broadcast(addr) or is_multicast(addr):
+            # Replies to a broadcast or group come from the responders' own
+            # addresses, which a connected socket would filter out.
+            from ._addr import resolve_one as _r
+
+            local = bind if bind is not None else ("", "0")
+            laddr = _r(local[0], local[1], family=addr.family, passive=True)
+            sock = _sockets.udp_bind(
+                laddr.host, laddr.port, family=addr.family, broadcast=args.broadcast
+            )
+            to = addr.sockaddr
+        else:
+            sock = _sockets.udp_connect(
+                addr.host, addr.port, bind=bind, family=addr.family, broadcast=args.broadcast
+            )
+    with sock:
+        if args.no_wait:
+            sock.send(message, to)
+            return EXIT_OK
+        dgram, _attempts = _client.request(
+            sock, message, to, timeout=args.timeout, retries=args.retries, bufsize=args.buffer_size
+        )
+    out.write(f"Message from Server\n{safe_repr(dgram.data)}\n")
+    if dgram.truncated:
+        out.write(f"(truncated: {dgram.length} bytes, {len(dgram.data)} kept)\n")
+    if to is not None:
+        err.write(f"udpkit: reply from {format_sockaddr(dgram.peer)}\n")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    import threading
+
+    from . import _client, _format, _server, _sockets
+    from ._addr import format_sockaddr
+    from ._escape import safe_repr
+
+    lock = threading.Lock()
+
+    def say(side: str, text: str) -> None:
+        with lock:
+            for line in text.splitlines():
+                out.write(f"[{side}] {line}\n")
+
+    def observe(dgram: _sockets.Datagram) -> None:
+        say("server", _format.format_datagram("seed", dgram.data, dgram.peer, length=dgram.length))
+
+    handler = _server.reply_handler("reply", DEFAULT_REPLY.encode())
+    message = DEFAULT_MESSAGE.encode()
+    server: _server.DatagramServer | _server.StreamServer
+    if args.tcp:
+        listener = _sockets.tcp_listen(DEFAULT_HOST, 0)
+        endpoint: _sockets.DatagramSocket | _sockets.StreamListener = listener
+        server = _server.StreamServer(listener, handler, count=1, observer=observe)
+        transport = "TCP"
+    else:
+        dsock = _sockets.udp_bind(DEFAULT_HOST, 0)
+        endpoint = dsock
+        server = _server.DatagramServer(dsock, handler, count=1, observer=observe)
+        transport = "UDP"
+    with endpoint:
+        port = endpoint.sock.getsockname()[1]
+        say(
+            "server",
+            _format.banner("seed", transport)[0].rstrip("\n")
+            + f" on {format_sockaddr(endpoint.sock.getsockname())}",
+        )
+        thread = threading.Thread(target=server.serve, name="udpkit-demo-server", daemon=True)
+        thread.start()
+        try:
+            say("client", f"sending {safe_repr(message)} to {DEFAULT_HOST}:{port}")
+            if args.tcp:
+                with _sockets.tcp_connect(DEFAULT_HOST, port, timeout=2.0) as conn:
+                    reply = _client.stream_request(conn, message, timeout=2.0)
+            else:
+                with _sockets.udp_connect(DEFAULT_HOST, port) as csock:
+                    reply = _client.request(csock, message, timeout=2.0)[0].data
+            say("client", f"Message from Server\n{safe_repr(reply)}")
+        finally:
+            server.stop()
+            thread.join(timeout=5)
+            server.close()
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- main
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _quiet_stdout() -> None:
+    # stdout is gone (e.g. `udpkit serve | head`): point it at /dev/null so the
+    # interpreter's final flush does not complain, and end without a word.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except OSError:
+        pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``udpkit`` command line and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out, err = _Out(sys.stdout), _Out(sys.stderr)
+    commands: dict[str, Callable[[argparse.Namespace, _Out, _Out], int]] = {
+        "serve": _cmd_serve,
+        "send": _cmd_send,
+        "demo": _cmd_demo,
+    }
+    # Not possible outside the main thread (main() called from a library
+    # user's thread): then SIGTERM keeps its default meaning.
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    prog = f"udpkit {args.command}"
+    try:
+        return commands[args.command](args, out, err)
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    except _Stopped as stop:
+        return 128 + stop.signum
+    except (Timeout, TimeoutError) as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return EXIT_TIMEOUT
+    except (UsageError, AddressError) as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return EXIT_USAGE
+    except (NetworkError, UdpkitError) as exc:
+        sys.stderr.write(f"{prog}: error: {exc}\n")
+        return EXIT_NETWORK
+    except OSError as exc:  # an OS error a layer below did not map: still one line
+        sys.stderr.write(f"{prog}: error: {exc.strerror or exc}\n")
+        return EXIT_NETWORK
+
+
+def run() -> NoReturn:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Client exchanges: send a message and wait for the answer, with deadlines.
+
+One monotonic deadline per attempt, computed once and passed to every wait;
+``retries`` resends after an attempt's deadline passes with no answer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ._errors import ConnectionRefused, Timeout, UsageError
+from ._sockets import Datagram, DatagramSocket, StreamSocket
+
+__all__ = ["request", "stream_request"]
+
+# After a stream reply starts, a pause this long with nothing more means the
+# server has said all it will say to this message (it may keep the connection).
+_STREAM_IDLE_GAP = 0.25
+
+
+def _check_timing(timeout: float, retries: int) -> None:
+    if not timeout >= 0:  # also rejects NaN
+        raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
+    if retries < 0:
+        raise UsageError(f"invalid retries {retries!r}: must be a whole number >= 0")
+
+
+def request(
+    sock: DatagramSocket,
+    message: bytes,
+    to: Any = None,
+    *,
+    timeout: float = 2.0,
+    retries: int = 0,
+    bufsize: int = 65535,
+) -> tuple[Datagram, int]:
+    """Send ``message`` and return the first datagram that comes back.
+
+    Args:
+        sock: the socket to use; connected (``to`` is ``None``) or not.
+        message: the payload (zero-length is allowed).
+        to: the destination for an unconnected socket (e.g. a broadcast address).
+        timeout: seconds to wait for an answer after each send.
+        retries: how many times to resend when an attempt gets no answer.
+        bufsize: receive buffer; a longer answer comes back marked truncated.
+
+    Returns:
+        ``(reply, attempts)``: the answer and how many sends it took.
+
+    Raises:
+        Timeout: no answer after ``retries + 1`` attempts.
+        ConnectionRefused: nothing listens at the destination (ICMP port
+            unreachable, seen on a connected socket) on the last attempt.
+        UsageError: negative ``timeout`` or ``retries``.
+    """
+    _check_timing(timeout, retries)
+    refused: ConnectionRefused | None = None
+    for attempt in range(1, retries + 2):
+        deadline = time.monotonic() + timeout
+        sock.send(message, to)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                return sock.recv(bufsize, timeout=left), attempt
+            except Timeout:
+                break
+            except ConnectionRefused as exc:
+                refused = exc
+                if attempt > retries:
+                    raise
+                # Nobody listens yet: wait out this attempt before resending,
+                # so retries give a starting server time instead of spinning.
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                break
+    if refused is not None:
+        raise refused
+    tries = "attempt" if retries == 0 else "attempts"
+    raise Timeout(f"no reply within {timeout:g} s ({retries + 1} {tries})")
+
+
+def stream_request(
+    conn: StreamSocket, message: bytes, *, timeout: float = 2.0, bufsize: int = 65535
+) -> bytes:
+    """Send ``message`` on a stream connection and collect the answer.
+
+    The answer ends at end-of-file, or when nothing more arrives for a short
+    pause after it began (a server may keep the connection open).
+
+    Raises:
+        Timeout: nothing arrived within ``timeout`` seconds.
+    """
+    _check_timing(timeout, 0)
+    conn.send_all(message)
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if chunks:
+            left = min(left, _STREAM_IDLE_GAP) if left > 0 else _STREAM_IDLE_GAP
+        if left <= 0:
+            break
+        try:
+            data = conn.recv(bufsize, timeout=left)
+        except Timeout:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    if not chunks:
+        raise Timeout(f"no reply within {timeout:g} s")
+    return b"".join(chunks)

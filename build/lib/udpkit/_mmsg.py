@@ -1,0 +1,342 @@
+"""ctypes bindings for recvmmsg/sendmmsg and the UDP offload constants.
+
+Python 3.11's ``socket`` module has neither the batched calls nor the
+constants for UDP GRO/GSO and SO_RXQ_OVFL, so they are defined here.  Nothing
+is compiled: the calls go through libc with ctypes, into buffers that are
+allocated once (:class:`MsgArray`) and reused for every batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import socket
+import struct
+import sys
+from typing import Any
+
+__all__ = [
+    "MSG_DONTWAIT",
+    "MSG_TRUNC",
+    "SOL_UDP",
+    "SO_RXQ_OVFL",
+    "UDP_GRO",
+    "UDP_MAX_SEGMENTS",
+    "UDP_SEGMENT",
+    "MsgArray",
+    "decode_sockaddr",
+    "encode_sockaddr",
+    "libc_mmsg",
+]
+
+# Linux values (include/uapi/linux/udp.h, asm-generic/socket.h); missing from Python 3.11.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+SO_RXQ_OVFL = 40
+# The kernel refuses GSO sends with more segments than this (64 until 6.x raised it to 128).
+UDP_MAX_SEGMENTS = 64
+MSG_TRUNC: int = getattr(socket, "MSG_TRUNC", 0x20)
+MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+
+_LINUX = sys.platform.startswith("linux")
+
+
+class IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class MsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.c_void_p),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class MMsgHdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", MsgHdr), ("msg_len", ctypes.c_uint)]
+
+
+class CMsgHdr(ctypes.Structure):
+    _fields_ = [
+        ("cmsg_len", ctypes.c_size_t),
+        ("cmsg_level", ctypes.c_int),
+        ("cmsg_type", ctypes.c_int),
+    ]
+
+
+_SIZE_T = ctypes.sizeof(ctypes.c_size_t)
+_SIZE_FMT = "Q" if _SIZE_T == 8 else "I"
+_PTR_FMT = "Q" if ctypes.sizeof(ctypes.c_void_p) == 8 else "I"
+_CMSG_HDR = ctypes.sizeof(CMsgHdr)
+_CMSG_HDR_STRUCT = struct.Struct(f"={_SIZE_FMT}ii")
+_INT = struct.Struct("=i")
+_UINT = struct.Struct("=I")
+
+
+def _cmsg_align(n: int) -> int:
+    return (n + _SIZE_T - 1) & ~(_SIZE_T - 1)
+
+
+def cmsg_space(n: int) -> int:
+    """CMSG_SPACE(n): room one control message with an ``n``-byte payload takes."""
+    return _cmsg_align(_CMSG_HDR) + _cmsg_align(n)
+
+
+# Room for SO_RXQ_OVFL (uint32) and UDP_GRO (int), the two we ever receive, plus slack
+# for anything else a caller enabled on the socket (the kernel sets MSG_CTRUNC if short).
+CONTROL_SPACE = 2 * cmsg_space(4) + 32
+# sockaddr_in6 is 28 bytes; a stride of 32 keeps each slot 8-byte aligned.
+NAME_SPACE = 32
+
+# The fields the hot loop reads are read for the whole batch at once through strided
+# memoryviews, so their offsets must be multiples of the view's item size.
+_MM = ctypes.sizeof(MMsgHdr)
+_OFF_NAMELEN = MsgHdr.msg_namelen.offset
+_OFF_CONTROLLEN = MsgHdr.msg_controllen.offset
+_OFF_FLAGS = MsgHdr.msg_flags.offset
+_OFF_MSGLEN = MMsgHdr.msg_len.offset
+assert _MM % 8 == 0 and _OFF_CONTROLLEN % _SIZE_T == 0  # true on every Linux ABI
+
+# One struct per header so a reply's msghdr is written with one pack_into.
+_P = _PTR_FMT
+_HDR_STRUCT = struct.Struct(f"={_P}I4x{_P}{_SIZE_FMT}{_P}{_SIZE_FMT}i4xI4x")
+_IOV_STRUCT = struct.Struct(f"={_P}{_SIZE_FMT}")
+
+
+class _Libc:
+    """The two libc entry points, or ``None`` where they do not exist."""
+
+    def __init__(self) -> None:
+        self.recvmmsg: Any = None
+        self.sendmmsg: Any = None
+        if not _LINUX or _HDR_STRUCT.size != _MM:
+            return
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            recv = libc.recvmmsg
+            send = libc.sendmmsg
+        except (OSError, AttributeError):
+            return
+        recv.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_void_p,
+        ]
+        recv.restype = ctypes.c_int
+        send.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        send.restype = ctypes.c_int
+        self.recvmmsg = recv
+        self.sendmmsg = send
+
+
+libc_mmsg = _Libc()
+
+
+def _address(buf: bytearray) -> int:
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
+
+
+class MsgArray:
+    """``n`` mmsghdrs, each with its own iovec, sockaddr slot and control buffer.
+
+    Everything lives in bytearrays allocated once: ``data`` (``n * bufsize``),
+    ``names`` (``n * NAME_SPACE``), ``control`` and the headers themselves.  The
+    pristine receive headers are kept in ``template`` so one memmove resets
+    ``msg_namelen``/``msg_controllen`` (which the kernel overwrites) before each call.
+
+    For sending, the headers are rewritten per batch with :meth:`set_send`,
+    pointing either into ``data`` (used as a packed arena) or into ``names``.
+    """
+
+    def __init__(self, n: int, bufsize: int, *, iovs: int | None = None) -> None:
+        self.n = n
+        self.bufsize = bufsize
+        self.data = bytearray(max(1, n * bufsize))
+        self.names = bytearray(n * NAME_SPACE)
+        self.control = bytearray(n * CONTROL_SPACE)
+        self.hdrs = bytearray(n * _MM)
+        self.iovs = bytearray((iovs or n) * ctypes.sizeof(IoVec))
+        self.data_addr = _address(self.data)
+        self.names_addr = _address(self.names)
+        self.control_addr = _address(self.control)
+        self.hdrs_addr = _address(self.hdrs)
+        self.iovs_addr = _address(self.iovs)
+        self.data_view = memoryview(self.data)
+        self.names_view = memoryview(self.names)
+        self.control_view = memoryview(self.control)
+        hv = memoryview(self.hdrs)
+        self.hdr_view = hv
+        self.u32 = hv.cast("I")
+        self.sz = hv.cast(_SIZE_FMT)
+        self.i32 = hv.cast("i")
+        iov_size = ctypes.sizeof(IoVec)
+        for i in range(n):
+            _IOV_STRUCT.pack_into(self.iovs, i * iov_size, self.data_addr + i * bufsize, bufsize)
+            _HDR_STRUCT.pack_into(
+                self.hdrs,
+                i * _MM,
+                self.names_addr + i * NAME_SPACE,
+                NAME_SPACE,
+                self.iovs_addr + i * iov_size,
+                1,
+                self.control_addr + i * CONTROL_SPACE,
+                CONTROL_SPACE,
+                0,
+                0,
+            )
+        self.template = bytes(self.hdrs)
+        self._stride32 = _MM // 4
+        self._stride_sz = _MM // _SIZE_T
+
+    def reset(self) -> None:
+        """Restore the receive headers the kernel overwrote in the last call."""
+        self.hdr_view[:] = self.template
+
+    def msg_lens(self, k: int) -> list[int]:
+        """``msg_len`` of the first ``k`` messages (real lengths when MSG_TRUNC was asked)."""
+        s = self._stride32
+        o = _OFF_MSGLEN // 4
+        return self.u32[o : o + k * s : s].tolist()
+
+    def flags(self, k: int) -> list[int]:
+        s = self._stride32
+        o = _OFF_FLAGS // 4
+        return self.i32[o : o + k * s : s].tolist()
+
+    def namelens(self, k: int) -> list[int]:
+        s = self._stride32
+        o = _OFF_NAMELEN // 4
+        return self.u32[o : o + k * s : s].tolist()
+
+    def controllens(self, k: int) -> list[int]:
+        s = self._stride_sz
+        o = _OFF_CONTROLLEN // _SIZE_T
+        return self.sz[o : o + k * s : s].tolist()
+
+    def name_keys_v4(self, k: int) -> list[int]:
+        """First 8 bytes of each sockaddr (family, port, IPv4 address) as one int: a cheap key."""
+        q = self.names_view.cast("Q")
+        s = NAME_SPACE // 8
+        return q[0 : k * s : s].tolist()
+
+    def cmsgs(self, i: int, controllen: int) -> list[tuple[int, int, bytes]]:
+        """Parse message ``i``'s control messages into (level, type, data)."""
+        out = []
+        base = i * CONTROL_SPACE
+        off = 0
+        while off + _CMSG_HDR <= controllen:
+            length, level, ctype = _CMSG_HDR_STRUCT.unpack_from(self.control, base + off)
+            if length < _CMSG_HDR or off + length > controllen:
+                break
+            out.append(
+                (level, ctype, bytes(self.control[base + off + _CMSG_HDR : base + off + length]))
+            )
+            off += _cmsg_align(length)
+        return out
+
+    def set_send(
+        self,
+        j: int,
+        name_addr: int,
+        namelen: int,
+        iov_index: int,
+        control_off: int,
+        controllen: int,
+    ) -> None:
+        """Point send header ``j`` at a peer, one iovec and (optionally) control bytes."""
+        _HDR_STRUCT.pack_into(
+            self.hdrs,
+            j * _MM,
+            name_addr,
+            namelen,
+            self.iovs_addr + iov_index * ctypes.sizeof(IoVec),
+            1,
+            self.control_addr + control_off if controllen else 0,
+            controllen,
+            0,
+            0,
+        )
+
+    def set_iov(self, index: int, addr: int, length: int) -> None:
+        _IOV_STRUCT.pack_into(self.iovs, index * _IOV_STRUCT.size, addr, length)
+
+    def put_segment_cmsg(self, control_off: int, segment: int) -> int:
+        """Write a SOL_UDP/UDP_SEGMENT control message (uint16 payload); return its length."""
+        space = cmsg_space(2)
+        _CMSG_HDR_STRUCT.pack_into(
+            self.control, control_off, _cmsg_align(_CMSG_HDR) + 2, SOL_UDP, UDP_SEGMENT
+        )
+        struct.pack_into("=H", self.control, control_off + _cmsg_align(_CMSG_HDR), segment)
+        return space
+
+    def sent_len(self, j: int) -> int:
+        return int(self.u32[(j * _MM + _OFF_MSGLEN) // 4])
+
+
+def decode_sockaddr(raw: bytes) -> Any:
+    """Decode a raw sockaddr_in/sockaddr_in6 into the tuple ``recvfrom`` returns.
+
+    Returns ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6,
+    ``None`` for an empty address (a connected socket's peer).
+    """
+    if len(raw) < 2:
+        return None
+    (fam,) = struct.unpack_from("=H", raw)
+    if fam == socket.AF_INET and len(raw) >= 8:
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), (raw[2] << 8) | raw[3])
+    if fam == socket.AF_INET6 and len(raw) >= 28:
+        port = (raw[2] << 8) | raw[3]
+        (flow,) = struct.unpack_from("!I", raw, 4)
+        (scope,) = _UINT.unpack_from(raw, 24)
+        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
+        if scope:
+            # Python's recvfrom reports a scoped address as "fe80::1%eth0" (getnameinfo).
+            host = socket.getnameinfo((host, port, flow, scope), socket.NI_NUMERICHOST)[0]
+        return (host, port, flow, scope)
+    return raw
+
+
+def encode_sockaddr(family: int, addr: Any) -> bytes:
+    """Encode a ``(host, port[, flowinfo, scope_id])`` tuple as a raw sockaddr.
+
+    Raises:
+        OSError: the host is not numeric and cannot be resolved (``socket.gaierror``).
+    """
+    host, port = addr[0], int(addr[1])
+    if family == socket.AF_INET:
+        try:
+            packed = socket.inet_pton(socket.AF_INET, host)
+        except OSError:
+            host = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+            packed = socket.inet_pton(socket.AF_INET, host)
+        return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + packed + bytes(8)
+    flow = int(addr[2]) if len(addr) > 2 else 0
+    scope = int(addr[3]) if len(addr) > 3 else 0
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host)
+    except OSError:
+        info = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM)[0][4]
+        packed = socket.inet_pton(socket.AF_INET6, str(info[0]).split("%")[0])
+        scope = scope or int(info[3])
+    return (
+        struct.pack("=H", socket.AF_INET6)
+        + struct.pack("!HI", port, flow)
+        + packed
+        + _UINT.pack(scope)
+    )
+
+
+def errno_name(code: int | None) -> str:
+    """``ECONNREFUSED`` for 111; ``E<n>`` for numbers the platform has no name for."""
+    if code is None:
+        return "EUNKNOWN"
+    return errno.errorcode.get(code, f"E{code}")

@@ -1,0 +1,891 @@
+"""The datagram engine: batched receive, a handler per datagram, batched replies.
+
+The engine owns a socket's I/O loop and the clock, nothing else: what to answer
+is the handler's business, what to show is ``on_batch``'s.  On Linux it receives
+with ``recvmmsg`` into buffers allocated once and answers with one ``sendmmsg``
+per batch (see :mod:`._mmsg`); elsewhere, or when asked, a portable path
+(``recvfrom_into``/``sendto``) behaves the same way, batch for batch.
+
+Every datagram ends in a counter: received (whole or truncated, with its real
+length), or dropped by the kernel (``SO_RXQ_OVFL`` and ``/proc/net/udp``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import select
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _mmsg
+from ._errors import Unsupported, UsageError, map_oserror
+from ._mmsg import (
+    MSG_DONTWAIT,
+    MSG_TRUNC,
+    SO_RXQ_OVFL,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_MAX_SEGMENTS,
+    MsgArray,
+    decode_sockaddr,
+    encode_sockaddr,
+    errno_name,
+    libc_mmsg,
+)
+from ._sockets import Datagram
+
+__all__ = ["Engine", "EngineStats", "Handler", "fast_path_available", "send_batch"]
+
+Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
+"""Given a datagram, return the reply (or replies) to send to its peer, or ``None``."""
+
+_LINUX = sys.platform.startswith("linux")
+_AGAIN = {errno.EAGAIN, errno.EWOULDBLOCK}
+# Errors the kernel reports on a later call for an earlier send (ICMP), counted, never raised.
+_ASYNC = {
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.EHOSTDOWN,
+    errno.ENETDOWN,
+    errno.EMSGSIZE,
+    errno.ECONNRESET,
+    errno.ETIMEDOUT,
+    errno.EPROTO,
+}
+# What a kernel without (working) UDP GRO/GSO answers; the offload is then off for good.
+_OFFLOAD_REFUSED = {errno.EINVAL, errno.ENOPROTOOPT, errno.EIO, errno.EOPNOTSUPP}
+_GRO_BUFSIZE = 65535
+# A GSO send may carry at most one IP datagram's worth of payload.
+_GSO_MAX_BYTES = 65000
+_SEND_WAIT = 1.0  # longest wait for a full send buffer to drain before counting EAGAIN
+_PEER_CACHE_MAX = 4096
+_SO_BUSY_POLL = 46
+_MM = ctypes.sizeof(_mmsg.MMsgHdr)
+_new = tuple.__new__
+
+
+@dataclass
+class EngineStats:
+    """What an engine saw and did; every datagram is in exactly one bucket.
+
+    ``rx_*`` count every datagram received, truncated or not, by its real length;
+    ``truncated_bytes_lost`` is what truncation cut off.  ``kernel_drops`` is the
+    kernel's cumulative drop count for the socket since it was created, or ``None``
+    where the platform cannot tell.
+    """
+
+    rx_datagrams: int = 0
+    rx_bytes: int = 0
+    tx_datagrams: int = 0
+    tx_bytes: int = 0
+    truncated: int = 0
+    truncated_bytes_lost: int = 0
+    kernel_drops: int | None = None
+    send_errors: dict[str, int] = field(default_factory=dict)
+    handler_errors: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        """Return the counters as a plain dict (ready for JSON)."""
+        return {
+            "rx_datagrams": self.rx_datagrams,
+            "rx_bytes": self.rx_bytes,
+            "tx_datagrams": self.tx_datagrams,
+            "tx_bytes": self.tx_bytes,
+            "truncated": self.truncated,
+            "truncated_bytes_lost": self.truncated_bytes_lost,
+            "kernel_drops": self.kernel_drops,
+            "send_errors": dict(self.send_errors),
+            "handler_errors": self.handler_errors,
+            "batches": self.batches,
+        }
+
+    def merge(self, other: EngineStats) -> None:
+        """Add ``other``'s counters to these (summing workers).
+
+        ``kernel_drops`` stays ``None`` only if both sides are ``None``.
+        """
+        self.rx_datagrams += other.rx_datagrams
+        self.rx_bytes += other.rx_bytes
+        self.tx_datagrams += other.tx_datagrams
+        self.tx_bytes += other.tx_bytes
+        self.truncated += other.truncated
+        self.truncated_bytes_lost += other.truncated_bytes_lost
+        if other.kernel_drops is not None:
+            self.kernel_drops = (self.kernel_drops or 0) + other.kernel_drops
+        for name, n in other.send_errors.items():
+            self.send_errors[name] = self.send_errors.get(name, 0) + n
+        self.handler_errors += other.handler_errors
+        self.batches += other.batches
+
+    def count_error(self, code: int | None, n: int = 1) -> None:
+        name = errno_name(code)
+        self.send_errors[name] = self.send_errors.get(name, 0) + n
+
+
+def fast_path_available() -> bool:
+    """Whether recvmmsg/sendmmsg can be called here (Linux with a glibc/musl libc)."""
+    return libc_mmsg.recvmmsg is not None and libc_mmsg.sendmmsg is not None
+
+
+def _proc_drops(sock_fd: int) -> int | None:
+    """The drops column of /proc/net/udp{,6} for this socket's inode, or ``None``."""
+    if not _LINUX:
+        return None
+    try:
+        inode = str(os.fstat(sock_fd).st_ino)
+    except OSError:
+        return None
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name, encoding="ascii") as f:
+                next(f, None)  # header
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 12 and cols[9] == inode:
+                        return int(cols[12])
+        except OSError:
+            continue
+    # Not listed (an unbound socket, another namespace) or no /proc: unknown.
+    return None
+
+
+class _Peers:
+    """Raw sockaddr -> the tuple recvfrom returns, bounded so spoofed sources cannot grow it."""
+
+    __slots__ = ("cache",)
+
+    def __init__(self) -> None:
+        self.cache: dict[Any, Any] = {}
+
+    def decode(self, key: Any, raw: bytes) -> Any:
+        peer = decode_sockaddr(raw)
+        if len(self.cache) >= _PEER_CACHE_MAX:
+            self.cache.clear()
+        self.cache[key] = peer
+        return peer
+
+
+class Engine:
+    """Serve one datagram socket: receive in batches, call a handler, send replies in batches.
+
+    Args:
+        sock: a bound (or connected) UDP socket; the caller keeps ownership.
+        handler: called once per datagram; its reply (bytes or a sequence of bytes)
+            goes to the datagram's peer.  ``None`` receives and counts only.
+        bufsize: bytes kept per datagram; longer ones are delivered truncated and counted.
+        batch: datagrams per receive call.
+        fast: ``None`` picks recvmmsg/sendmmsg where available, ``False`` forces the
+            portable path, ``True`` insists on the fast one.
+        gro: UDP GRO on receive; ``None`` enables it when the kernel accepts it and
+            ``bufsize`` is at least 65535.
+        gso: UDP GSO for runs of same-size replies to one peer; ``None`` tries it.
+        on_batch: called with each received batch, before the handler runs.
+        busy_poll_us: spin on non-blocking receive this long before sleeping in poll.
+
+    Raises:
+        UsageError: a bad ``bufsize``/``batch``/``busy_poll_us``, or GRO asked with a small buffer.
+        Unsupported: ``fast=True`` or ``gro=True`` where the platform lacks them.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: Handler | None,
+        *,
+        bufsize: int = 65535,
+        batch: int = 64,
+        fast: bool | None = None,
+        gro: bool | None = None,
+        gso: bool | None = None,
+        on_batch: Callable[[Sequence[Datagram]], None] | None = None,
+        busy_poll_us: int = 0,
+    ) -> None:
+        if not 1 <= bufsize <= 1 << 24:
+            raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-16777216 bytes")
+        if not 1 <= batch <= 1024:
+            raise UsageError(f"invalid batch {batch!r}: must be 1-1024 datagrams")
+        if busy_poll_us < 0:
+            raise UsageError(f"invalid busy_poll_us {busy_poll_us!r}: must be 0 or more")
+        inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+        can_fast = fast_path_available() and inet
+        if fast and not can_fast:
+            raise Unsupported(
+                errno.EOPNOTSUPP,
+                f"fast=True: recvmmsg/sendmmsg are not available for this {sock.family.name} "
+                "socket here; pass fast=None or fast=False",
+            )
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._handler = handler
+        self._on_batch = on_batch
+        self._bufsize = bufsize
+        self._batch = batch
+        self._fast = can_fast if fast is None else bool(fast)
+        self._v4 = sock.family == socket.AF_INET
+        self._busy = busy_poll_us / 1e6
+        self.stats = EngineStats()
+        self._stop = False
+        self._cmsg_drops = 0
+        self._peers = _Peers()
+        self._keys: list[Any] = []
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._rx: MsgArray | None = None
+        self._tx: MsgArray | None = None
+        self._buf = bytearray(bufsize)
+        self._ovfl = self._try_sockopt(socket.SOL_SOCKET, SO_RXQ_OVFL) if _LINUX else False
+        if busy_poll_us and _LINUX:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, _SO_BUSY_POLL, busy_poll_us)
+        self._gro = False
+        if gro and (not self._fast or bufsize < _GRO_BUFSIZE):
+            raise UsageError(
+                f"gro=True needs the fast path and bufsize >= {_GRO_BUFSIZE} (got fast={self._fast},"
+                f" bufsize={bufsize}): pass gro=None or gro=False"
+            )
+        if gro is not False and self._fast and bufsize >= _GRO_BUFSIZE:
+            self._gro = self._try_sockopt(SOL_UDP, UDP_GRO)
+            if gro and not self._gro:
+                raise Unsupported(errno.ENOPROTOOPT, "gro=True: this kernel refuses UDP_GRO")
+        elif gro is False and _LINUX and inet:
+            # The socket may come with GRO on from an earlier engine: coalesced buffers
+            # would be misread as one datagram by a path that does not split them.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(SOL_UDP, UDP_GRO, 0)
+        self._gso = gso is not False and self._fast and _LINUX
+        if self._fast:
+            self._rx = MsgArray(batch, bufsize)
+            self._rx_template = memoryview(self._rx.template)
+            # Send side: headers for a batch's replies, a packed arena for their bytes.
+            self._tx = MsgArray(max(batch, 16), 0)
+            self._arena = bytearray(max(batch * 2048, 2 * 65536))
+            self._arena_view = memoryview(self._arena)
+            self._arena_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._arena))
+        self._poll: Any = None
+        if hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(self._fd, select.POLLIN)
+            self._poll.register(self._wake_r.fileno(), select.POLLIN)
+
+    def _try_sockopt(self, level: int, opt: int) -> bool:
+        try:
+            self._sock.setsockopt(level, opt, 1)
+        except OSError:
+            return False
+        return True
+
+    @property
+    def fast(self) -> bool:
+        """True when recvmmsg/sendmmsg are in use, False on the portable path."""
+        return self._fast
+
+    @property
+    def gro(self) -> bool:
+        """Whether UDP GRO is on (it turns off for good if the kernel refuses it)."""
+        return self._gro
+
+    @property
+    def gso(self) -> bool:
+        """Whether replies may go out with UDP GSO."""
+        return self._gso
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stop(self) -> None:
+        """End the current ``run()`` at once (or the next one, if none is running).
+
+        Safe from another thread and from a signal handler.
+        """
+        self._stop = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    def close(self) -> None:
+        """Release the wake-up socketpair.  The served socket stays open: the caller owns it."""
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def read_kernel_drops(self) -> int | None:
+        """Refresh ``stats.kernel_drops`` from /proc/net/udp{,6} and the last SO_RXQ_OVFL seen.
+
+        Returns:
+            The kernel's cumulative drop count for the socket, or ``None`` where unknown.
+        """
+        proc = _proc_drops(self._fd)
+        if proc is not None:
+            self.stats.kernel_drops = max(proc, self._cmsg_drops, self.stats.kernel_drops or 0)
+        elif self._cmsg_drops:
+            self.stats.kernel_drops = max(self._cmsg_drops, self.stats.kernel_drops or 0)
+        return self.stats.kernel_drops
+
+    # -- the loop --------------------------------------------------------------
+
+    def run(self, *, count: int | None = None, duration: float | None = None) -> EngineStats:
+        """Receive and answer until ``count`` datagrams, ``duration`` seconds, or :meth:`stop`.
+
+        Args:
+            count: stop after this many datagrams (with GRO, the last buffer may hold more;
+                all of them are delivered).
+            duration: stop after this many seconds.
+
+        Returns:
+            ``self.stats``, final (kernel drops read) even if ``KeyboardInterrupt`` ends the run.
+
+        Raises:
+            UsageError: a negative ``count`` or ``duration``.
+            NetworkError: the socket itself failed (closed, not a socket).
+        """
+        if count is not None and count < 0:
+            raise UsageError(f"invalid count {count!r}: must be 0 or more datagrams")
+        if duration is not None and duration < 0:
+            raise UsageError(f"invalid duration {duration!r}: must be 0 or more seconds")
+        deadline = None if duration is None else time.monotonic() + duration
+        # Without MSG_DONTWAIT (Windows) the portable path needs a non-blocking socket.
+        changed = not self._fast and not MSG_DONTWAIT
+        restore = self._sock.gettimeout()
+        if changed:
+            self._sock.setblocking(False)
+        self.read_kernel_drops()
+        try:
+            self._loop(count, deadline)
+        finally:
+            self._stop = False
+            if changed:
+                self._sock.settimeout(restore)
+            self.read_kernel_drops()
+        return self.stats
+
+    def _loop(self, count: int | None, deadline: float | None) -> None:
+        recv = self._recv_fast if self._fast else self._recv_portable
+        remaining = count
+        busy = self._busy
+        while not self._stop:
+            if remaining is not None and remaining <= 0:
+                return
+            n = recv(self._batch if remaining is None else min(self._batch, remaining))
+            if n > 0:
+                if remaining is not None:
+                    remaining -= n
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                continue
+            if n < 0:
+                continue  # interrupted or an asynchronous error: try again at once
+            if busy:
+                spin_end = time.perf_counter() + busy
+                while not self._stop and time.perf_counter() < spin_end:
+                    n = recv(self._batch if remaining is None else min(self._batch, remaining))
+                    if n:
+                        break
+                if n:
+                    if n > 0 and remaining is not None:
+                        remaining -= n
+                    continue
+            if not self._wait(deadline):
+                return
+
+    def _wait(self, deadline: float | None) -> bool:
+        """Sleep until the socket is readable or stop() is called; False at the deadline."""
+        timeout = None
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                return False
+        if self._poll is not None:
+            ms = None if timeout is None else max(1, int(timeout * 1000 + 0.999))
+            events = self._poll.poll(ms)
+        else:
+            r, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
+            events = [(x if isinstance(x, int) else x.fileno(), 0) for x in r]
+        wake = self._wake_r.fileno()
+        for fd, _ in events:
+            if fd == wake:
+                with contextlib.suppress(OSError):
+                    while self._wake_r.recv(256):
+                        pass
+        return bool(events) or deadline is None or time.monotonic() < deadline
+
+    def _recv_error(self, code: int) -> int:
+        """Map a receive errno to the loop's next step: 0 wait, -1 retry; raise if fatal."""
+        if code in _AGAIN:
+            return 0
+        if code == errno.EINTR:
+            return -1
+        if code in _ASYNC:
+            self.stats.count_error(code)
+            return -1
+        raise map_oserror(OSError(code, os.strerror(code)), "receive")
+
+    def _recv_fast(self, vlen: int) -> int:
+        rx = self._rx
+        assert rx is not None
+        rx.hdr_view[: vlen * _MM] = self._rx_template[: vlen * _MM]
+        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, MSG_TRUNC | MSG_DONTWAIT, None)
+        if n <= 0:
+            if n == 0:
+                return 0
+            return self._recv_error(ctypes.get_errno())
+        st = self.stats
+        st.batches += 1
+        lens = rx.msg_lens(n)
+        bufsize = self._bufsize
+        segs: dict[int, int] | None = None
+        if self._ovfl or self._gro:
+            ctl = rx.controllens(n)
+            if any(ctl):
+                segs = self._read_cmsgs(rx, ctl)
+        total = sum(lens)
+        if (
+            segs is None
+            and max(lens) <= bufsize
+            and self._handler is None
+            and self._on_batch is None
+        ):
+            # Counting only: no datagram objects at all.
+            st.rx_datagrams += n
+            st.rx_bytes += total
+            return n
+        dv = rx.data_view
+        peers = self._peers_fast(rx, n)
+        if segs is None and max(lens) <= bufsize:
+            dgrams = [
+                _new(Datagram, (dv[o : o + ln].tobytes(), p, ln))
+                for o, ln, p in zip(range(0, n * bufsize, bufsize), lens, peers, strict=False)
+            ]
+            src = range(n)
+            st.rx_datagrams += n
+            st.rx_bytes += total
+        else:
+            dgrams, src = self._split(rx, n, lens, peers, segs or {})
+        if self._on_batch is not None:
+            self._on_batch(dgrams)
+        if self._handler is not None:
+            self._reply_fast(dgrams, src)
+        return len(dgrams)
+
+    def _read_cmsgs(self, rx: MsgArray, ctl: list[int]) -> dict[int, int]:
+        """Note SO_RXQ_OVFL counts; return {message index: GRO segment size}."""
+        segs: dict[int, int] = {}
+        for i, cl in enumerate(ctl):
+            if not cl:
+                continue
+            for level, ctype, data in rx.cmsgs(i, cl):
+                if level == socket.SOL_SOCKET and ctype == SO_RXQ_OVFL and len(data) >= 4:
+                    drops = int.from_bytes(data[:4], sys.byteorder)
+                    if drops > self._cmsg_drops:
+                        self._cmsg_drops = drops
+                        self.stats.kernel_drops = max(drops, self.stats.kernel_drops or 0)
+                elif level == SOL_UDP and ctype == UDP_GRO and len(data) >= 4:
+                    size = int.from_bytes(data[:4], sys.byteorder, signed=True)
+                    if size > 0:
+                        segs[i] = size
+        return segs
+
+    def _split(
+        self, rx: MsgArray, n: int, lens: list[int], peers: list[Any], segs: dict[int, int]
+    ) -> tuple[list[Datagram], list[int]]:
+        """Build datagrams where some buffers are GRO-coalesced or truncated."""
+        st = self.stats
+        dv = rx.data_view
+        bufsize = self._bufsize
+        out: list[Datagram] = []
+        src: list[int] = []
+        for i in range(n):
+            base = i * bufsize
+            ln = lens[i]
+            kept = min(ln, bufsize)
+            size = segs.get(i, 0) or max(ln, 1)
+            # A coalesced buffer holds datagrams of `size` bytes, the last one shorter.
+            for s in range(0, max(ln, 1), size):
+                e = min(s + size, ln)
+                real = e - s
+                data = dv[base + s : base + min(e, kept)].tobytes() if s < kept else b""
+                if real > len(data):
+                    st.truncated += 1
+                    st.truncated_bytes_lost += real - len(data)
+                out.append(_new(Datagram, (data, peers[i], real)))
+                src.append(i)
+                st.rx_bytes += real
+        st.rx_datagrams += len(out)
+        return out, src
+
+    def _peers_fast(self, rx: MsgArray, n: int) -> list[Any]:
+        cache = self._peers.cache
+        nv = rx.names_view
+        space = _mmsg.NAME_SPACE
+        if self._v4:
+            keys: list[Any] = rx.name_keys_v4(n)
+            self._keys = keys
+            out = []
+            for i, k in enumerate(keys):
+                p = cache.get(k)
+                if p is None:
+                    p = self._peers.decode(k, nv[i * space : i * space + 16].tobytes())
+                out.append(p)
+            return out
+        blob = nv[: n * space].tobytes()
+        keys = [blob[o : o + 28] for o in range(0, n * space, space)]
+        self._keys = keys
+        out = []
+        for k in keys:
+            p = cache.get(k)
+            if p is None:
+                p = self._peers.decode(k, k)
+            out.append(p)
+        return out
+
+    # -- replies ----------------------------------------------------------------
+
+    def _collect(
+        self, dgrams: Sequence[Datagram], src: Sequence[int]
+    ) -> tuple[list[int], list[Any]]:
+        """Run the handler over a batch; return (source index, reply) pairs as two lists."""
+        handler = self._handler
+        assert handler is not None
+        rsrc: list[int] = []
+        replies: list[Any] = []
+        for d, i in zip(dgrams, src, strict=False):
+            try:
+                r = handler(d)
+            except Exception:
+                self.stats.handler_errors += 1
+                continue
+            if r is None:
+                continue
+            if isinstance(r, bytes | bytearray | memoryview):
+                rsrc.append(i)
+                replies.append(r)
+            else:
+                try:
+                    for x in r:
+                        if not isinstance(x, bytes | bytearray | memoryview):
+                            raise TypeError(f"reply {x!r}: must be bytes")
+                        rsrc.append(i)
+                        replies.append(x)
+                except Exception:
+                    # A bad reply is the handler's error; the replies before it still go.
+                    self.stats.handler_errors += 1
+        return rsrc, replies
+
+    def _reply_fast(self, dgrams: Sequence[Datagram], src: Sequence[int]) -> None:
+        rsrc, replies = self._collect(dgrams, src)
+        if not replies:
+            return
+        rx = self._rx
+        assert rx is not None
+        namelens = rx.namelens(max(rsrc) + 1)
+        k = 0
+        while k < len(replies):
+            k = self._send_some(rsrc, replies, namelens, k)
+
+    def _send_some(self, rsrc: list[int], replies: list[Any], namelens: list[int], k: int) -> int:
+        """Pack replies from index ``k`` into send headers, sendmmsg them; return the next k."""
+        rx, tx = self._rx, self._tx
+        assert rx is not None and tx is not None
+        st = self.stats
+        arena, av, aaddr = self._arena, self._arena_view, self._arena_addr
+        keys = self._keys
+        names_addr = rx.names_addr
+        space = _mmsg.NAME_SPACE
+        gso = self._gso
+        total = len(replies)
+        firsts: list[int] = []
+        counts: list[int] = []
+        nbytes: list[int] = []
+        off = 0
+        j = 0
+        ctl_space = _mmsg.CONTROL_SPACE
+        while k < total and j < tx.n:
+            r = replies[k]
+            size = len(r)
+            if size > len(arena):
+                st.count_error(errno.EMSGSIZE)
+                k += 1
+                continue
+            if off + size > len(arena):
+                break
+            first = k
+            i = rsrc[k]
+            av[off : off + size] = r
+            run = 1
+            k += 1
+            if gso and size:
+                limit = min(UDP_MAX_SEGMENTS, _GSO_MAX_BYTES // size)
+                key = keys[i]
+                while (
+                    k < total
+                    and run < limit
+                    and 0 < len(replies[k]) <= size
+                    and keys[rsrc[k]] == key
+                    and off + (run + 1) * size <= len(arena)
+                ):
+                    nxt = replies[k]
+                    av[off + run * size : off + run * size + len(nxt)] = nxt
+                    run += 1
+                    k += 1
+                    if len(nxt) < size:
+                        break  # a shorter datagram can only end a GSO run
+            length = size * (run - 1) + len(replies[k - 1])
+            tx.set_iov(j, aaddr + off, length)
+            clen = tx.put_segment_cmsg(j * ctl_space, size) if run > 1 else 0
+            tx.set_send(j, names_addr + i * space, namelens[i], j, j * ctl_space, clen)
+            firsts.append(first)
+            counts.append(run)
+            nbytes.append(length)
+            off += length
+            j += 1
+        sent = 0
+        waited = 0.0
+        while sent < j:
+            r = libc_mmsg.sendmmsg(self._fd, tx.hdrs_addr + sent * _MM, j - sent, MSG_DONTWAIT)
+            if r > 0:
+                st.tx_datagrams += sum(counts[sent : sent + r])
+                st.tx_bytes += sum(nbytes[sent : sent + r])
+                sent += r
+                continue
+            code = ctypes.get_errno()
+            if code == errno.EINTR:
+                continue
+            if code in _AGAIN and waited < _SEND_WAIT:
+                waited += self._wait_writable(_SEND_WAIT - waited)
+                continue
+            if counts[sent] > 1 and code in _OFFLOAD_REFUSED:
+                # GSO refused: off for good; resend this run as plain datagrams.
+                self._gso = False
+                return firsts[sent]
+            st.count_error(code, counts[sent])
+            sent += 1
+        return k
+
+    def _wait_writable(self, limit: float) -> float:
+        start = time.monotonic()
+        if self._poll is not None:
+            p = select.poll()
+            p.register(self._fd, select.POLLOUT)
+            p.poll(max(1, int(limit * 1000)))
+        else:
+            select.select([], [self._fd], [], limit)
+        return max(time.monotonic() - start, 0.001)
+
+    # -- the portable path --------------------------------------------------------
+
+    def _recv_portable(self, vlen: int) -> int:
+        sock = self._sock
+        buf = self._buf
+        bufsize = self._bufsize
+        mv = memoryview(buf)
+        flags = (MSG_TRUNC if _LINUX else 0) | MSG_DONTWAIT
+        st = self.stats
+        dgrams: list[Datagram] = []
+        keep = self._handler is not None or self._on_batch is not None
+        got = 0
+        while got < vlen:
+            try:
+                ln, peer = sock.recvfrom_into(buf, bufsize, flags)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _ASYNC:
+                    st.count_error(exc.errno)
+                    if got:
+                        break
+                    return -1
+                raise map_oserror(exc, "receive") from exc
+            got += 1
+            st.rx_bytes += ln
+            if ln > bufsize:
+                st.truncated += 1
+                st.truncated_bytes_lost += ln - bufsize
+            if keep:
+                dgrams.append(_new(Datagram, (mv[: min(ln, bufsize)].tobytes(), peer, ln)))
+        if not got:
+            return 0
+        st.rx_datagrams += got
+        st.batches += 1
+        if self._on_batch is not None:
+            self._on_batch(dgrams)
+        if self._handler is not None:
+            rsrc, replies = self._collect(dgrams, range(len(dgrams)))
+            for i, r in zip(rsrc, replies, strict=False):
+                self._sendto(r, dgrams[i].peer)
+        return got
+
+    def _sendto(self, data: Any, peer: Any) -> None:
+        waited = 0.0
+        while True:
+            try:
+                n = self._sock.sendto(data, MSG_DONTWAIT, peer)
+            except (BlockingIOError, InterruptedError) as exc:
+                if isinstance(exc, BlockingIOError) and waited >= _SEND_WAIT:
+                    self.stats.count_error(errno.EAGAIN)
+                    return
+                waited += self._wait_writable(_SEND_WAIT - waited)
+                continue
+            except OSError as exc:
+                self.stats.count_error(exc.errno)
+                return
+            self.stats.tx_datagrams += 1
+            self.stats.tx_bytes += n
+            return
+
+
+# -- load generation --------------------------------------------------------------
+
+
+class _Sender(threading.local):
+    """Per-thread send buffers for :func:`send_batch`, grown on demand."""
+
+    def __init__(self) -> None:
+        self.tx = MsgArray(UDP_MAX_SEGMENTS, 0)
+        self.arena = bytearray(1 << 18)
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.arena))
+        self.names: dict[tuple[int, Any], bytes] = {}
+
+
+_sender: _Sender | None = None
+_gso_ok = True
+
+
+def send_batch(
+    sock: socket.socket, payloads: Sequence[bytes], to: Any = None, *, gso: bool | None = None
+) -> int:
+    """Send ``payloads`` as datagrams with as few system calls as the platform allows.
+
+    Uses sendmmsg on Linux, and UDP GSO (one call per up to 64 datagrams) when all
+    payloads have one size (the last may be shorter) and ``gso`` is not False.
+
+    Args:
+        sock: a UDP socket; blocking or not (a non-blocking one may send fewer).
+        payloads: the datagrams' bytes.
+        to: destination address tuple; ``None`` on a connected socket.
+        gso: ``True`` to insist on GSO, ``False`` to avoid it, ``None`` to use it when it works.
+
+    Returns:
+        How many datagrams the kernel accepted (fewer than asked only on EAGAIN or an
+        error after some were sent).
+
+    Raises:
+        Unsupported: ``gso=True`` and the kernel refuses UDP GSO.
+        NetworkError: the first send failed (e.g. refused, unreachable).
+    """
+    global _sender, _gso_ok
+    if not payloads:
+        return 0
+    if not fast_path_available() or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        if gso:
+            raise Unsupported(errno.EOPNOTSUPP, "gso=True: UDP GSO needs Linux; pass gso=None")
+        return _send_portable(sock, payloads, to)
+    if _sender is None:
+        _sender = _Sender()
+    s = _sender
+    tx = s.tx
+    if to is None:
+        name_addr, namelen = 0, 0
+    else:
+        key = (int(sock.family), to)
+        raw = s.names.get(key)
+        if raw is None:
+            raw = encode_sockaddr(sock.family, to)
+            if len(s.names) > 256:
+                s.names.clear()
+            s.names[key] = raw
+        tx.names_view[: len(raw)] = raw
+        name_addr, namelen = tx.names_addr, len(raw)
+    size = len(payloads[0])
+    use_gso = (
+        gso is not False
+        and (_gso_ok or gso)
+        and len(payloads) > 1
+        and size > 0
+        and all(len(p) == size for p in payloads[:-1])
+        and 0 < len(payloads[-1]) <= size
+    )
+    if gso and not use_gso and len(payloads) > 1:
+        raise UsageError("gso=True needs payloads of one size (the last may be shorter)")
+    per = min(UDP_MAX_SEGMENTS, _GSO_MAX_BYTES // size) if use_gso else 1
+    need = sum(map(len, payloads)) if not use_gso else size * len(payloads)
+    if need > len(s.arena) and need <= 1 << 26:
+        s.arena = bytearray(need)
+        s.addr = ctypes.addressof(ctypes.c_char.from_buffer(s.arena))
+    sent = 0
+    k = 0
+    total = len(payloads)
+    while k < total:
+        # Fill up to tx.n messages from the arena, then one sendmmsg.
+        av = memoryview(s.arena)
+        off = 0
+        j = 0
+        counts: list[int] = []
+        while k < total and j < tx.n:
+            run = min(per, total - k)
+            start = off
+            for p in payloads[k : k + run]:
+                if off + len(p) > len(s.arena):
+                    break
+                av[off : off + len(p)] = p
+                off += len(p)
+            else:
+                tx.set_iov(j, s.addr + start, off - start)
+                clen = tx.put_segment_cmsg(j * _mmsg.CONTROL_SPACE, size) if run > 1 else 0
+                tx.set_send(j, name_addr, namelen, j, j * _mmsg.CONTROL_SPACE, clen)
+                counts.append(run)
+                k += run
+                j += 1
+                continue
+            break
+        if j == 0:
+            raise UsageError(f"payload of {len(payloads[k])} bytes is too large to send")
+        done = 0
+        while done < j:
+            r = libc_mmsg.sendmmsg(sock.fileno(), tx.hdrs_addr + done * _MM, j - done, 0)
+            if r > 0:
+                sent += sum(counts[done : done + r])
+                done += r
+                continue
+            code = ctypes.get_errno()
+            if code == errno.EINTR:
+                continue
+            if counts[done] > 1 and code in _OFFLOAD_REFUSED:
+                if gso:
+                    raise Unsupported(
+                        code, f"gso=True: the kernel refused UDP GSO ({errno_name(code)})"
+                    )
+                _gso_ok = False
+                return sent + send_batch(sock, payloads[sent:], to, gso=False)
+            if sent or code in _AGAIN:
+                return sent
+            raise map_oserror(OSError(code, os.strerror(code)), f"send to {to!r}")
+    return sent
+
+
+def _send_portable(sock: socket.socket, payloads: Sequence[bytes], to: Any) -> int:
+    sent = 0
+    for p in payloads:
+        try:
+            if to is None:
+                sock.send(p)
+            else:
+                sock.sendto(p, to)
+        except BlockingIOError:
+            return sent
+        except OSError as exc:
+            if sent:
+                return sent
+            raise map_oserror(exc, f"send to {to!r}") from exc
+        sent += 1
+    return sent

@@ -1,0 +1,374 @@
+"""The engine: one contract, run against the recvmmsg path and the portable path."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import pytest
+
+from udpkit._engine import (
+    Engine,
+    EngineStats,
+    _proc_drops,
+    fast_path_available,
+    send_batch,
+)
+from udpkit._errors import UsageError
+from udpkit._mmsg import SOL_UDP, UDP_GRO, UDP_SEGMENT, decode_sockaddr, encode_sockaddr
+from udpkit._sockets import Datagram
+
+LINUX = sys.platform.startswith("linux")
+Family = tuple[socket.AddressFamily, str]
+
+
+def _probe_gso() -> bool:
+    """Really send one GSO datagram pair over loopback."""
+    if not LINUX:
+        return False
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+    ):
+        r.bind(("127.0.0.1", 0))
+        try:
+            s.sendmsg([b"abcd"], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", 2))], 0, r.getsockname())
+        except OSError:
+            return False
+    return True
+
+
+def _probe_gro() -> bool:
+    if not LINUX:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r:
+        try:
+            r.setsockopt(SOL_UDP, UDP_GRO, 1)
+        except OSError:
+            return False
+    return True
+
+
+needs_fast = pytest.mark.skipif(not fast_path_available(), reason="no recvmmsg/sendmmsg here")
+needs_gso = pytest.mark.skipif(not _probe_gso(), reason="kernel refuses UDP GSO")
+needs_gro = pytest.mark.skipif(not _probe_gro(), reason="kernel refuses UDP GRO")
+needs_proc = pytest.mark.skipif(
+    not LINUX or not __import__("os").path.exists("/proc/net/udp"), reason="no /proc/net/udp"
+)
+
+
+@pytest.fixture
+def pair(family: Family) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A bound server socket and a client socket (2 s receive timeout) on loopback."""
+    fam, host = family
+    server = socket.socket(fam, socket.SOCK_DGRAM)
+    client = socket.socket(fam, socket.SOCK_DGRAM)
+    try:
+        server.bind((host, 0))
+        client.bind((host, 0))
+        client.settimeout(2.0)
+        yield server, client
+    finally:
+        server.close()
+        client.close()
+
+
+def _echo(d: Datagram) -> bytes:
+    return d.data
+
+
+def _recv_n(sock: socket.socket, n: int) -> list[bytes]:
+    return [sock.recvfrom(70000)[0] for _ in range(n)]
+
+
+class EngineContract:
+    """Observable behaviour both paths share; subclasses pick the path."""
+
+    fast: ClassVar[bool]
+
+    def engine(self, sock: socket.socket, handler: Any = None, **kw: Any) -> Engine:
+        e = Engine(sock, handler, fast=self.fast, **kw)
+        assert e.fast is self.fast
+        return e
+
+    def test_echo_round_trip(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        server, client = pair
+        msgs = [b"one", b"two" * 10, b"three" * 100]
+        for m in msgs:
+            client.sendto(m, server.getsockname())
+        seen: list[Datagram] = []
+        with self.engine(server, _echo, on_batch=seen.extend) as e:
+            st = e.run(count=len(msgs), duration=5)
+        assert _recv_n(client, len(msgs)) == msgs
+        assert [d.data for d in seen] == msgs
+        assert all(d.peer == client.getsockname() for d in seen)
+        assert (st.rx_datagrams, st.rx_bytes) == (3, sum(map(len, msgs)))
+        assert (st.tx_datagrams, st.tx_bytes) == (3, sum(map(len, msgs)))
+        assert st.send_errors == {} and st.handler_errors == 0 and st.truncated == 0
+
+    def test_several_replies_per_datagram(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        server, client = pair
+        client.sendto(b"q", server.getsockname())
+        with self.engine(server, lambda d: [d.data + b"1", d.data + b"22", b""]) as e:
+            st = e.run(count=1, duration=5)
+        assert _recv_n(client, 3) == [b"q1", b"q22", b""]
+        assert st.tx_datagrams == 3
+
+    def test_zero_length_delivered_and_answered(
+        self, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
+        server, client = pair
+        client.sendto(b"", server.getsockname())
+        seen: list[Datagram] = []
+        with self.engine(server, _echo, on_batch=seen.extend) as e:
+            st = e.run(count=1, duration=5)
+        assert client.recvfrom(100)[0] == b""
+        assert [(d.data, d.length) for d in seen] == [(b"", 0)]
+        assert (st.rx_datagrams, st.rx_bytes, st.tx_datagrams) == (1, 0, 1)
+
+    def test_truncation_counted_with_real_length(
+        self, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
+        server, client = pair
+        client.sendto(b"x" * 2000, server.getsockname())
+        client.sendto(b"y" * 10, server.getsockname())
+        seen: list[Datagram] = []
+        with self.engine(server, None, bufsize=1024, on_batch=seen.extend) as e:
+            st = e.run(count=2, duration=5)
+        assert [(len(d.data), d.length, d.truncated) for d in seen] == [
+            (1024, 2000, True),
+            (10, 10, False),
+        ]
+        assert (st.rx_datagrams, st.rx_bytes) == (2, 2010)
+        assert (st.truncated, st.truncated_bytes_lost) == (1, 976)
+
+    def test_count_stops_exactly(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        server, client = pair
+        for i in range(10):
+            client.sendto(b"%d" % i, server.getsockname())
+        seen: list[Datagram] = []
+        with self.engine(server, None, batch=3, on_batch=seen.extend) as e:
+            assert e.run(count=4, duration=5).rx_datagrams == 4
+            assert e.run(count=6, duration=5).rx_datagrams == 10
+        assert [d.data for d in seen] == [b"%d" % i for i in range(10)]
+
+    def test_duration_ends_an_idle_run(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        server, _ = pair
+        with self.engine(server, _echo) as e:
+            t0 = time.monotonic()
+            e.run(duration=0.2)
+            assert 0.15 <= time.monotonic() - t0 < 2.0
+
+    def test_stop_from_another_thread(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        server, client = pair
+        server.settimeout(None)  # a blocking socket must not keep the engine asleep
+        with self.engine(server, _echo) as e:
+            done = threading.Event()
+            t = threading.Thread(target=lambda: (e.run(), done.set()))
+            t.start()
+            client.sendto(b"ping", server.getsockname())
+            assert client.recvfrom(100)[0] == b"ping"
+            t0 = time.monotonic()
+            e.stop()
+            t.join(timeout=5)
+            assert done.is_set() and time.monotonic() - t0 < 1.0
+            assert e.stats.rx_datagrams == 1
+
+    def test_handler_exception_counted(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        server, client = pair
+
+        def handler(d: Datagram) -> bytes | list[Any]:
+            if d.data == b"bad":
+                raise RuntimeError("boom")
+            if d.data == b"mixed":
+                return [b"ok-before", "not bytes"]
+            return d.data
+
+        for m in (b"bad", b"mixed", b"good"):
+            client.sendto(m, server.getsockname())
+        with self.engine(server, handler) as e:
+            st = e.run(count=3, duration=5)
+        assert _recv_n(client, 2) == [b"ok-before", b"good"]
+        assert st.handler_errors == 2 and st.rx_datagrams == 3
+
+    def test_send_errors_counted_not_raised(self, family: Family) -> None:
+        """An ICMP port unreachable for a reply surfaces on a later call: counted by errno."""
+        fam, host = family
+        with socket.socket(fam, socket.SOCK_DGRAM) as server:
+            server.bind((host, 0))
+            with socket.socket(fam, socket.SOCK_DGRAM) as c:
+                c.bind((host, 0))
+                addr = c.getsockname()
+                server.connect(addr)
+                c.sendto(b"1", server.getsockname())
+            with self.engine(server, _echo) as e:
+                e.run(count=1, duration=5)  # the reply finds nobody: ICMP, error now pending
+                with socket.socket(fam, socket.SOCK_DGRAM) as c:
+                    c.bind(addr)
+                    c.sendto(b"2", server.getsockname())
+                st = e.run(count=1, duration=5)
+        assert st.rx_datagrams == 2
+        assert st.send_errors.get("ECONNREFUSED", 0) >= 1
+
+    @needs_proc
+    def test_kernel_drops_known_on_linux(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        server, client = pair
+        client.sendto(b"x", server.getsockname())
+        with self.engine(server, None) as e:
+            assert e.run(count=1, duration=5).kernel_drops == 0
+
+    def test_sink_counts_without_handler(self, pair: tuple[socket.socket, socket.socket]) -> None:
+        server, client = pair
+        payloads = [b"p" * 64] * 50
+        assert send_batch(client, payloads, server.getsockname(), gso=False) == 50
+        with self.engine(server, None, gro=False) as e:
+            st = e.run(count=50, duration=5)
+        assert (st.rx_datagrams, st.rx_bytes) == (50, 3200)
+
+    @needs_proc
+    def test_accounting_invariant_under_flood(self, family: Family) -> None:
+        """sent == received + kernel drops, exactly, with a receive buffer far too small."""
+        fam, host = family
+        total = 20_000
+        with (
+            socket.socket(fam, socket.SOCK_DGRAM) as server,
+            socket.socket(fam, socket.SOCK_DGRAM) as client,
+        ):
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            server.bind((host, 0))
+            client.connect(server.getsockname())
+            marker = b"END"
+
+            def on_batch(b: Sequence[Datagram]) -> None:
+                if any(d.data == marker for d in b):
+                    e.stop()
+
+            with self.engine(server, None, gro=False, on_batch=on_batch) as e:
+                t = threading.Thread(target=lambda: e.run(duration=10))
+                t.start()
+                sent = 0
+                for _ in range(total // 100):
+                    sent += send_batch(client, [b"f" * 64] * 100, gso=False)
+                # Once the queue has drained, a last datagram carries the final drop count.
+                time.sleep(0.3)
+                client.send(marker)
+                sent += 1
+                t.join(timeout=15)
+                assert not t.is_alive()
+                st = e.stats
+                drops = _proc_drops(server.fileno())
+                cmsg_drops = e._cmsg_drops
+        assert sent == total + 1
+        assert st.kernel_drops is not None and st.kernel_drops > 0
+        assert sent == st.rx_datagrams + st.kernel_drops
+        assert drops == st.kernel_drops
+        if self.fast:
+            assert cmsg_drops == st.kernel_drops
+
+
+class TestPortablePath(EngineContract):
+    fast = False
+
+
+@needs_fast
+class TestFastPath(EngineContract):
+    fast = True
+
+
+@needs_fast
+@needs_gso
+class TestOffloads:
+    """GSO-sent streams come out as exactly the datagrams sent, with GRO on or off."""
+
+    @pytest.mark.parametrize("gro", [pytest.param(True, marks=needs_gro), False])
+    @pytest.mark.parametrize("last", [1000, 333])
+    def test_gso_stream_received_as_sent(self, family: Family, gro: bool, last: int) -> None:
+        fam, host = family
+        n = 120
+        payloads = [bytes([i % 251]) * 1000 for i in range(n - 1)] + [b"L" * last]
+        with (
+            socket.socket(fam, socket.SOCK_DGRAM) as server,
+            socket.socket(fam, socket.SOCK_DGRAM) as client,
+        ):
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            server.bind((host, 0))
+            seen: list[Datagram] = []
+            with Engine(server, None, gro=gro, on_batch=seen.extend) as e:
+                assert e.gro is gro
+                assert send_batch(client, payloads, server.getsockname(), gso=True) == n
+                st = e.run(count=n, duration=5)
+        assert st.kernel_drops == 0, "receive buffer overflowed: test invalid"
+        assert [d.data for d in seen] == payloads
+        assert all(d.peer == client.getsockname() for d in seen)
+        assert (st.rx_datagrams, st.rx_bytes, st.truncated) == (n, 1000 * (n - 1) + last, 0)
+        if gro:
+            assert st.batches < n  # really coalesced
+
+    def test_same_size_replies_leave_as_separate_datagrams(
+        self, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
+        server, client = pair
+        for i in range(20):
+            client.sendto(b"%04d" % i, server.getsockname())
+        time.sleep(0.05)  # let all 20 queue so they are one batch and one GSO run
+        with Engine(server, _echo, gso=True) as e:
+            st = e.run(count=20, duration=5)
+            assert e.gso
+        assert _recv_n(client, 20) == [b"%04d" % i for i in range(20)]
+        assert (st.tx_datagrams, st.tx_bytes, st.send_errors) == (20, 80, {})
+
+
+def test_gro_needs_a_large_buffer() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with pytest.raises(UsageError, match="bufsize"):
+            Engine(s, None, bufsize=1024, gro=True)
+        with Engine(s, None, bufsize=1024) as e:
+            assert not e.gro
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"bufsize": 0}, "invalid bufsize 0"),
+        ({"batch": 0}, "invalid batch 0"),
+        ({"busy_poll_us": -1}, "invalid busy_poll_us -1"),
+    ],
+)
+def test_bad_arguments_named(kw: dict[str, Any], match: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(UsageError, match=match):
+        Engine(s, None, **kw)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "want"),
+    [(None, None, None), (None, 3, 3), (2, None, 2), (2, 3, 5)],
+)
+def test_stats_merge(a: int | None, b: int | None, want: int | None) -> None:
+    x = EngineStats(rx_datagrams=1, kernel_drops=a, send_errors={"EPERM": 1})
+    y = EngineStats(rx_datagrams=2, kernel_drops=b, send_errors={"EPERM": 2, "EIO": 1})
+    x.merge(y)
+    assert x.as_dict() == {
+        **EngineStats().as_dict(),
+        "rx_datagrams": 3,
+        "kernel_drops": want,
+        "send_errors": {"EPERM": 3, "EIO": 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("family", "addr"),
+    [
+        (socket.AF_INET, ("127.0.0.1", 5005)),
+        (socket.AF_INET, ("10.1.2.3", 65535)),
+        (socket.AF_INET6, ("::1", 5005, 0, 0)),
+        (socket.AF_INET6, ("2001:db8::1", 1, 0x12345, 0)),
+        (socket.AF_INET6, ("::ffff:127.0.0.1", 80, 0, 0)),
+    ],
+)
+def test_sockaddr_round_trip(family: socket.AddressFamily, addr: tuple[Any, ...]) -> None:
+    assert decode_sockaddr(encode_sockaddr(family, addr)) == addr
