@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
 from ._errors import AddressError, NetworkError, Timeout, UdpkitError, UsageError
+from ._escape import escape_controls
 
 EXIT_OK = 0
 EXIT_NETWORK = 1
@@ -51,11 +52,18 @@ class _Stopped(Exception):
         self.signum = signum
 
 
+def _line(text: str) -> str:
+    # Error messages quote what the user typed (a port, a path, argv itself),
+    # which may hold ESC sequences or newlines: escape them here, once, so
+    # every error is one terminal-safe line whatever the layer below wrote.
+    return escape_controls(text) + "\n"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr and exit code 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+        self.exit(EXIT_USAGE, _line(f"{self.prog}: error: {message} (see '{self.prog} --help')"))
 
 
 # ---------------------------------------------------------------- argument types
@@ -134,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         fam = tr.add_mutually_exclusive_group()
         fam.add_argument("-4", "--ipv4", action="store_true", help="use IPv4 only")
         fam.add_argument("-6", "--ipv6", action="store_true", help="use IPv6 only")
+        # With options spelled like numbers (-4, -6) argparse takes every
+        # negative number for an option: `--timeout -1` would be "expected one
+        # argument" and port `-1` "unrecognized". Clearing the flag keeps -4/-6
+        # (exact matches come first) and lets -1 reach its validator.
+        p._has_negative_number_optionals.clear()
 
     serve = sub.add_parser(
         "serve",
@@ -292,7 +305,7 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     stream = transport in ("TCP", "Unix stream")
     fmt = args.format
     mode = "echo" if args.echo else "none" if args.no_reply else "reply"
-    handler = _server.reply_handler(mode, args.reply.encode())
+    handler = _server.reply_handler(mode, os.fsencode(args.reply))
 
     host = DEFAULT_HOST if args.host is None else args.host
     port = (
@@ -404,7 +417,8 @@ def _read_message(text: str, as_hex: bool) -> bytes:
             raise UsageError(
                 f"invalid hex message {text[:40]!r}: use pairs of hex digits, e.g. '48 65 6c 6c 6f'"
             ) from None
-    return text.encode()
+    # surrogateescape: argv that is not UTF-8 is sent as the bytes typed.
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
@@ -596,16 +610,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Stopped as stop:
         return 128 + stop.signum
     except (Timeout, TimeoutError) as exc:
-        sys.stderr.write(f"{prog}: {exc}\n")
+        sys.stderr.write(_line(f"{prog}: {exc}"))
         return EXIT_TIMEOUT
     except (UsageError, AddressError) as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.stderr.write(_line(f"{prog}: error: {exc}"))
         return EXIT_USAGE
     except (NetworkError, UdpkitError) as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.stderr.write(_line(f"{prog}: error: {exc}"))
         return EXIT_NETWORK
     except OSError as exc:  # an OS error a layer below did not map: still one line
-        sys.stderr.write(f"{prog}: error: {exc.strerror or exc}\n")
+        sys.stderr.write(_line(f"{prog}: error: {exc.strerror or exc}"))
         return EXIT_NETWORK
 
 

@@ -57,6 +57,9 @@ def request(
     _check_timing(timeout, retries)
     refused: ConnectionRefused | None = None
     for attempt in range(1, retries + 2):
+        # Only the last attempt's outcome counts: a server that came up
+        # after a refused attempt but stays silent is a timeout, not "refused".
+        refused = None
         deadline = time.monotonic() + timeout
         sock.send(message, to)
         while True:
