@@ -15,12 +15,18 @@ import pytest
 from udpkit._engine import (
     Engine,
     EngineStats,
-    _proc_drops,
     fast_path_available,
     send_batch,
 )
 from udpkit._errors import UsageError
-from udpkit._mmsg import SOL_UDP, UDP_GRO, UDP_SEGMENT, decode_sockaddr, encode_sockaddr
+from udpkit._mmsg import (
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    decode_sockaddr,
+    encode_sockaddr,
+    proc_drops,
+)
 from udpkit._sockets import Datagram
 
 LINUX = sys.platform.startswith("linux")
@@ -169,7 +175,12 @@ class EngineContract:
         server.settimeout(None)  # a blocking socket must not keep the engine asleep
         with self.engine(server, _echo) as e:
             done = threading.Event()
-            t = threading.Thread(target=lambda: (e.run(), done.set()))
+
+            def serve() -> None:
+                e.run()
+                done.set()
+
+            t = threading.Thread(target=serve)
             t.start()
             client.sendto(b"ping", server.getsockname())
             assert client.recvfrom(100)[0] == b"ping"
@@ -261,7 +272,7 @@ class EngineContract:
                 t.join(timeout=15)
                 assert not t.is_alive()
                 st = e.stats
-                drops = _proc_drops(server.fileno())
+                drops = proc_drops(server.fileno())
                 cmsg_drops = e._cmsg_drops
         assert sent == total + 1
         assert st.kernel_drops is not None and st.kernel_drops > 0
@@ -302,9 +313,10 @@ class TestOffloads:
                 assert e.gro is gro
                 assert send_batch(client, payloads, server.getsockname(), gso=True) == n
                 st = e.run(count=n, duration=5)
+            port = client.getsockname()[1]
         assert st.kernel_drops == 0, "receive buffer overflowed: test invalid"
         assert [d.data for d in seen] == payloads
-        assert all(d.peer == client.getsockname() for d in seen)
+        assert all(d.peer[:2] == (host, port) for d in seen)
         assert (st.rx_datagrams, st.rx_bytes, st.truncated) == (n, 1000 * (n - 1) + last, 0)
         if gro:
             assert st.batches < n  # really coalesced
@@ -340,7 +352,10 @@ def test_gro_needs_a_large_buffer() -> None:
     ],
 )
 def test_bad_arguments_named(kw: dict[str, Any], match: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(UsageError, match=match):
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+        pytest.raises(UsageError, match=match),
+    ):
         Engine(s, None, **kw)
 
 
@@ -361,7 +376,7 @@ def test_stats_merge(a: int | None, b: int | None, want: int | None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("family", "addr"),
+    ("fam", "addr"),
     [
         (socket.AF_INET, ("127.0.0.1", 5005)),
         (socket.AF_INET, ("10.1.2.3", 65535)),
@@ -370,5 +385,5 @@ def test_stats_merge(a: int | None, b: int | None, want: int | None) -> None:
         (socket.AF_INET6, ("::ffff:127.0.0.1", 80, 0, 0)),
     ],
 )
-def test_sockaddr_round_trip(family: socket.AddressFamily, addr: tuple[Any, ...]) -> None:
-    assert decode_sockaddr(encode_sockaddr(family, addr)) == addr
+def test_sockaddr_round_trip(fam: socket.AddressFamily, addr: tuple[Any, ...]) -> None:
+    assert decode_sockaddr(encode_sockaddr(fam, addr)) == addr

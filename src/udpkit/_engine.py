@@ -19,7 +19,6 @@ import os
 import select
 import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,17 +27,23 @@ from typing import Any
 from . import _mmsg
 from ._errors import Unsupported, UsageError, map_oserror
 from ._mmsg import (
+    AGAIN,
+    GSO_MAX_BYTES,
+    MM,
     MSG_DONTWAIT,
     MSG_TRUNC,
+    OFFLOAD_REFUSED,
     SO_RXQ_OVFL,
     SOL_UDP,
     UDP_GRO,
     UDP_MAX_SEGMENTS,
     MsgArray,
     decode_sockaddr,
-    encode_sockaddr,
     errno_name,
+    fast_path_available,
     libc_mmsg,
+    proc_drops,
+    send_batch,
 )
 from ._sockets import Datagram
 
@@ -48,7 +53,6 @@ Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
 """Given a datagram, return the reply (or replies) to send to its peer, or ``None``."""
 
 _LINUX = sys.platform.startswith("linux")
-_AGAIN = {errno.EAGAIN, errno.EWOULDBLOCK}
 # Errors the kernel reports on a later call for an earlier send (ICMP), counted, never raised.
 _ASYNC = {
     errno.ECONNREFUSED,
@@ -61,15 +65,10 @@ _ASYNC = {
     errno.ETIMEDOUT,
     errno.EPROTO,
 }
-# What a kernel without (working) UDP GRO/GSO answers; the offload is then off for good.
-_OFFLOAD_REFUSED = {errno.EINVAL, errno.ENOPROTOOPT, errno.EIO, errno.EOPNOTSUPP}
 _GRO_BUFSIZE = 65535
-# A GSO send may carry at most one IP datagram's worth of payload.
-_GSO_MAX_BYTES = 65000
 _SEND_WAIT = 1.0  # longest wait for a full send buffer to drain before counting EAGAIN
 _PEER_CACHE_MAX = 4096
 _SO_BUSY_POLL = 46
-_MM = ctypes.sizeof(_mmsg.MMsgHdr)
 _new = tuple.__new__
 
 
@@ -130,33 +129,6 @@ class EngineStats:
     def count_error(self, code: int | None, n: int = 1) -> None:
         name = errno_name(code)
         self.send_errors[name] = self.send_errors.get(name, 0) + n
-
-
-def fast_path_available() -> bool:
-    """Whether recvmmsg/sendmmsg can be called here (Linux with a glibc/musl libc)."""
-    return libc_mmsg.recvmmsg is not None and libc_mmsg.sendmmsg is not None
-
-
-def _proc_drops(sock_fd: int) -> int | None:
-    """The drops column of /proc/net/udp{,6} for this socket's inode, or ``None``."""
-    if not _LINUX:
-        return None
-    try:
-        inode = str(os.fstat(sock_fd).st_ino)
-    except OSError:
-        return None
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(name, encoding="ascii") as f:
-                next(f, None)  # header
-                for line in f:
-                    cols = line.split()
-                    if len(cols) > 12 and cols[9] == inode:
-                        return int(cols[12])
-        except OSError:
-            continue
-    # Not listed (an unbound socket, another namespace) or no /proc: unknown.
-    return None
 
 
 class _Peers:
@@ -238,9 +210,6 @@ class Engine:
         self._cmsg_drops = 0
         self._peers = _Peers()
         self._keys: list[Any] = []
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
         self._rx: MsgArray | None = None
         self._tx: MsgArray | None = None
         self._buf = bytearray(bufsize)
@@ -251,8 +220,8 @@ class Engine:
         self._gro = False
         if gro and (not self._fast or bufsize < _GRO_BUFSIZE):
             raise UsageError(
-                f"gro=True needs the fast path and bufsize >= {_GRO_BUFSIZE} (got fast={self._fast},"
-                f" bufsize={bufsize}): pass gro=None or gro=False"
+                f"gro=True needs the fast path and bufsize >= {_GRO_BUFSIZE} "
+                f"(got fast={self._fast}, bufsize={bufsize}): pass gro=None or gro=False"
             )
         if gro is not False and self._fast and bufsize >= _GRO_BUFSIZE:
             self._gro = self._try_sockopt(SOL_UDP, UDP_GRO)
@@ -272,6 +241,10 @@ class Engine:
             self._arena = bytearray(max(batch * 2048, 2 * 65536))
             self._arena_view = memoryview(self._arena)
             self._arena_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._arena))
+        # Created last: nothing after this can raise and leak them.
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._poll: Any = None
         if hasattr(select, "poll"):
             self._poll = select.poll()
@@ -326,7 +299,7 @@ class Engine:
         Returns:
             The kernel's cumulative drop count for the socket, or ``None`` where unknown.
         """
-        proc = _proc_drops(self._fd)
+        proc = proc_drops(self._fd)
         if proc is not None:
             self.stats.kernel_drops = max(proc, self._cmsg_drops, self.stats.kernel_drops or 0)
         elif self._cmsg_drops:
@@ -410,8 +383,8 @@ class Engine:
             ms = None if timeout is None else max(1, int(timeout * 1000 + 0.999))
             events = self._poll.poll(ms)
         else:
-            r, _, _ = select.select([self._fd, self._wake_r], [], [], timeout)
-            events = [(x if isinstance(x, int) else x.fileno(), 0) for x in r]
+            r, _, _ = select.select([self._fd, self._wake_r.fileno()], [], [], timeout)
+            events = [(fd, 0) for fd in r]
         wake = self._wake_r.fileno()
         for fd, _ in events:
             if fd == wake:
@@ -422,7 +395,7 @@ class Engine:
 
     def _recv_error(self, code: int) -> int:
         """Map a receive errno to the loop's next step: 0 wait, -1 retry; raise if fatal."""
-        if code in _AGAIN:
+        if code in AGAIN:
             return 0
         if code == errno.EINTR:
             return -1
@@ -434,7 +407,7 @@ class Engine:
     def _recv_fast(self, vlen: int) -> int:
         rx = self._rx
         assert rx is not None
-        rx.hdr_view[: vlen * _MM] = self._rx_template[: vlen * _MM]
+        rx.hdr_view[: vlen * MM] = self._rx_template[: vlen * MM]
         n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, MSG_TRUNC | MSG_DONTWAIT, None)
         if n <= 0:
             if n == 0:
@@ -467,7 +440,7 @@ class Engine:
                 _new(Datagram, (dv[o : o + ln].tobytes(), p, ln))
                 for o, ln, p in zip(range(0, n * bufsize, bufsize), lens, peers, strict=False)
             ]
-            src = range(n)
+            src: Sequence[int] = range(n)
             st.rx_datagrams += n
             st.rx_bytes += total
         else:
@@ -478,23 +451,34 @@ class Engine:
             self._reply_fast(dgrams, src)
         return len(dgrams)
 
-    def _read_cmsgs(self, rx: MsgArray, ctl: list[int]) -> dict[int, int]:
-        """Note SO_RXQ_OVFL counts; return {message index: GRO segment size}."""
-        segs: dict[int, int] = {}
+    def _read_cmsgs(self, rx: MsgArray, ctl: list[int]) -> dict[int, int] | None:
+        """Note SO_RXQ_OVFL counts; return {message index: GRO segment size} or None."""
+        if not self._gro:
+            # The drop count is cumulative: the last message that carries one says all.
+            i = len(ctl) - 1
+            while i > 0 and not ctl[i]:
+                i -= 1
+            self._note_cmsgs(rx, i, ctl[i])
+            return None
+        segs = {}
         for i, cl in enumerate(ctl):
-            if not cl:
-                continue
-            for level, ctype, data in rx.cmsgs(i, cl):
-                if level == socket.SOL_SOCKET and ctype == SO_RXQ_OVFL and len(data) >= 4:
-                    drops = int.from_bytes(data[:4], sys.byteorder)
-                    if drops > self._cmsg_drops:
-                        self._cmsg_drops = drops
-                        self.stats.kernel_drops = max(drops, self.stats.kernel_drops or 0)
-                elif level == SOL_UDP and ctype == UDP_GRO and len(data) >= 4:
-                    size = int.from_bytes(data[:4], sys.byteorder, signed=True)
-                    if size > 0:
-                        segs[i] = size
-        return segs
+            if cl:
+                size = self._note_cmsgs(rx, i, cl)
+                if size:
+                    segs[i] = size
+        return segs or None
+
+    def _note_cmsgs(self, rx: MsgArray, i: int, controllen: int) -> int:
+        """Record message ``i``'s drop count; return its GRO segment size (0 if none)."""
+        size = 0
+        for level, ctype, value in rx.cmsg_ints(i, controllen):
+            if level == socket.SOL_SOCKET and ctype == SO_RXQ_OVFL:
+                if value > self._cmsg_drops:
+                    self._cmsg_drops = value
+                    self.stats.kernel_drops = max(value, self.stats.kernel_drops or 0)
+            elif level == SOL_UDP and ctype == UDP_GRO and 0 < value < 1 << 31:
+                size = value
+        return size
 
     def _split(
         self, rx: MsgArray, n: int, lens: list[int], peers: list[Any], segs: dict[int, int]
@@ -625,7 +609,7 @@ class Engine:
             run = 1
             k += 1
             if gso and size:
-                limit = min(UDP_MAX_SEGMENTS, _GSO_MAX_BYTES // size)
+                limit = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // size)
                 key = keys[i]
                 while (
                     k < total
@@ -643,7 +627,14 @@ class Engine:
             length = size * (run - 1) + len(replies[k - 1])
             tx.set_iov(j, aaddr + off, length)
             clen = tx.put_segment_cmsg(j * ctl_space, size) if run > 1 else 0
-            tx.set_send(j, names_addr + i * space, namelens[i], j, j * ctl_space, clen)
+            tx.set_send(
+                j,
+                names_addr + i * space,
+                namelens[i],
+                iov_index=j,
+                control_off=j * ctl_space,
+                controllen=clen,
+            )
             firsts.append(first)
             counts.append(run)
             nbytes.append(length)
@@ -652,7 +643,7 @@ class Engine:
         sent = 0
         waited = 0.0
         while sent < j:
-            r = libc_mmsg.sendmmsg(self._fd, tx.hdrs_addr + sent * _MM, j - sent, MSG_DONTWAIT)
+            r = libc_mmsg.sendmmsg(self._fd, tx.hdrs_addr + sent * MM, j - sent, MSG_DONTWAIT)
             if r > 0:
                 st.tx_datagrams += sum(counts[sent : sent + r])
                 st.tx_bytes += sum(nbytes[sent : sent + r])
@@ -661,10 +652,10 @@ class Engine:
             code = ctypes.get_errno()
             if code == errno.EINTR:
                 continue
-            if code in _AGAIN and waited < _SEND_WAIT:
+            if code in AGAIN and waited < _SEND_WAIT:
                 waited += self._wait_writable(_SEND_WAIT - waited)
                 continue
-            if counts[sent] > 1 and code in _OFFLOAD_REFUSED:
+            if counts[sent] > 1 and code in OFFLOAD_REFUSED:
                 # GSO refused: off for good; resend this run as plain datagrams.
                 self._gso = False
                 return firsts[sent]
@@ -742,150 +733,3 @@ class Engine:
             self.stats.tx_datagrams += 1
             self.stats.tx_bytes += n
             return
-
-
-# -- load generation --------------------------------------------------------------
-
-
-class _Sender(threading.local):
-    """Per-thread send buffers for :func:`send_batch`, grown on demand."""
-
-    def __init__(self) -> None:
-        self.tx = MsgArray(UDP_MAX_SEGMENTS, 0)
-        self.arena = bytearray(1 << 18)
-        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.arena))
-        self.names: dict[tuple[int, Any], bytes] = {}
-
-
-_sender: _Sender | None = None
-_gso_ok = True
-
-
-def send_batch(
-    sock: socket.socket, payloads: Sequence[bytes], to: Any = None, *, gso: bool | None = None
-) -> int:
-    """Send ``payloads`` as datagrams with as few system calls as the platform allows.
-
-    Uses sendmmsg on Linux, and UDP GSO (one call per up to 64 datagrams) when all
-    payloads have one size (the last may be shorter) and ``gso`` is not False.
-
-    Args:
-        sock: a UDP socket; blocking or not (a non-blocking one may send fewer).
-        payloads: the datagrams' bytes.
-        to: destination address tuple; ``None`` on a connected socket.
-        gso: ``True`` to insist on GSO, ``False`` to avoid it, ``None`` to use it when it works.
-
-    Returns:
-        How many datagrams the kernel accepted (fewer than asked only on EAGAIN or an
-        error after some were sent).
-
-    Raises:
-        Unsupported: ``gso=True`` and the kernel refuses UDP GSO.
-        NetworkError: the first send failed (e.g. refused, unreachable).
-    """
-    global _sender, _gso_ok
-    if not payloads:
-        return 0
-    if not fast_path_available() or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        if gso:
-            raise Unsupported(errno.EOPNOTSUPP, "gso=True: UDP GSO needs Linux; pass gso=None")
-        return _send_portable(sock, payloads, to)
-    if _sender is None:
-        _sender = _Sender()
-    s = _sender
-    tx = s.tx
-    if to is None:
-        name_addr, namelen = 0, 0
-    else:
-        key = (int(sock.family), to)
-        raw = s.names.get(key)
-        if raw is None:
-            raw = encode_sockaddr(sock.family, to)
-            if len(s.names) > 256:
-                s.names.clear()
-            s.names[key] = raw
-        tx.names_view[: len(raw)] = raw
-        name_addr, namelen = tx.names_addr, len(raw)
-    size = len(payloads[0])
-    use_gso = (
-        gso is not False
-        and (_gso_ok or gso)
-        and len(payloads) > 1
-        and size > 0
-        and all(len(p) == size for p in payloads[:-1])
-        and 0 < len(payloads[-1]) <= size
-    )
-    if gso and not use_gso and len(payloads) > 1:
-        raise UsageError("gso=True needs payloads of one size (the last may be shorter)")
-    per = min(UDP_MAX_SEGMENTS, _GSO_MAX_BYTES // size) if use_gso else 1
-    need = sum(map(len, payloads)) if not use_gso else size * len(payloads)
-    if need > len(s.arena) and need <= 1 << 26:
-        s.arena = bytearray(need)
-        s.addr = ctypes.addressof(ctypes.c_char.from_buffer(s.arena))
-    sent = 0
-    k = 0
-    total = len(payloads)
-    while k < total:
-        # Fill up to tx.n messages from the arena, then one sendmmsg.
-        av = memoryview(s.arena)
-        off = 0
-        j = 0
-        counts: list[int] = []
-        while k < total and j < tx.n:
-            run = min(per, total - k)
-            start = off
-            for p in payloads[k : k + run]:
-                if off + len(p) > len(s.arena):
-                    break
-                av[off : off + len(p)] = p
-                off += len(p)
-            else:
-                tx.set_iov(j, s.addr + start, off - start)
-                clen = tx.put_segment_cmsg(j * _mmsg.CONTROL_SPACE, size) if run > 1 else 0
-                tx.set_send(j, name_addr, namelen, j, j * _mmsg.CONTROL_SPACE, clen)
-                counts.append(run)
-                k += run
-                j += 1
-                continue
-            break
-        if j == 0:
-            raise UsageError(f"payload of {len(payloads[k])} bytes is too large to send")
-        done = 0
-        while done < j:
-            r = libc_mmsg.sendmmsg(sock.fileno(), tx.hdrs_addr + done * _MM, j - done, 0)
-            if r > 0:
-                sent += sum(counts[done : done + r])
-                done += r
-                continue
-            code = ctypes.get_errno()
-            if code == errno.EINTR:
-                continue
-            if counts[done] > 1 and code in _OFFLOAD_REFUSED:
-                if gso:
-                    raise Unsupported(
-                        code, f"gso=True: the kernel refused UDP GSO ({errno_name(code)})"
-                    )
-                _gso_ok = False
-                return sent + send_batch(sock, payloads[sent:], to, gso=False)
-            if sent or code in _AGAIN:
-                return sent
-            raise map_oserror(OSError(code, os.strerror(code)), f"send to {to!r}")
-    return sent
-
-
-def _send_portable(sock: socket.socket, payloads: Sequence[bytes], to: Any) -> int:
-    sent = 0
-    for p in payloads:
-        try:
-            if to is None:
-                sock.send(p)
-            else:
-                sock.sendto(p, to)
-        except BlockingIOError:
-            return sent
-        except OSError as exc:
-            if sent:
-                return sent
-            raise map_oserror(exc, f"send to {to!r}") from exc
-        sent += 1
-    return sent

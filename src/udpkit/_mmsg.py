@@ -11,14 +11,23 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import os
 import socket
 import struct
 import sys
+import threading
+from collections.abc import Sequence
 from typing import Any
 
+from ._errors import Unsupported, UsageError, map_oserror
+
 __all__ = [
+    "AGAIN",
+    "GSO_MAX_BYTES",
+    "MM",
     "MSG_DONTWAIT",
     "MSG_TRUNC",
+    "OFFLOAD_REFUSED",
     "SOL_UDP",
     "SO_RXQ_OVFL",
     "UDP_GRO",
@@ -27,7 +36,10 @@ __all__ = [
     "MsgArray",
     "decode_sockaddr",
     "encode_sockaddr",
+    "fast_path_available",
     "libc_mmsg",
+    "proc_drops",
+    "send_batch",
 ]
 
 # Linux values (include/uapi/linux/udp.h, asm-generic/socket.h); missing from Python 3.11.
@@ -41,6 +53,11 @@ MSG_TRUNC: int = getattr(socket, "MSG_TRUNC", 0x20)
 MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 
 _LINUX = sys.platform.startswith("linux")
+AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+# What a kernel without (working) UDP GRO/GSO answers; the offload is then off for good.
+OFFLOAD_REFUSED = frozenset({errno.EINVAL, errno.ENOPROTOOPT, errno.EIO, errno.EOPNOTSUPP})
+# A GSO send may carry at most one IP datagram's worth of payload.
+GSO_MAX_BYTES = 65000
 
 
 class IoVec(ctypes.Structure):
@@ -76,6 +93,8 @@ _SIZE_FMT = "Q" if _SIZE_T == 8 else "I"
 _PTR_FMT = "Q" if ctypes.sizeof(ctypes.c_void_p) == 8 else "I"
 _CMSG_HDR = ctypes.sizeof(CMsgHdr)
 _CMSG_HDR_STRUCT = struct.Struct(f"={_SIZE_FMT}ii")
+# A header and a 4-byte payload (SO_RXQ_OVFL uint32, UDP_GRO int): all we ever read.
+_CMSG_INT = struct.Struct(f"={_SIZE_FMT}iiI")
 _INT = struct.Struct("=i")
 _UINT = struct.Struct("=I")
 
@@ -97,12 +116,12 @@ NAME_SPACE = 32
 
 # The fields the hot loop reads are read for the whole batch at once through strided
 # memoryviews, so their offsets must be multiples of the view's item size.
-_MM = ctypes.sizeof(MMsgHdr)
+MM = ctypes.sizeof(MMsgHdr)
 _OFF_NAMELEN = MsgHdr.msg_namelen.offset
 _OFF_CONTROLLEN = MsgHdr.msg_controllen.offset
 _OFF_FLAGS = MsgHdr.msg_flags.offset
 _OFF_MSGLEN = MMsgHdr.msg_len.offset
-assert _MM % 8 == 0 and _OFF_CONTROLLEN % _SIZE_T == 0  # true on every Linux ABI
+assert MM % 8 == 0 and _OFF_CONTROLLEN % _SIZE_T == 0  # true on every Linux ABI
 
 # One struct per header so a reply's msghdr is written with one pack_into.
 _P = _PTR_FMT
@@ -116,7 +135,7 @@ class _Libc:
     def __init__(self) -> None:
         self.recvmmsg: Any = None
         self.sendmmsg: Any = None
-        if not _LINUX or _HDR_STRUCT.size != _MM:
+        if not _LINUX or _HDR_STRUCT.size != MM:
             return
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -141,6 +160,11 @@ class _Libc:
 libc_mmsg = _Libc()
 
 
+def fast_path_available() -> bool:
+    """Whether recvmmsg/sendmmsg can be called here (Linux with a glibc/musl libc)."""
+    return libc_mmsg.recvmmsg is not None and libc_mmsg.sendmmsg is not None
+
+
 def _address(buf: bytearray) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
@@ -163,7 +187,7 @@ class MsgArray:
         self.data = bytearray(max(1, n * bufsize))
         self.names = bytearray(n * NAME_SPACE)
         self.control = bytearray(n * CONTROL_SPACE)
-        self.hdrs = bytearray(n * _MM)
+        self.hdrs = bytearray(n * MM)
         self.iovs = bytearray((iovs or n) * ctypes.sizeof(IoVec))
         self.data_addr = _address(self.data)
         self.names_addr = _address(self.names)
@@ -176,14 +200,14 @@ class MsgArray:
         hv = memoryview(self.hdrs)
         self.hdr_view = hv
         self.u32 = hv.cast("I")
-        self.sz = hv.cast(_SIZE_FMT)
+        self.sz = hv.cast("Q") if _SIZE_T == 8 else hv.cast("I")
         self.i32 = hv.cast("i")
         iov_size = ctypes.sizeof(IoVec)
         for i in range(n):
             _IOV_STRUCT.pack_into(self.iovs, i * iov_size, self.data_addr + i * bufsize, bufsize)
             _HDR_STRUCT.pack_into(
                 self.hdrs,
-                i * _MM,
+                i * MM,
                 self.names_addr + i * NAME_SPACE,
                 NAME_SPACE,
                 self.iovs_addr + i * iov_size,
@@ -194,8 +218,8 @@ class MsgArray:
                 0,
             )
         self.template = bytes(self.hdrs)
-        self._stride32 = _MM // 4
-        self._stride_sz = _MM // _SIZE_T
+        self._stride32 = MM // 4
+        self._stride_sz = MM // _SIZE_T
 
     def reset(self) -> None:
         """Restore the receive headers the kernel overwrote in the last call."""
@@ -220,7 +244,8 @@ class MsgArray:
     def controllens(self, k: int) -> list[int]:
         s = self._stride_sz
         o = _OFF_CONTROLLEN // _SIZE_T
-        return self.sz[o : o + k * s : s].tolist()
+        out: list[int] = self.sz[o : o + k * s : s].tolist()
+        return out
 
     def name_keys_v4(self, k: int) -> list[int]:
         """First 8 bytes of each sockaddr (family, port, IPv4 address) as one int: a cheap key."""
@@ -228,18 +253,16 @@ class MsgArray:
         s = NAME_SPACE // 8
         return q[0 : k * s : s].tolist()
 
-    def cmsgs(self, i: int, controllen: int) -> list[tuple[int, int, bytes]]:
-        """Parse message ``i``'s control messages into (level, type, data)."""
+    def cmsg_ints(self, i: int, controllen: int) -> list[tuple[int, int, int]]:
+        """Message ``i``'s control messages as (level, type, first 4 data bytes as int)."""
         out = []
         base = i * CONTROL_SPACE
         off = 0
-        while off + _CMSG_HDR <= controllen:
-            length, level, ctype = _CMSG_HDR_STRUCT.unpack_from(self.control, base + off)
+        while off + _CMSG_INT.size <= controllen:
+            length, level, ctype, value = _CMSG_INT.unpack_from(self.control, base + off)
             if length < _CMSG_HDR or off + length > controllen:
                 break
-            out.append(
-                (level, ctype, bytes(self.control[base + off + _CMSG_HDR : base + off + length]))
-            )
+            out.append((level, ctype, value))
             off += _cmsg_align(length)
         return out
 
@@ -248,6 +271,7 @@ class MsgArray:
         j: int,
         name_addr: int,
         namelen: int,
+        *,
         iov_index: int,
         control_off: int,
         controllen: int,
@@ -255,7 +279,7 @@ class MsgArray:
         """Point send header ``j`` at a peer, one iovec and (optionally) control bytes."""
         _HDR_STRUCT.pack_into(
             self.hdrs,
-            j * _MM,
+            j * MM,
             name_addr,
             namelen,
             self.iovs_addr + iov_index * ctypes.sizeof(IoVec),
@@ -279,7 +303,7 @@ class MsgArray:
         return space
 
     def sent_len(self, j: int) -> int:
-        return int(self.u32[(j * _MM + _OFF_MSGLEN) // 4])
+        return int(self.u32[(j * MM + _OFF_MSGLEN) // 4])
 
 
 def decode_sockaddr(raw: bytes) -> Any:
@@ -311,12 +335,12 @@ def encode_sockaddr(family: int, addr: Any) -> bytes:
     Raises:
         OSError: the host is not numeric and cannot be resolved (``socket.gaierror``).
     """
-    host, port = addr[0], int(addr[1])
+    host, port = str(addr[0]), int(addr[1])
     if family == socket.AF_INET:
         try:
             packed = socket.inet_pton(socket.AF_INET, host)
         except OSError:
-            host = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0]
+            host = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)[0][4][0])
             packed = socket.inet_pton(socket.AF_INET, host)
         return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + packed + bytes(8)
     flow = int(addr[2]) if len(addr) > 2 else 0
@@ -324,7 +348,7 @@ def encode_sockaddr(family: int, addr: Any) -> bytes:
     try:
         packed = socket.inet_pton(socket.AF_INET6, host)
     except OSError:
-        info = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM)[0][4]
+        info: Any = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM)[0][4]
         packed = socket.inet_pton(socket.AF_INET6, str(info[0]).split("%")[0])
         scope = scope or int(info[3])
     return (
@@ -340,3 +364,179 @@ def errno_name(code: int | None) -> str:
     if code is None:
         return "EUNKNOWN"
     return errno.errorcode.get(code, f"E{code}")
+
+
+def proc_drops(sock_fd: int) -> int | None:
+    """The drops column of /proc/net/udp{,6} for this socket's inode, or ``None``."""
+    if not _LINUX:
+        return None
+    try:
+        inode = str(os.fstat(sock_fd).st_ino)
+    except OSError:
+        return None
+    for name in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            with open(name, encoding="ascii") as f:
+                next(f, None)  # header
+                for line in f:
+                    cols = line.split()
+                    if len(cols) > 12 and cols[9] == inode:
+                        return int(cols[12])
+        except OSError:
+            continue
+    # Not listed (an unbound socket, another namespace) or no /proc: unknown.
+    return None
+
+
+# -- load generation --------------------------------------------------------------
+
+
+class _Sender(threading.local):
+    """Per-thread send buffers for :func:`send_batch`, grown on demand."""
+
+    def __init__(self) -> None:
+        self.tx = MsgArray(UDP_MAX_SEGMENTS, 0)
+        self.arena = bytearray(1 << 18)
+        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.arena))
+        self.names: dict[tuple[int, Any], bytes] = {}
+
+
+_sender: _Sender | None = None
+_gso_ok = True
+
+
+def send_batch(
+    sock: socket.socket, payloads: Sequence[bytes], to: Any = None, *, gso: bool | None = None
+) -> int:
+    """Send ``payloads`` as datagrams with as few system calls as the platform allows.
+
+    Uses sendmmsg on Linux, and UDP GSO (one call per up to 64 datagrams) when all
+    payloads have one size (the last may be shorter) and ``gso`` is not False.
+
+    Args:
+        sock: a UDP socket; blocking or not (a non-blocking one may send fewer).
+        payloads: the datagrams' bytes.
+        to: destination address tuple; ``None`` on a connected socket.
+        gso: ``True`` to insist on GSO, ``False`` to avoid it, ``None`` to use it when it works.
+
+    Returns:
+        How many datagrams the kernel accepted (fewer than asked only on EAGAIN or an
+        error after some were sent).
+
+    Raises:
+        Unsupported: ``gso=True`` and the kernel refuses UDP GSO.
+        NetworkError: the first send failed (e.g. refused, unreachable).
+    """
+    global _sender, _gso_ok
+    if not payloads:
+        return 0
+    if not fast_path_available() or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        if gso:
+            raise Unsupported(errno.EOPNOTSUPP, "gso=True: UDP GSO needs Linux; pass gso=None")
+        return _send_portable(sock, payloads, to)
+    if _sender is None:
+        _sender = _Sender()
+    s = _sender
+    tx = s.tx
+    if to is None:
+        name_addr, namelen = 0, 0
+    else:
+        key = (int(sock.family), to)
+        raw = s.names.get(key)
+        if raw is None:
+            raw = encode_sockaddr(sock.family, to)
+            if len(s.names) > 256:
+                s.names.clear()
+            s.names[key] = raw
+        tx.names_view[: len(raw)] = raw
+        name_addr, namelen = tx.names_addr, len(raw)
+    size = len(payloads[0])
+    use_gso = (
+        gso is not False
+        and (_gso_ok or gso)
+        and len(payloads) > 1
+        and size > 0
+        and all(len(p) == size for p in payloads[:-1])
+        and 0 < len(payloads[-1]) <= size
+    )
+    if gso and not use_gso and len(payloads) > 1:
+        raise UsageError("gso=True needs payloads of one size (the last may be shorter)")
+    per = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // size) if use_gso else 1
+    need = sum(map(len, payloads)) if not use_gso else size * len(payloads)
+    if need > len(s.arena) and need <= 1 << 26:
+        s.arena = bytearray(need)
+        s.addr = ctypes.addressof(ctypes.c_char.from_buffer(s.arena))
+    sent = 0
+    k = 0
+    total = len(payloads)
+    while k < total:
+        # Fill up to tx.n messages from the arena, then one sendmmsg.
+        av = memoryview(s.arena)
+        off = 0
+        j = 0
+        counts: list[int] = []
+        while k < total and j < tx.n:
+            run = min(per, total - k)
+            start = off
+            for p in payloads[k : k + run]:
+                if off + len(p) > len(s.arena):
+                    break
+                av[off : off + len(p)] = p
+                off += len(p)
+            else:
+                tx.set_iov(j, s.addr + start, off - start)
+                clen = tx.put_segment_cmsg(j * CONTROL_SPACE, size) if run > 1 else 0
+                tx.set_send(
+                    j,
+                    name_addr,
+                    namelen,
+                    iov_index=j,
+                    control_off=j * CONTROL_SPACE,
+                    controllen=clen,
+                )
+                counts.append(run)
+                k += run
+                j += 1
+                continue
+            break
+        if j == 0:
+            raise UsageError(f"payload of {len(payloads[k])} bytes is too large to send")
+        done = 0
+        while done < j:
+            r = libc_mmsg.sendmmsg(sock.fileno(), tx.hdrs_addr + done * MM, j - done, 0)
+            if r > 0:
+                sent += sum(counts[done : done + r])
+                done += r
+                continue
+            code = ctypes.get_errno()
+            if code == errno.EINTR:
+                continue
+            if counts[done] > 1 and code in OFFLOAD_REFUSED:
+                if gso:
+                    raise Unsupported(
+                        code, f"gso=True: the kernel refused UDP GSO ({errno_name(code)})"
+                    )
+                _gso_ok = False
+                return sent + send_batch(sock, payloads[sent:], to, gso=False)
+            if sent or code in AGAIN:
+                return sent
+            raise map_oserror(OSError(code, os.strerror(code)), f"send to {to!r}")
+    return sent
+
+
+def _send_portable(sock: socket.socket, payloads: Sequence[bytes], to: Any) -> int:
+    sent = 0
+    for p in payloads:
+        try:
+            if to is None:
+                sock.send(p)
+            else:
+                sock.sendto(p, to)
+        except BlockingIOError:
+            return sent
+        except OSError as exc:
+            if sent:
+                return sent
+            raise map_oserror(exc, f"send to {to!r}") from exc
+        sent += 1
+    return sent
