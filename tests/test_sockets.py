@@ -27,19 +27,17 @@ from udpkit._errors import (
     Unsupported,
     UsageError,
 )
+from udpkit._generic import IPPROTO_UDPLITE, open_socket, parse_domain, parse_protocol, parse_type
 from udpkit._sockets import (
-    IPPROTO_UDPLITE,
     Datagram,
     DatagramSocket,
     StreamSocket,
-    open_socket,
-    parse_domain,
-    parse_protocol,
-    parse_type,
     tcp_connect,
     tcp_listen,
     udp_bind,
     udp_connect,
+)
+from udpkit._unix import (
     unix_datagram_bind,
     unix_datagram_connect,
     unix_stream_connect,

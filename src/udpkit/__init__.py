@@ -47,21 +47,19 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         UsageError,
     )
     from ._escape import escape_bytes, escape_text
+    from ._generic import IPPROTO_UDPLITE, open_socket, parse_domain, parse_protocol, parse_type
     from ._server import DatagramServer, Handler, ServeStats, StreamServer, reply_handler
     from ._sockets import (
-        IPPROTO_UDPLITE,
         Datagram,
         DatagramSocket,
         StreamListener,
         StreamSocket,
-        open_socket,
-        parse_domain,
-        parse_protocol,
-        parse_type,
         tcp_connect,
         tcp_listen,
         udp_bind,
         udp_connect,
+    )
+    from ._unix import (
         unix_datagram_bind,
         unix_datagram_connect,
         unix_stream_connect,
@@ -154,23 +152,23 @@ _LAZY: dict[str, str] = {
     "ServeStats": "_server",
     "StreamServer": "_server",
     "reply_handler": "_server",
-    "IPPROTO_UDPLITE": "_sockets",
+    "IPPROTO_UDPLITE": "_generic",
     "Datagram": "_sockets",
     "DatagramSocket": "_sockets",
     "StreamListener": "_sockets",
     "StreamSocket": "_sockets",
-    "open_socket": "_sockets",
-    "parse_domain": "_sockets",
-    "parse_protocol": "_sockets",
-    "parse_type": "_sockets",
+    "open_socket": "_generic",
+    "parse_domain": "_generic",
+    "parse_protocol": "_generic",
+    "parse_type": "_generic",
     "tcp_connect": "_sockets",
     "tcp_listen": "_sockets",
     "udp_bind": "_sockets",
     "udp_connect": "_sockets",
-    "unix_datagram_bind": "_sockets",
-    "unix_datagram_connect": "_sockets",
-    "unix_stream_connect": "_sockets",
-    "unix_stream_listen": "_sockets",
+    "unix_datagram_bind": "_unix",
+    "unix_datagram_connect": "_unix",
+    "unix_stream_connect": "_unix",
+    "unix_stream_listen": "_unix",
 }
 
 

@@ -80,13 +80,23 @@ class Address:
 
     # A hand-written immutable value class, not a dataclass: importing
     # dataclasses costs ~9 ms, a third of `udpkit send`'s start-up.
-    __slots__ = ("family", "sockaddr")
-    family: socket.AddressFamily
-    sockaddr: Sockaddr
+    __slots__ = ("_family", "_sockaddr")
+    _family: socket.AddressFamily
+    _sockaddr: Sockaddr
 
     def __init__(self, family: socket.AddressFamily, sockaddr: Sockaddr) -> None:
-        object.__setattr__(self, "family", family)
-        object.__setattr__(self, "sockaddr", sockaddr)
+        object.__setattr__(self, "_family", family)
+        object.__setattr__(self, "_sockaddr", sockaddr)
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        """``AF_INET``, ``AF_INET6`` or ``AF_UNIX``."""
+        return self._family
+
+    @property
+    def sockaddr(self) -> Sockaddr:
+        """What the socket module takes for ``bind``/``connect``/``sendto``."""
+        return self._sockaddr
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Address is immutable: cannot set {name!r}")

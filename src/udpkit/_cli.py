@@ -297,7 +297,7 @@ def _check_unix_args(args: argparse.Namespace, extra: Sequence[object]) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
-    from . import _format, _server, _sockets
+    from . import _format, _server, _sockets, _unix
     from ._addr import format_sockaddr, resolve_one
 
     transport = _transport(args)
@@ -320,9 +320,9 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     try:
         if args.unix is not None:
             if stream:
-                endpoint = _sockets.unix_stream_listen(args.unix)
+                endpoint = _unix.unix_stream_listen(args.unix)
             else:
-                endpoint = _sockets.unix_datagram_bind(args.unix)
+                endpoint = _unix.unix_datagram_bind(args.unix)
             where = args.unix
         else:
             try:
@@ -422,7 +422,7 @@ def _read_message(text: str, as_hex: bool) -> bytes:
 
 
 def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
-    from . import _client, _sockets
+    from . import _client, _sockets, _unix
     from ._addr import format_sockaddr, is_broadcast, is_multicast, resolve_one, split_hostport
     from ._escape import safe_repr
 
@@ -454,7 +454,7 @@ def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     reply: bytes
     if stream:
         if args.unix is not None:
-            conn = _sockets.unix_stream_connect(args.unix, timeout=args.timeout)
+            conn = _unix.unix_stream_connect(args.unix, timeout=args.timeout)
         else:
             assert host is not None and port is not None
             addr = resolve_one(
@@ -475,7 +475,7 @@ def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 
     to: Any = None
     if args.unix is not None:
-        sock = _sockets.unix_datagram_connect(args.unix)
+        sock = _unix.unix_datagram_connect(args.unix)
     else:
         assert host is not None and port is not None
         addr = resolve_one(host, port, family=_family(args))

@@ -100,15 +100,19 @@ _UNSUPPORTED = {
 
 
 def _explain(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+    # "Address already in use" -> "address already in use": it follows a colon.
+    reason = exc.strerror or str(exc)
+    return reason[:1].lower() + reason[1:]
 
 
-def map_oserror(exc: OSError, what: str) -> NetworkError:
+def map_oserror(exc: OSError, what: str, hint: str = "") -> NetworkError:
     """Turn an ``OSError`` into the matching :class:`NetworkError`.
 
     Args:
         exc: the error the OS raised.
-        what: what was being done, e.g. ``"bind 127.0.0.1:5005"``; it leads the message.
+        what: what was being done, e.g. ``"cannot bind 127.0.0.1:5005"``; it
+            leads the message.
+        hint: what to do about it, appended after the OS's reason.
 
     Returns:
         The udpkit error (not raised: the caller raises it ``from exc``).
@@ -117,7 +121,7 @@ def map_oserror(exc: OSError, what: str) -> NetworkError:
         return exc
     code = exc.errno
     reason = _explain(exc)
-    msg = f"{what}: {reason}"
+    msg = f"{what}: {reason}: {hint}" if hint else f"{what}: {reason}"
     err: NetworkError
     if code == errno.EADDRINUSE:
         err = AddressInUse(code, msg)

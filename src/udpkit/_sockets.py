@@ -4,13 +4,12 @@ The seed says the socket library "provides specific classes for handling the
 common transports as well as a generic interface for handling the rest".
 Here that is:
 
-* the generic interface, :func:`open_socket`, which takes any domain
-  (``AF_INET``, ``PF_UNIX``, ``PF_X25``, ...), type and protocol by constant,
-  number or name, and passes through whatever the OS supports;
+* the generic interface, :func:`udpkit.open_socket` (in ``_generic.py``);
 * specific classes for the common transports: :class:`DatagramSocket` (UDP
   over IPv4/IPv6, UDP-Lite, Unix datagrams), :class:`StreamSocket` and
   :class:`StreamListener` (TCP and Unix streams), and the constructors
-  :func:`udp_bind`, :func:`udp_connect`, :func:`unix_datagram_bind`, ...
+  :func:`udp_bind`, :func:`udp_connect`, :func:`tcp_listen` and
+  :func:`tcp_connect` (Unix-domain constructors are in ``_unix.py``).
 
 Every ``OSError`` becomes a udpkit error (see ``_errors.py``) with a message
 saying what was being done, and every socket opened here is closed again on
@@ -19,11 +18,9 @@ every error path.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import socket
-import stat
 import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple, Self, TypeVar
@@ -31,9 +28,7 @@ from typing import Any, NamedTuple, Self, TypeVar
 from udpkit._addr import MAX_UDP_PAYLOAD, Address, format_sockaddr, resolve_one
 from udpkit._errors import (
     AddressError,
-    AddressInUse,
     MessageTooLarge,
-    NetworkError,
     PermissionDenied,
     Timeout,
     UdpkitError,
@@ -41,189 +36,32 @@ from udpkit._errors import (
     UsageError,
     map_oserror,
 )
+from udpkit._generic import (
+    IPPROTO_UDPLITE,
+    _domain_name,
+    _new_socket,
+    _type_name,
+    parse_domain,
+    parse_protocol,
+)
 
 _T = TypeVar("_T")
 
 __all__ = [
-    "IPPROTO_UDPLITE",
     "Datagram",
     "DatagramSocket",
     "StreamListener",
     "StreamSocket",
-    "open_socket",
-    "parse_domain",
-    "parse_protocol",
-    "parse_type",
     "tcp_connect",
     "tcp_listen",
     "udp_bind",
     "udp_connect",
-    "unix_datagram_bind",
-    "unix_datagram_connect",
-    "unix_stream_connect",
-    "unix_stream_listen",
 ]
 
 _LINUX = sys.platform.startswith("linux")
-#: UDP-Lite (RFC 3828); older Pythons and some platforms lack the constant.
-IPPROTO_UDPLITE: int = getattr(socket, "IPPROTO_UDPLITE", 136)
 _MSG_TRUNC: int = getattr(socket, "MSG_TRUNC", 0)
 
-# --- domain, type and protocol tables ------------------------------------------------------
-
-# Every AF_*/PF_* the socket module knows, by its lower-case name without the prefix.
-_DOMAINS: dict[str, int] = {
-    name[3:].lower(): int(getattr(socket, name))
-    for name in dir(socket)
-    if name.startswith(("AF_", "PF_")) and isinstance(getattr(socket, name), int)
-}
-_DOMAINS["local"] = socket.AF_UNIX  # POSIX's name for AF_UNIX
-if _LINUX:
-    # Linux numbers, for Python builds that lack the constants.
-    for _name, _value in (("x25", 9), ("netlink", 16), ("packet", 17)):
-        _DOMAINS.setdefault(_name, _value)
-_DOMAIN_EXAMPLES = "inet, inet6, unix, local, x25, packet, netlink (or AF_INET, PF_UNIX)"
-
-_TYPES: dict[str, int] = {
-    name[5:].lower(): int(getattr(socket, name))
-    for name in ("SOCK_DGRAM", "SOCK_STREAM", "SOCK_SEQPACKET", "SOCK_RAW", "SOCK_RDM")
-    if hasattr(socket, name)
-}
-_TYPES["datagram"] = socket.SOCK_DGRAM
-_TYPE_EXAMPLES = "dgram, stream, seqpacket, raw, rdm (or SOCK_DGRAM)"
-
-_PROTOCOLS: dict[str, int] = {
-    name[8:].lower(): int(getattr(socket, name))
-    for name in dir(socket)
-    if name.startswith("IPPROTO_") and isinstance(getattr(socket, name), int)
-}
-_PROTOCOLS.update(ip=0, icmp=1, tcp=6, udp=17, udplite=IPPROTO_UDPLITE)
-_PROTOCOLS["udp-lite"] = IPPROTO_UDPLITE
-_PROTOCOL_EXAMPLES = "0, udp, tcp, udplite, icmp or any name in /etc/protocols"
-_MAX_PROTOCOL = 2**31 - 1
-
-
-def _name_of(table: dict[str, int], value: int, preferred: tuple[str, ...] = ()) -> str:
-    for name in preferred:
-        if table.get(name) == value:
-            return name
-    return next((name for name, v in table.items() if v == value), str(value))
-
-
-def _domain_name(domain: int) -> str:
-    return _name_of(_DOMAINS, domain, ("inet", "inet6", "unix", "x25", "packet", "netlink"))
-
-
-def _type_name(kind: int) -> str:
-    return _name_of(_TYPES, kind, ("dgram", "stream"))
-
-
-def _parse(
-    value: int | str,
-    table: dict[str, int],
-    prefixes: tuple[str, ...],
-    what: str,
-    *,
-    examples: str,
-    limit: int,
-) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise UsageError(f"invalid {what} {value!r}: use {examples}, or a number")
-    if isinstance(value, int):
-        if not 0 <= value <= limit:
-            raise UsageError(f"invalid {what} {value}: must be 0-{limit}, or a name ({examples})")
-        return value
-    text = value.strip().lower()
-    if text.isascii() and text.isdigit():
-        return _parse(int(text), table, prefixes, what, examples=examples, limit=limit)
-    for prefix in prefixes:
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-            break
-    if text in table:
-        return table[text]
-    raise UsageError(f"unknown {what} '{value}': use {examples}, or a number")
-
-
-def parse_domain(value: int | str) -> int:
-    """Turn a domain (address family) given as constant, number or name into a number.
-
-    Args:
-        value: ``socket.AF_INET``, ``2``, ``"2"``, ``"inet"``, ``"AF_INET6"``,
-            ``"PF_UNIX"``, ``"local"``, ``"x25"``, ... (case-insensitive).
-
-    Returns:
-        The family number (not checked against what the OS supports; opening
-        a socket does that).
-
-    Raises:
-        UsageError: an unknown name (the message lists examples) or a bad number.
-    """
-    return _parse(
-        value, _DOMAINS, ("af_", "pf_"), "domain", examples=_DOMAIN_EXAMPLES, limit=0xFFFF
-    )
-
-
-def parse_type(value: int | str) -> int:
-    """Turn a socket type given as constant, number or name into a number.
-
-    Args:
-        value: ``socket.SOCK_DGRAM``, ``2``, ``"dgram"``, ``"stream"``,
-            ``"seqpacket"``, ``"raw"``, ``"SOCK_DGRAM"``, ... (case-insensitive).
-
-    Returns:
-        The socket type number.
-
-    Raises:
-        UsageError: an unknown name or a bad number.
-    """
-    return _parse(value, _TYPES, ("sock_",), "socket type", examples=_TYPE_EXAMPLES, limit=0xFFFF)
-
-
-def parse_protocol(value: int | str) -> int:
-    """Turn a protocol given as number or name into a number.
-
-    Args:
-        value: ``0`` (the default for the domain and type), a number, or a
-            name: ``"udp"``, ``"tcp"``, ``"udplite"`` (136), ``"icmp"``,
-            ``"IPPROTO_UDP"``, or anything ``socket.getprotobyname`` knows.
-
-    Returns:
-        The protocol number.
-
-    Raises:
-        UsageError: an unknown name or a negative or huge number.
-    """
-    try:
-        return _parse(
-            value,
-            _PROTOCOLS,
-            ("ipproto_",),
-            "protocol",
-            examples=_PROTOCOL_EXAMPLES,
-            limit=_MAX_PROTOCOL,
-        )
-    except UsageError:
-        if not isinstance(value, str) or not value.strip():
-            raise
-        try:
-            return socket.getprotobyname(value.strip())
-        except OSError:
-            raise UsageError(
-                f"unknown protocol '{value}': use {_PROTOCOL_EXAMPLES}, or a number"
-            ) from None
-
-
 # --- error helpers ---------------------------------------------------------------------------
-
-
-def _fail(exc: OSError, what: str, hint: str = "") -> NetworkError:
-    """map_oserror, with the OS reason in lower case and an optional hint after it."""
-    err = map_oserror(exc, what)
-    reason = exc.strerror or str(exc)
-    reason = reason[:1].lower() + reason[1:]
-    msg = f"{what}: {reason}: {hint}" if hint else f"{what}: {reason}"
-    return type(err)(err.errno, msg)
 
 
 _REFUSED_HINT = "nothing is listening there (ICMP port unreachable)"
@@ -252,61 +90,12 @@ def _broadcast_denied(exc: OSError, sock: socket.socket) -> bool:
     )
 
 
-def _new_socket(domain: int, kind: int, proto: int) -> socket.socket:
-    try:
-        return socket.socket(domain, kind, proto)
-    except OSError as exc:
-        what = (
-            f"cannot open a socket for domain {_domain_name(domain)} ({domain}), "
-            f"type {_type_name(kind)} ({kind}), protocol {proto}"
-        )
-        code = exc.errno
-        if code in (errno.EAFNOSUPPORT, errno.EPFNOSUPPORT):
-            reason = "address family not supported by this system"
-        elif code == errno.EPROTONOSUPPORT:
-            reason = "protocol not supported for this domain and type"
-        elif code in (errno.ESOCKTNOSUPPORT, errno.EPROTOTYPE, errno.EOPNOTSUPP):
-            reason = "socket type not supported for this domain"
-        elif code in (errno.EPERM, errno.EACCES) and kind == socket.SOCK_RAW:
-            raise _fail(exc, what, "raw sockets need root or CAP_NET_RAW") from exc
-        else:
-            raise _fail(exc, what) from exc
-        raise Unsupported(code, f"{what}: {reason}") from exc
-
-
 def _close_on_error(sock: socket.socket, build: Callable[[], _T]) -> _T:
     try:
         return build()
     except BaseException:
         sock.close()
         raise
-
-
-def open_socket(
-    domain: int | str = "inet", type: int | str = "dgram", proto: int | str = 0
-) -> socket.socket:
-    """Open a socket of any domain, type and protocol the OS supports.
-
-    This is the seed's "generic interface for handling the rest": nothing is
-    assumed about the family, so ``open_socket("packet", "raw")`` or
-    ``open_socket("unix", "seqpacket")`` work where the OS allows them.
-
-    Args:
-        domain: address family, as :func:`parse_domain` accepts.
-        type: socket type, as :func:`parse_type` accepts.
-        proto: protocol, as :func:`parse_protocol` accepts; 0 picks the default.
-
-    Returns:
-        A new blocking socket; the caller owns it.
-
-    Raises:
-        UsageError: an unknown domain, type or protocol name.
-        Unsupported: the OS lacks the family (``PF_X25`` on most Linux
-            systems), the type in that family, or the protocol.
-        NetworkError: any other refusal (PermissionDenied for raw sockets
-            without privileges).
-    """
-    return _new_socket(parse_domain(domain), parse_type(type), parse_protocol(proto))
 
 
 # --- the classes -----------------------------------------------------------------------------
@@ -375,7 +164,7 @@ class _Wrapped:
         try:
             return self._sock.getsockname()
         except OSError as exc:
-            raise _fail(exc, "cannot read the local address") from exc
+            raise map_oserror(exc, "cannot read the local address") from exc
 
     @property
     def local_text(self) -> str:
@@ -503,7 +292,7 @@ class DatagramSocket(_Wrapped):
             raise Timeout(f"no datagram {self._where()}: {waited}") from exc
         except OSError as exc:
             hint = _REFUSED_HINT if exc.errno == errno.ECONNREFUSED else ""
-            raise _fail(exc, f"receive {self._where()}", hint) from exc
+            raise map_oserror(exc, f"receive {self._where()}", hint) from exc
         return Datagram(bytes(view[: min(n, bufsize)]), peer, n)
 
     def _sockaddr(self, to: Address | tuple[Any, ...] | str | bytes) -> Any:
@@ -586,7 +375,7 @@ class DatagramSocket(_Wrapped):
             return UsageError("send needs a destination: this socket is not connected, pass to=")
         if _broadcast_denied(exc, self._sock):
             return PermissionDenied(errno.EACCES, f"{what}: permission denied: {_BROADCAST_HINT}")
-        return _fail(exc, what, _REFUSED_HINT if exc.errno == errno.ECONNREFUSED else "")
+        return map_oserror(exc, what, _REFUSED_HINT if exc.errno == errno.ECONNREFUSED else "")
 
 
 class StreamSocket(_Wrapped):
@@ -630,7 +419,7 @@ class StreamSocket(_Wrapped):
         except TimeoutError as exc:
             raise Timeout(f"{self._what('send to')}: not all sent within {timeout} s") from exc
         except OSError as exc:
-            raise _fail(exc, self._what("send to")) from exc
+            raise map_oserror(exc, self._what("send to")) from exc
 
     def recv(self, max_bytes: int = 65536, *, timeout: float | None = None) -> bytes:
         """Receive up to ``max_bytes`` bytes; ``b""`` means the peer closed its side.
@@ -653,7 +442,7 @@ class StreamSocket(_Wrapped):
             waited = "none was waiting" if not timeout else f"none arrived within {timeout:g} s"
             raise Timeout(f"no data {self._what('from')}: {waited}") from exc
         except OSError as exc:
-            raise _fail(exc, self._what("receive from")) from exc
+            raise map_oserror(exc, self._what("receive from")) from exc
 
     def shutdown_write(self) -> None:
         """Tell the peer no more data follows (it reads EOF); reading still works.
@@ -664,7 +453,7 @@ class StreamSocket(_Wrapped):
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            raise _fail(exc, self._what("shut down sending to")) from exc
+            raise map_oserror(exc, self._what("shut down sending to")) from exc
 
 
 class StreamListener(_Wrapped):
@@ -693,7 +482,7 @@ class StreamListener(_Wrapped):
             waited = "none was waiting" if not timeout else f"none within {timeout:g} s"
             raise Timeout(f"no connection on {self.local_text}: {waited}") from exc
         except OSError as exc:
-            raise _fail(exc, f"accept on {self.local_text}") from exc
+            raise map_oserror(exc, f"accept on {self.local_text}") from exc
         conn.setblocking(True)  # do not inherit the listener's timeout
         return _close_on_error(conn, lambda: StreamSocket(conn)), peer
 
@@ -705,7 +494,7 @@ def _bind(sock: socket.socket, sockaddr: Any, shown: str) -> None:
     try:
         sock.bind(sockaddr)
     except OSError as exc:
-        raise _fail(exc, f"cannot bind {shown}") from exc
+        raise map_oserror(exc, f"cannot bind {shown}") from exc
 
 
 def _connect(sock: socket.socket, sockaddr: Any, shown: str, timeout: float | None) -> None:
@@ -720,7 +509,7 @@ def _connect(sock: socket.socket, sockaddr: Any, shown: str, timeout: float | No
                 errno.EACCES, f"connect to {shown}: permission denied: {_BROADCAST_HINT}"
             ) from exc
         hint = "nothing is listening there" if exc.errno == errno.ECONNREFUSED else ""
-        raise _fail(exc, f"connect to {shown}", hint) from exc
+        raise map_oserror(exc, f"connect to {shown}", hint) from exc
     sock.settimeout(None)
 
 
@@ -886,7 +675,7 @@ def _listen(sock: socket.socket, backlog: int, shown: str) -> None:
     try:
         sock.listen(backlog)
     except OSError as exc:
-        raise _fail(exc, f"cannot listen on {shown}") from exc
+        raise map_oserror(exc, f"cannot listen on {shown}") from exc
 
 
 def tcp_connect(
@@ -932,49 +721,6 @@ def tcp_connect(
     return _close_on_error(sock, build)
 
 
-# --- Unix domain sockets ---------------------------------------------------------------------
-
-
-def _unix_sockaddr(path: str) -> str:
-    if not path:
-        raise UsageError("empty unix socket path '': give a file path, or @name on Linux")
-    if path.startswith("@"):
-        if not _LINUX:
-            raise UsageError(f"abstract unix socket '{path}' needs Linux: use a file path")
-        return "\0" + path[1:]  # Linux's abstract namespace: no file at all
-    return path
-
-
-def _claim_path(path: str, kind: int) -> None:
-    """Make room to bind ``path``: remove a stale socket file, refuse anything else."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise _fail(exc, f"cannot bind {path}") from exc
-    if not stat.S_ISSOCK(st.st_mode):
-        raise AddressInUse(
-            errno.EADDRINUSE,
-            f"cannot bind {path}: a file that is not a socket is there; "
-            "remove it or choose another path",
-        )
-    # A socket file: stale if connecting is refused (its server is gone).
-    with socket.socket(socket.AF_UNIX, kind) as probe:
-        probe.setblocking(False)  # a full backlog must not block us
-        code = probe.connect_ex(path)
-    if code == errno.ECONNREFUSED:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    if code in (0, errno.EAGAIN, errno.EINPROGRESS, errno.EPROTOTYPE):
-        raise AddressInUse(
-            errno.EADDRINUSE,
-            f"cannot bind {path}: address already in use: a live socket is bound to it",
-        )
-    # Anything else (EACCES, ...): let bind report it.
-
-
 def _own_file(path: str) -> tuple[str, int, int]:
     st = os.stat(path)
     return (path, st.st_dev, st.st_ino)
@@ -991,144 +737,11 @@ def _remove_own_file(token: tuple[str, int, int]) -> None:
         pass
 
 
-def _bind_unix(sock: socket.socket, path: str, kind: int) -> tuple[str, int, int] | None:
-    sockaddr = _unix_sockaddr(path)
-    if sockaddr.startswith("\0"):
-        _bind(sock, sockaddr, path)
-        return None
-    _claim_path(path, kind)
-    _bind(sock, sockaddr, path)
-    return _own_file(path)
-
-
-def _autobind(sock: socket.socket) -> tuple[str, int, int] | None:
-    """Give a client a name so a datagram server can reply to it."""
-    if _LINUX:
-        _bind(sock, "", "an automatic abstract address")  # Linux autobind
-        return None
-    import tempfile  # off Linux only
-
-    base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()  # short: sun_path is small
-    path = os.path.join(base, f"udpkit-{os.getpid()}-{os.urandom(4).hex()}.sock")
-    _bind(sock, path, path)
-    return _own_file(path)
-
-
-def unix_datagram_bind(path: str) -> DatagramSocket:
-    """Open a Unix datagram socket bound to ``path``.
-
-    Args:
-        path: a file path, or ``@name`` for Linux's abstract namespace (no file).
-            A stale socket file (its server gone) is replaced; any other file is
-            left alone. The file is removed on close.
-
-    Returns:
-        The bound socket.
-
-    Raises:
-        UsageError: an empty path, or ``@name`` off Linux.
-        AddressInUse: a live socket or a non-socket file is at ``path``.
-        NetworkError: any other refusal (no such directory, path too long, ...).
-    """
-    sock = _new_socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0)
-
-    def build() -> DatagramSocket:
-        token = _bind_unix(sock, path, socket.SOCK_DGRAM)
-        dsock = DatagramSocket(sock)
-        dsock._unlink = token
-        return dsock
-
-    return _close_on_error(sock, build)
-
-
-def unix_datagram_connect(path: str) -> DatagramSocket:
-    """Open a Unix datagram socket connected to the server at ``path``.
-
-    The socket gets a name of its own first (Linux: an automatic abstract
-    address; elsewhere a temporary file, removed on close), so the server can
-    reply.
-
-    Args:
-        path: the server's file path or ``@name``.
-
-    Returns:
-        The connected socket.
-
-    Raises:
-        UsageError: an empty path, or ``@name`` off Linux.
-        ConnectionRefused: no server is bound there any more.
-        NetworkError: any other refusal (no such file, ...).
-    """
-    sockaddr = _unix_sockaddr(path)
-    sock = _new_socket(socket.AF_UNIX, socket.SOCK_DGRAM, 0)
-    token = None
-    try:
-        token = _autobind(sock)
-        _connect(sock, sockaddr, path, None)
-        dsock = DatagramSocket(sock)
-    except BaseException:
-        sock.close()
-        if token is not None:
-            _remove_own_file(token)
-        raise
-    dsock._unlink = token
-    return dsock
-
-
-def unix_stream_listen(path: str, *, backlog: int = 128) -> StreamListener:
-    """Open a Unix stream socket listening on ``path``.
-
-    Args:
-        path: as for :func:`unix_datagram_bind`.
-        backlog: how many connections may wait for accept.
-
-    Returns:
-        The listener; its file is removed on close.
-
-    Raises:
-        UsageError: an empty path, or ``@name`` off Linux.
-        AddressInUse: a live socket or a non-socket file is at ``path``.
-        NetworkError: any other refusal.
-    """
-    sock = _new_socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
-
-    def build() -> StreamListener:
-        token = _bind_unix(sock, path, socket.SOCK_STREAM)
-        try:
-            _listen(sock, backlog, path)
-        except BaseException:
-            if token is not None:
-                _remove_own_file(token)
-            raise
-        listener = StreamListener(sock)
-        listener._unlink = token
-        return listener
-
-    return _close_on_error(sock, build)
-
-
-def unix_stream_connect(path: str, *, timeout: float | None = None) -> StreamSocket:
-    """Connect to the Unix stream server at ``path``.
-
-    Args:
-        path: the server's file path or ``@name``.
-        timeout: the most seconds to wait (a full backlog can make connect wait).
-
-    Returns:
-        The connection.
-
-    Raises:
-        UsageError: an empty path, or ``@name`` off Linux.
-        Timeout: no room in the server's backlog within ``timeout``.
-        ConnectionRefused: no server listens there any more.
-        NetworkError: any other refusal (no such file, ...).
-    """
-    _check_timeout(timeout)
-    sockaddr = _unix_sockaddr(path)
-    sock = _new_socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
-
-    def build() -> StreamSocket:
-        _connect(sock, sockaddr, path, timeout)
-        return StreamSocket(sock)
-
-    return _close_on_error(sock, build)
+def _unix_sockaddr(path: str) -> str:
+    if not path:
+        raise UsageError("empty unix socket path '': give a file path, or @name on Linux")
+    if path.startswith("@"):
+        if not _LINUX:
+            raise UsageError(f"abstract unix socket '{path}' needs Linux: use a file path")
+        return "\0" + path[1:]  # Linux's abstract namespace: no file at all
+    return path
