@@ -804,6 +804,8 @@ def test_tcp_defaults_to_port_12345() -> None:
 def _tcp_free(port: int) -> bool:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As `serve --tcp` does: TIME_WAIT left by earlier tests is no obstacle.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
     except OSError:
         return False

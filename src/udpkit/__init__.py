@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         split_hostport,
     )
     from ._client import request, stream_request
+    from ._engine import Engine, EngineStats, fast_path_available, send_batch
     from ._errors import (
         AddressError,
         AddressInUse,
@@ -48,12 +49,20 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     )
     from ._escape import escape_bytes, escape_text
     from ._generic import IPPROTO_UDPLITE, open_socket, parse_domain, parse_protocol, parse_type
-    from ._server import DatagramServer, Handler, ServeStats, StreamServer, reply_handler
+    from ._server import (
+        BatchObserver,
+        DatagramServer,
+        Handler,
+        ServeStats,
+        StreamServer,
+        reply_handler,
+    )
     from ._sockets import (
         Datagram,
         DatagramSocket,
         StreamListener,
         StreamSocket,
+        set_receive_buffer,
         tcp_connect,
         tcp_listen,
         udp_bind,
@@ -75,10 +84,13 @@ __all__ = [
     "Address",
     "AddressError",
     "AddressInUse",
+    "BatchObserver",
     "ConnectionRefused",
     "Datagram",
     "DatagramServer",
     "DatagramSocket",
+    "Engine",
+    "EngineStats",
     "Handler",
     "MessageTooLarge",
     "NetworkError",
@@ -94,6 +106,7 @@ __all__ = [
     "__version__",
     "escape_bytes",
     "escape_text",
+    "fast_path_available",
     "format_sockaddr",
     "is_broadcast",
     "is_multicast",
@@ -107,6 +120,8 @@ __all__ = [
     "request",
     "resolve",
     "resolve_one",
+    "send_batch",
+    "set_receive_buffer",
     "split_hostport",
     "stream_request",
     "tcp_connect",
@@ -152,6 +167,12 @@ _LAZY: dict[str, str] = {
     "ServeStats": "_server",
     "StreamServer": "_server",
     "reply_handler": "_server",
+    "BatchObserver": "_server",
+    "Engine": "_engine",
+    "EngineStats": "_engine",
+    "fast_path_available": "_engine",
+    "send_batch": "_engine",
+    "set_receive_buffer": "_sockets",
     "IPPROTO_UDPLITE": "_generic",
     "Datagram": "_sockets",
     "DatagramSocket": "_sockets",

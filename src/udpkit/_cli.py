@@ -101,6 +101,18 @@ def _buffer_size(text: str) -> int:
     return value
 
 
+def _rcvbuf_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid receive buffer {text!r}: must be a whole number of bytes, 1-2147483647"
+        )
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -187,6 +199,40 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="receive buffer in bytes (default 65535: the largest datagram); "
         "longer datagrams are reported as truncated with their real length",
+    )
+    serve.add_argument(
+        "--quiet", "-q", action="store_true", help="print nothing per message: count only"
+    )
+    perf = serve.add_argument_group("performance (UDP and Unix datagram)")
+    perf.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="serve with N processes sharing the port (SO_REUSEPORT); 'auto' = one per core",
+    )
+    perf.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="use the portable recvfrom/sendto path instead of recvmmsg/sendmmsg",
+    )
+    perf.add_argument(
+        "--gro",
+        action="store_true",
+        help="receive with UDP GRO (fastest; the kernel then counts a dropped coalesced "
+        "buffer as one drop)",
+    )
+    perf.add_argument(
+        "--busy-poll",
+        type=_nonneg_int,
+        default=0,
+        metavar="US",
+        help="spin up to US microseconds on an empty socket before sleeping (lower latency)",
+    )
+    perf.add_argument(
+        "--rcvbuf",
+        type=_rcvbuf_size,
+        metavar="BYTES",
+        help="ask for a kernel receive buffer of BYTES and report what the kernel gave",
     )
     serve.add_argument(
         "--format",
@@ -296,107 +342,182 @@ def _check_unix_args(args: argparse.Namespace, extra: Sequence[object]) -> None:
 # ---------------------------------------------------------------- serve
 
 
-def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
-    from . import _format, _server, _sockets, _unix
+def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[Any], str]:
+    """Open the serving socket(s): one, or ``workers`` sharing a port with SO_REUSEPORT."""
+    from . import _sockets, _unix
     from ._addr import format_sockaddr, resolve_one
+
+    if args.unix is not None:
+        if stream:
+            return [_unix.unix_stream_listen(args.unix)], args.unix
+        return [_unix.unix_datagram_bind(args.unix)], args.unix
+    host = DEFAULT_HOST if args.host is None else args.host
+    port = args.port
+    if port is None:
+        port = DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT
+    addr = resolve_one(
+        host,
+        port,
+        family=_family(args),
+        passive=True,
+        proto="tcp" if stream else "udp",
+        type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM,
+    )
+    endpoints: list[Any] = []
+    try:
+        if stream:
+            endpoints.append(_sockets.tcp_listen(addr.host, addr.port, family=addr.family))
+        else:
+            first = _sockets.udp_bind(
+                addr.host, addr.port, family=addr.family, reuse_port=workers > 1
+            )
+            endpoints.append(first)
+            # The rest join the port the first one got (it may have been 0).
+            bound_port = first.local_address[1]
+            for _ in range(workers - 1):
+                endpoints.append(
+                    _sockets.udp_bind(addr.host, bound_port, family=addr.family, reuse_port=True)
+                )
+    except NetworkError as exc:
+        for ep in endpoints:
+            ep.close()
+        host_text = args.host or ""
+        if args.port is None and host_text.isdigit() and int(host_text) <= 65535:
+            raise type(exc)(
+                exc.errno,
+                f"{exc} (did you mean port {host_text}? give the host first: "
+                f"udpkit serve {DEFAULT_HOST} {host_text})",
+            ) from exc
+        raise
+    return endpoints, format_sockaddr(endpoints[0].sock.getsockname())
+
+
+def _summary(st: Any, stopped_by: int | None) -> str:
+    from . import _format
+
+    extra: dict[str, int | str] = {}
+    if st.replies:
+        extra["replies"] = st.replies
+    if st.reply_errors:
+        extra["reply_errors"] = sum(st.reply_errors.values())
+    if st.unreplyable:
+        extra["unreplyable"] = st.unreplyable
+    if st.handler_errors:
+        extra["handler_errors"] = st.handler_errors
+    if st.truncated:
+        extra["truncated_bytes_lost"] = st.truncated_bytes_lost
+    extra["kernel_drops"] = "unavailable" if st.kernel_drops is None else st.kernel_drops
+    text = _format.format_summary(
+        st.received, st.bytes_received, st.peers, st.truncated, **extra
+    ).rstrip("\n")
+    if st.peers_capped:
+        text = text.replace(" peers,", "+ peers,", 1)
+    if stopped_by is not None:
+        text += f" (stopped by {signal.Signals(stopped_by).name})"
+    return text + "\n"
+
+
+def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    from . import _format, _server, _sockets, _workers
 
     transport = _transport(args)
     _check_unix_args(args, (args.host, args.port))
     stream = transport in ("TCP", "Unix stream")
+    workers = _workers.parse_workers(args.workers)
+    if workers > 1 and transport != "UDP":
+        raise UsageError(f"--workers {args.workers} works with UDP only, not {transport}")
+    if workers > 1 and args.count is not None:
+        raise UsageError("--count cannot be combined with --workers (each worker counts alone)")
+    if stream and (args.no_batch or args.gro or args.busy_poll or args.rcvbuf):
+        raise UsageError("--no-batch, --gro, --busy-poll and --rcvbuf apply to datagram sockets")
+    if args.gro and args.no_batch:
+        raise UsageError("--gro needs the batched path: drop --no-batch")
+    if args.gro and args.buffer_size < 65535:
+        raise UsageError("--gro needs --buffer-size 65535 or more (coalesced buffers are large)")
     fmt = args.format
     mode = "echo" if args.echo else "none" if args.no_reply else "reply"
     handler = _server.reply_handler(mode, os.fsencode(args.reply))
+    format_datagram = _format.format_datagram
 
-    host = DEFAULT_HOST if args.host is None else args.host
-    port = (
-        args.port if args.port is not None else (DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT)
-    )
+    def observe(batch: Sequence[_sockets.Datagram]) -> None:
+        # One write and one flush per batch: lines still appear as datagrams
+        # arrive, but printing costs no system call per datagram.
+        out.write("".join(format_datagram(fmt, d.data, d.peer, length=d.length) for d in batch))
 
-    def observe(dgram: _sockets.Datagram) -> None:
-        out.write(_format.format_datagram(fmt, dgram.data, dgram.peer, length=dgram.length))
-
-    server: _server.DatagramServer | _server.StreamServer
-    endpoint: _sockets.DatagramSocket | _sockets.StreamListener
+    observer = None if args.quiet else observe
+    endpoints, where = _bind_serve(args, stream, workers)
     try:
-        if args.unix is not None:
-            if stream:
-                endpoint = _unix.unix_stream_listen(args.unix)
-            else:
-                endpoint = _unix.unix_datagram_bind(args.unix)
-            where = args.unix
-        else:
-            try:
-                addr = resolve_one(
-                    host,
-                    port,
-                    family=_family(args),
-                    passive=True,
-                    proto="tcp" if stream else "udp",
-                    type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM,
-                )
-            except AddressError:
-                raise
-            try:
-                if stream:
-                    endpoint = _sockets.tcp_listen(addr.host, addr.port, family=addr.family)
-                else:
-                    endpoint = _sockets.udp_bind(addr.host, addr.port, family=addr.family)
-            except NetworkError as exc:
-                if (
-                    args.port is None
-                    and args.host is not None
-                    and args.host.isdigit()
-                    and int(args.host) <= 65535
-                ):
-                    raise type(exc)(
-                        exc.errno,
-                        f"{exc} (did you mean port {args.host}? "
-                        f"give the host first: udpkit serve {DEFAULT_HOST} "
-                        f"{args.host})",
-                    ) from exc
-                raise
-            where = format_sockaddr(endpoint.sock.getsockname())
-    except UdpkitError:
-        raise
+        if args.rcvbuf is not None:
+            for ep in endpoints:
+                got = _sockets.set_receive_buffer(ep.sock, args.rcvbuf)
+            err.write(_rcvbuf_note(args.rcvbuf, got))
 
-    with endpoint:
-        if stream:
-            assert isinstance(endpoint, _sockets.StreamListener)
-            server = _server.StreamServer(
-                endpoint, handler, bufsize=args.buffer_size, count=args.count, observer=observe
+        def make(ep: Any) -> _server.DatagramServer | _server.StreamServer:
+            if stream:
+                return _server.StreamServer(
+                    ep, handler, bufsize=args.buffer_size, count=args.count, observer=observer
+                )
+            return _server.DatagramServer(
+                ep,
+                handler,
+                bufsize=args.buffer_size,
+                count=args.count,
+                observer=observer,
+                count_peers=not args.quiet or handler is not None,
+                fast=False if args.no_batch else None,
+                gro=args.gro,
+                busy_poll_us=args.busy_poll,
             )
-        else:
-            assert isinstance(endpoint, _sockets.DatagramSocket)
-            server = _server.DatagramServer(
-                endpoint, handler, bufsize=args.buffer_size, count=args.count, observer=observe
-            )
-        text, to_stderr = _format.banner(fmt, transport)
-        (err if to_stderr else out).write(text)
-        err.write(f"udpkit: listening on {where} ({transport})\n")
-        stopped_by: int | None = None
+
+        servers = [make(ep) for ep in endpoints]
+        stopped: list[int] = []
+        stops = {signal.SIGINT, signal.SIGTERM}
+        # From "listening" on, a stop must reach the server's own handler (which
+        # drains and counts), so signals wait until that handler is in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         try:
-            server.serve()
-        except KeyboardInterrupt:
-            stopped_by = signal.SIGINT
-        except _Stopped as stop:
-            stopped_by = stop.signum
+            text, to_stderr = _format.banner(fmt, transport)
+            (err if to_stderr else out).write(text)
+            note = f", {workers} workers" if workers > 1 else ""
+            err.write(f"udpkit: listening on {where} ({transport}{note})\n")
+
+            if workers > 1:
+                stats = _workers.run_workers(
+                    endpoints,
+                    [s for s in servers if isinstance(s, _server.DatagramServer)],
+                    stopped,
+                )
+            else:
+                server = servers[0]
+
+                def on_signal(signum: int, _frame: object) -> None:
+                    stopped.append(signum)
+                    server.stop()
+
+                old = {s: signal.signal(s, on_signal) for s in stops}
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+                try:
+                    stats = server.serve()
+                finally:
+                    for s, h in old.items():
+                        signal.signal(s, h)
+                    server.close()
         finally:
-            server.close()
-        st = server.stats
-        extra: dict[str, int] = {}
-        if st.replies:
-            extra["replies"] = st.replies
-        if st.reply_errors:
-            extra["reply_errors"] = sum(st.reply_errors.values())
-        if st.unreplyable:
-            extra["unreplyable"] = st.unreplyable
-        summary = _format.format_summary(
-            st.received, st.bytes_received, st.peers, st.truncated, **extra
-        )
-        if stopped_by is not None:
-            summary = summary.rstrip("\n") + f" (stopped by {signal.Signals(stopped_by).name})\n"
-        err.write(summary if summary.endswith("\n") else summary + "\n")
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+    finally:
+        for ep in endpoints:
+            ep.close()
+    err.write(_summary(stats, stopped[0] if stopped else None))
     return EXIT_OK
+
+
+def _rcvbuf_note(asked: int, got: int) -> str:
+    if got >= asked:
+        return f"udpkit: receive buffer {got} bytes (asked {asked})\n"
+    return (
+        f"udpkit: receive buffer {got} bytes, less than the {asked} asked: the kernel caps it at "
+        "net.core.rmem_max (raise it with sysctl, or run as root for SO_RCVBUFFORCE)\n"
+    )
 
 
 # ---------------------------------------------------------------- send
@@ -526,8 +647,9 @@ def _cmd_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             for line in text.splitlines():
                 out.write(f"[{side}] {line}\n")
 
-    def observe(dgram: _sockets.Datagram) -> None:
-        say("server", _format.format_datagram("seed", dgram.data, dgram.peer, length=dgram.length))
+    def observe(batch: Sequence[_sockets.Datagram]) -> None:
+        for d in batch:
+            say("server", _format.format_datagram("seed", d.data, d.peer, length=d.length))
 
     handler = _server.reply_handler("reply", DEFAULT_REPLY.encode())
     message = DEFAULT_MESSAGE.encode()

@@ -69,6 +69,8 @@ _GRO_BUFSIZE = 65535
 _SEND_WAIT = 1.0  # longest wait for a full send buffer to drain before counting EAGAIN
 _PEER_CACHE_MAX = 4096
 _SO_BUSY_POLL = 46
+# Longest a stopping engine spends reading what is already queued.
+_DRAIN_LIMIT = 0.5
 _new = tuple.__new__
 
 
@@ -344,18 +346,41 @@ class Engine:
         return self.stats
 
     def _loop(self, count: int | None, deadline: float | None) -> None:
+        remaining = self._serve(count, deadline)
+        if self._stop:
+            self._drain(remaining)
+
+    def _drain(self, remaining: int | None) -> None:
+        """After stop(): take what is already queued, so no datagram is left uncounted.
+
+        A datagram still in the socket's queue when the socket closes is lost
+        without a trace (neither received nor a kernel drop).  Reading until the
+        queue is empty keeps ``sent == received + kernel_drops`` exact; the time
+        bound keeps a stop under flood prompt.
+        """
+        recv = self._recv_fast if self._fast else self._recv_portable
+        end = time.monotonic() + _DRAIN_LIMIT
+        while (remaining is None or remaining > 0) and time.monotonic() < end:
+            n = recv(self._batch if remaining is None else min(self._batch, remaining))
+            if n == 0:
+                return
+            if n > 0 and remaining is not None:
+                remaining -= n
+
+    def _serve(self, count: int | None, deadline: float | None) -> int | None:
+        """The receive loop; returns how many datagrams ``count`` still allows."""
         recv = self._recv_fast if self._fast else self._recv_portable
         remaining = count
         busy = self._busy
         while not self._stop:
             if remaining is not None and remaining <= 0:
-                return
+                return remaining
             n = recv(self._batch if remaining is None else min(self._batch, remaining))
             if n > 0:
                 if remaining is not None:
                     remaining -= n
                 if deadline is not None and time.monotonic() >= deadline:
-                    return
+                    return remaining
                 continue
             if n < 0:
                 continue  # interrupted or an asynchronous error: try again at once
@@ -370,7 +395,8 @@ class Engine:
                         remaining -= n
                     continue
             if not self._wait(deadline):
-                return
+                return remaining
+        return remaining
 
     def _wait(self, deadline: float | None) -> bool:
         """Sleep until the socket is readable or stop() is called; False at the deadline."""

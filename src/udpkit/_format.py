@@ -268,13 +268,15 @@ def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def format_summary(received: int, bytes_: int, peers: int, truncated: int, **extra: int) -> str:
+def format_summary(
+    received: int, bytes_: int, peers: int | None, truncated: int, **extra: int | str
+) -> str:
     """Return the one-line shutdown summary (for stderr), without a newline.
 
     Args:
         received: Datagrams received.
         bytes_: Bytes received (on the wire).
-        peers: Distinct peers seen.
+        peers: Distinct peers seen, or ``None`` when they were not counted.
         truncated: Datagrams that were truncated.
         **extra: More counters, appended as ``name=value`` in the given order.
 
@@ -282,9 +284,10 @@ def format_summary(received: int, bytes_: int, peers: int, truncated: int, **ext
         E.g. ``"udpkit: 3 datagrams, 48 bytes from 1 peer, 0 truncated"``, or
         ``"udpkit: 1 datagram, 5 bytes from 1 peer, 0 truncated; dropped=2"``.
     """
+    source = "" if peers is None else f" from {_plural(peers, 'peer')}"
     text = (
-        f"udpkit: {_plural(received, 'datagram')}, {_plural(bytes_, 'byte')} "
-        f"from {_plural(peers, 'peer')}, {truncated} truncated"
+        f"udpkit: {_plural(received, 'datagram')}, {_plural(bytes_, 'byte')}{source}, "
+        f"{truncated} truncated"
     )
     if extra:
         text += "; " + " ".join(f"{name}={value}" for name, value in extra.items())

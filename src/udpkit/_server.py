@@ -1,30 +1,39 @@
 """Serving loops: receive, report and reply, for datagram and stream sockets.
 
-The loops own no policy: what to answer is a *handler* ``(data) -> reply | None``
-and what to show is an *observer* called once per message.  The CLI builds both;
-a library user passes their own.
+The loops own no policy: what to answer is a *handler* ``(datagram) -> reply |
+None`` and what to show is an *observer*, called once per received batch.  The
+CLI builds both; a library user passes their own.  Datagram sockets are served
+by the batching :class:`~udpkit._engine.Engine`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import select
 import selectors
 import socket
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._errors import NetworkError, Timeout, UdpkitError
+from ._engine import Engine, EngineStats
+from ._errors import NetworkError, Timeout
+from ._mmsg import errno_name
 from ._sockets import Datagram, DatagramSocket, StreamListener, StreamSocket
 
-__all__ = ["DatagramServer", "Handler", "ServeStats", "StreamServer", "reply_handler"]
+__all__ = [
+    "BatchObserver",
+    "DatagramServer",
+    "Handler",
+    "ServeStats",
+    "StreamServer",
+    "reply_handler",
+]
 
-Handler = Callable[[bytes], "bytes | None"]
-"""Given the payload received, return the reply to send, or ``None`` for no reply."""
+Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
+"""Given a datagram received, return the reply (or replies) to send back, or ``None``."""
 
-Observer = Callable[[Datagram], None]
+BatchObserver = Callable[[Sequence[Datagram]], None]
+"""Called with each batch of datagrams received, before the replies are sent."""
 
 # Counting distinct peers must not let spoofed sources grow memory without bound.
 _PEER_CAP = 65_536
@@ -32,34 +41,76 @@ _PEER_CAP = 65_536
 
 @dataclass
 class ServeStats:
-    """What a server saw and did; every datagram is in exactly one bucket.
+    """What a server saw and did; every message is in exactly one bucket.
 
-    ``received`` counts every datagram (whole or truncated); ``truncated`` those
-    whose payload was larger than the receive buffer, and ``replies`` /
-    ``reply_errors`` / ``unreplyable`` say what became of the answers.
+    ``received`` counts every datagram (whole or truncated) and ``bytes_received``
+    their real lengths; ``truncated`` those longer than the receive buffer.
+    ``kernel_drops`` is what the kernel dropped before udpkit could read it
+    (``None`` where the platform cannot tell), so on one host
+    ``sent == received + kernel_drops`` exactly.  ``peers`` is ``None`` when not
+    counted (``--quiet`` with no replies), and a lower bound once
+    ``peers_capped``.
     """
 
     received: int = 0
     bytes_received: int = 0
     truncated: int = 0
+    truncated_bytes_lost: int = 0
     replies: int = 0
     bytes_sent: int = 0
-    reply_errors: dict[int, int] = field(default_factory=dict)
+    reply_errors: dict[str, int] = field(default_factory=dict)
+    handler_errors: int = 0
     unreplyable: int = 0
-    _peers: set[Any] = field(default_factory=set, repr=False)
+    kernel_drops: int | None = None
+    peers: int | None = None
     peers_capped: bool = False
 
-    @property
-    def peers(self) -> int:
-        """Distinct peers seen (a lower bound once ``peers_capped`` is true)."""
-        return len(self._peers)
+    def as_dict(self) -> dict[str, object]:
+        """The counters as a plain dict (ready for JSON)."""
+        return {
+            "received": self.received,
+            "bytes_received": self.bytes_received,
+            "truncated": self.truncated,
+            "truncated_bytes_lost": self.truncated_bytes_lost,
+            "replies": self.replies,
+            "bytes_sent": self.bytes_sent,
+            "reply_errors": dict(self.reply_errors),
+            "handler_errors": self.handler_errors,
+            "unreplyable": self.unreplyable,
+            "kernel_drops": self.kernel_drops,
+            "peers": self.peers,
+            "peers_capped": self.peers_capped,
+        }
 
-    def note_peer(self, peer: Any) -> None:
-        """Record ``peer`` as seen, within a fixed memory bound."""
-        if len(self._peers) < _PEER_CAP:
-            self._peers.add(peer)
-        elif peer not in self._peers:
-            self.peers_capped = True
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServeStats:
+        """Rebuild counters from :meth:`as_dict` output (e.g. sent by a worker)."""
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def merge(self, other: ServeStats) -> None:
+        """Add ``other``'s counters to these (summing workers).
+
+        Unknown (``None``) figures stay unknown only when both sides are unknown.
+        SO_REUSEPORT sends each peer to one worker, so peer counts add up.
+        """
+        for name in (
+            "received",
+            "bytes_received",
+            "truncated",
+            "truncated_bytes_lost",
+            "replies",
+            "bytes_sent",
+            "handler_errors",
+            "unreplyable",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for code, n in other.reply_errors.items():
+            self.reply_errors[code] = self.reply_errors.get(code, 0) + n
+        if other.kernel_drops is not None:
+            self.kernel_drops = (self.kernel_drops or 0) + other.kernel_drops
+        if other.peers is not None:
+            self.peers = (self.peers or 0) + other.peers
+        self.peers_capped = self.peers_capped or other.peers_capped
 
 
 def reply_handler(mode: str, text: bytes = b"Hello UDP Client") -> Handler | None:
@@ -77,9 +128,9 @@ def reply_handler(mode: str, text: bytes = b"Hello UDP Client") -> Handler | Non
         ValueError: for an unknown mode.
     """
     if mode == "reply":
-        return lambda _data: text
+        return lambda _dgram: text
     if mode == "echo":
-        return lambda data: data
+        return lambda dgram: dgram.data
     if mode == "none":
         return None
     raise ValueError(f"unknown reply mode {mode!r}: use 'reply', 'echo' or 'none'")
@@ -90,35 +141,40 @@ def _unnamed(peer: Any) -> bool:
     return peer is None or peer in ("", b"")
 
 
-class _Stoppable:
-    """A socketpair that makes ``stop()`` from any thread wake the loop at once."""
+class _PeerSet:
+    """Distinct peers, within a fixed memory bound."""
 
     def __init__(self) -> None:
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._stopping = False
+        self.seen: set[Any] = set()
+        self.capped = False
 
-    def stop(self) -> None:
-        """Ask the loop to end; safe from any thread and from signal handlers."""
-        self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
-
-    def _close_wakeup(self) -> None:
-        self._wake_r.close()
-        self._wake_w.close()
+    def add_batch(self, batch: Sequence[Datagram]) -> None:
+        seen = self.seen
+        if len(seen) < _PEER_CAP:
+            seen.update(d.peer for d in batch)
+        elif not self.capped:
+            self.capped = any(d.peer not in seen for d in batch)
 
 
-class DatagramServer(_Stoppable):
-    """Receive datagrams on a socket, report each, and answer through a handler.
+class DatagramServer:
+    """Receive datagrams on a socket, report each batch, and answer through a handler.
+
+    Built on the batching engine: replies to a batch go out together, and
+    every datagram is either delivered whole, or counted (truncated, dropped
+    by the kernel, or unanswerable).
 
     Args:
         sock: a bound datagram socket (UDP, UDP-Lite or Unix datagram).
         handler: the reply policy, or ``None`` to never reply.
         bufsize: receive buffer; larger datagrams are kept truncated and counted.
         count: stop after this many datagrams (``None``: run until ``stop()``).
-        observer: called with every datagram received, before the reply.
+        observer: called with every batch of datagrams, before the replies.
+        count_peers: count distinct peers (costs a set insert per datagram).
+        fast: ``None`` picks recvmmsg/sendmmsg where available; ``False``
+            forces the portable ``recvfrom``/``sendto`` path.
+        gro: receive with UDP GRO (fastest; the kernel then counts a dropped
+            coalesced buffer as one drop, so keep it off for exact accounting).
+        busy_poll_us: spin this long on an empty socket before sleeping.
     """
 
     def __init__(
@@ -128,66 +184,84 @@ class DatagramServer(_Stoppable):
         *,
         bufsize: int = 65535,
         count: int | None = None,
-        observer: Observer | None = None,
+        observer: BatchObserver | None = None,
+        count_peers: bool = True,
+        fast: bool | None = None,
+        gro: bool = False,
+        busy_poll_us: int = 0,
     ) -> None:
-        super().__init__()
         self.sock = sock
-        self.handler = handler
-        self.bufsize = bufsize
         self.count = count
-        self.observer = observer
-        self.stats = ServeStats()
+        self._observer = observer
+        self._peers = _PeerSet() if count_peers else None
+        self._unreplyable = 0
+        self._user_handler = handler
+        wrapped: Handler | None = handler
+        if handler is not None and sock.family == socket.AF_UNIX:
+            wrapped = self._unix_handler
+        watch = observer is not None or self._peers is not None
+        self.engine = Engine(
+            sock.sock,
+            wrapped,
+            bufsize=bufsize,
+            fast=fast,
+            gro=gro,
+            gso=False,
+            on_batch=self._on_batch if watch else None,
+            busy_poll_us=busy_poll_us,
+        )
 
-    def close(self) -> None:
-        """Release the wake-up sockets (not the served socket, which the caller owns)."""
-        self._close_wakeup()
+    def _unix_handler(self, dgram: Datagram) -> bytes | Sequence[bytes] | None:
+        if _unnamed(dgram.peer):
+            self._unreplyable += 1
+            return None
+        assert self._user_handler is not None
+        return self._user_handler(dgram)
+
+    def _on_batch(self, batch: Sequence[Datagram]) -> None:
+        if self._peers is not None:
+            self._peers.add_batch(batch)
+        if self._observer is not None:
+            self._observer(batch)
+
+    @property
+    def stats(self) -> ServeStats:
+        """The counters so far (final once :meth:`serve` returned)."""
+        es: EngineStats = self.engine.stats
+        return ServeStats(
+            received=es.rx_datagrams,
+            bytes_received=es.rx_bytes,
+            truncated=es.truncated,
+            truncated_bytes_lost=es.truncated_bytes_lost,
+            replies=es.tx_datagrams,
+            bytes_sent=es.tx_bytes,
+            reply_errors=dict(es.send_errors),
+            handler_errors=es.handler_errors,
+            unreplyable=self._unreplyable,
+            kernel_drops=es.kernel_drops,
+            peers=None if self._peers is None else len(self._peers.seen),
+            peers_capped=False if self._peers is None else self._peers.capped,
+        )
 
     def serve(self) -> ServeStats:
-        """Serve until ``count`` datagrams arrived or ``stop()`` was called.
+        """Serve until ``count`` datagrams arrived or :meth:`stop` was called.
 
         Returns:
             The final counters.
         """
-        fd = self.sock.fileno()
-        wake = self._wake_r.fileno()
-        stats = self.stats
-        while not self._stopping and (self.count is None or stats.received < self.count):
-            readable, _, _ = select.select([fd, wake], [], [])
-            if wake in readable:
-                break
-            try:
-                dgram = self.sock.recv(self.bufsize, timeout=0)
-            except Timeout:
-                continue  # a spurious wake-up
-            except NetworkError:
-                # An ICMP error queued from an earlier reply (unconnected
-                # sockets with IP_RECVERR): not fatal for a server.
-                continue
-            stats.received += 1
-            stats.bytes_received += dgram.length
-            if dgram.truncated:
-                stats.truncated += 1
-            stats.note_peer(dgram.peer)
-            if self.observer is not None:
-                self.observer(dgram)
-            if self.handler is None:
-                continue
-            reply = self.handler(dgram.data)
-            if reply is None:
-                continue
-            if _unnamed(dgram.peer):
-                stats.unreplyable += 1
-                continue
-            try:
-                stats.bytes_sent += self.sock.send(reply, dgram.peer)
-                stats.replies += 1
-            except (NetworkError, UdpkitError) as exc:
-                code = exc.errno if isinstance(exc, OSError) and exc.errno else 0
-                stats.reply_errors[code] = stats.reply_errors.get(code, 0) + 1
-        return stats
+        self.engine.run(count=self.count)
+        return self.stats
+
+    def stop(self) -> None:
+        """End :meth:`serve` at the next batch boundary; safe from threads and signal handlers."""
+        self.engine.stop()
+
+    def close(self) -> None:
+        """Release the engine's wake-up sockets (not the served socket: the caller owns it)."""
+        self.engine.close()
 
 
-class StreamServer(_Stoppable):
+class StreamServer:
     """The seed's simple TCP server: every chunk a client sends is one message.
 
     Each message is reported and answered on its connection; a connection ends
@@ -202,22 +276,33 @@ class StreamServer(_Stoppable):
         *,
         bufsize: int = 65535,
         count: int | None = None,
-        observer: Observer | None = None,
+        observer: BatchObserver | None = None,
     ) -> None:
-        super().__init__()
         self.listener = listener
         self.handler = handler
         self.bufsize = bufsize
         self.count = count
         self.observer = observer
-        self.stats = ServeStats()
+        self.stats = ServeStats(peers=0)
+        self._peers = _PeerSet()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Ask :meth:`serve` to end; safe from any thread and from signal handlers."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
 
     def close(self) -> None:
         """Release the wake-up sockets (the listener belongs to the caller)."""
-        self._close_wakeup()
+        self._wake_r.close()
+        self._wake_w.close()
 
     def serve(self) -> ServeStats:
-        """Serve until ``count`` messages arrived or ``stop()`` was called."""
+        """Serve until ``count`` messages arrived or :meth:`stop` was called."""
         stats = self.stats
         conns: dict[int, tuple[StreamSocket, Any]] = {}
         with selectors.DefaultSelector() as sel:
@@ -259,23 +344,24 @@ class StreamServer(_Stoppable):
             return False
         stats.received += 1
         stats.bytes_received += len(data)
-        stats.note_peer(peer if peer not in ("", b"", None) else ("unix", id(conn)))
+        # An unnamed Unix client has no address: count each connection as a peer.
+        dgram = Datagram(data, peer if not _unnamed(peer) else ("unix", id(conn)), len(data))
+        self._peers.add_batch((dgram,))
+        stats.peers = len(self._peers.seen)
+        stats.peers_capped = self._peers.capped
         if self.observer is not None:
-            self.observer(Datagram(data, peer, len(data)))
-        reply = self.handler(data) if self.handler is not None else None
+            self.observer((Datagram(data, peer, len(data)),))
+        reply = self.handler(dgram) if self.handler is not None else None
         if reply is None:
             return True
+        replies = [reply] if isinstance(reply, bytes | bytearray | memoryview) else list(reply)
         try:
-            conn.send_all(reply)
+            for r in replies:
+                conn.send_all(bytes(r))
+                stats.replies += 1
+                stats.bytes_sent += len(r)
         except NetworkError as exc:
-            code = exc.errno or 0
-            stats.reply_errors[code] = stats.reply_errors.get(code, 0) + 1
+            name = errno_name(exc.errno)
+            stats.reply_errors[name] = stats.reply_errors.get(name, 0) + 1
             return False
-        stats.replies += 1
-        stats.bytes_sent += len(reply)
         return True
-
-
-def monotonic_deadline(timeout: float | None) -> float | None:
-    """The monotonic instant ``timeout`` seconds from now (``None``: no deadline)."""
-    return None if timeout is None else time.monotonic() + timeout

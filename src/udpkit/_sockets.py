@@ -18,6 +18,7 @@ every error path.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -52,6 +53,7 @@ __all__ = [
     "DatagramSocket",
     "StreamListener",
     "StreamSocket",
+    "set_receive_buffer",
     "tcp_connect",
     "tcp_listen",
     "udp_bind",
@@ -745,3 +747,38 @@ def _unix_sockaddr(path: str) -> str:
             raise UsageError(f"abstract unix socket '{path}' needs Linux: use a file path")
         return "\0" + path[1:]  # Linux's abstract namespace: no file at all
     return path
+
+
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if _LINUX else None)
+
+
+def set_receive_buffer(sock: socket.socket, size: int) -> int:
+    """Ask for a kernel receive buffer of ``size`` bytes; return what the kernel gave.
+
+    Linux caps SO_RCVBUF silently at ``net.core.rmem_max``; when it falls short
+    this tries SO_RCVBUFFORCE, which root (CAP_NET_ADMIN) may use past the cap.
+    Linux reports twice the size asked (the other half is its bookkeeping), so
+    the figure returned is halved there, to compare with ``size``.
+
+    Raises:
+        UsageError: ``size`` is not positive.
+        NetworkError: the OS refused the option outright.
+    """
+    if size < 1:
+        raise UsageError(f"invalid receive buffer {size!r}: must be 1 byte or more")
+    size = min(size, 2**31 - 1)
+
+    def granted() -> int:
+        value = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        return value // 2 if _LINUX else value
+
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+    except OSError as exc:
+        raise map_oserror(exc, f"cannot set a receive buffer of {size} bytes") from exc
+    got = granted()
+    if got < size and _SO_RCVBUFFORCE is not None:
+        with contextlib.suppress(OSError):  # not root: keep what SO_RCVBUF gave
+            sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+            got = granted()
+    return got
