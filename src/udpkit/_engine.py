@@ -69,6 +69,7 @@ _GRO_BUFSIZE = 65535
 _SEND_WAIT = 1.0  # longest wait for a full send buffer to drain before counting EAGAIN
 _PEER_CACHE_MAX = 4096
 _SO_BUSY_POLL = 46
+_COUNTING_SLOT = 2048  # receive slot per datagram when only counting
 # Longest a stopping engine spends reading what is already queued.
 _DRAIN_LIMIT = 0.5
 _new = tuple.__new__
@@ -235,8 +236,16 @@ class Engine:
             with contextlib.suppress(OSError):
                 sock.setsockopt(SOL_UDP, UDP_GRO, 0)
         self._gso = gso is not False and self._fast and _LINUX
+        # Counting only (no handler, no observer): the payload is never read, so
+        # each slot need not hold a whole datagram. MSG_TRUNC still reports every
+        # real length, truncation is judged against ``bufsize`` arithmetically,
+        # and small slots keep the kernel's copies in cache (as C sinks do).
+        self._counting = handler is None and on_batch is None
+        slot = bufsize
+        if self._counting and not self._gro:
+            slot = min(bufsize, _COUNTING_SLOT)
         if self._fast:
-            self._rx = MsgArray(batch, bufsize)
+            self._rx = MsgArray(batch, slot)
             self._rx_template = memoryview(self._rx.template)
             # Send side: headers for a batch's replies, a packed arena for their bytes.
             self._tx = MsgArray(max(batch, 16), 0)
@@ -448,17 +457,9 @@ class Engine:
             ctl = rx.controllens(n)
             if any(ctl):
                 segs = self._read_cmsgs(rx, ctl)
+        if self._counting:
+            return self._count(lens, segs)
         total = sum(lens)
-        if (
-            segs is None
-            and max(lens) <= bufsize
-            and self._handler is None
-            and self._on_batch is None
-        ):
-            # Counting only: no datagram objects at all.
-            st.rx_datagrams += n
-            st.rx_bytes += total
-            return n
         dv = rx.data_view
         peers = self._peers_fast(rx, n)
         if segs is None and max(lens) <= bufsize:
@@ -476,6 +477,27 @@ class Engine:
         if self._handler is not None:
             self._reply_fast(dgrams, src)
         return len(dgrams)
+
+    def _count(self, lens: list[int], segs: dict[int, int] | None) -> int:
+        """Counting only: tally a batch arithmetically, with no datagram objects."""
+        st = self.stats
+        bufsize = self._bufsize
+        if segs:
+            # A coalesced buffer of ``ln`` bytes holds ceil(ln / size) datagrams,
+            # all of ``size`` bytes but the last.
+            n = 0
+            for i, ln in enumerate(lens):
+                size = segs.get(i, 0)
+                n += -(-ln // size) if size and ln else 1
+        else:
+            n = len(lens)
+            if max(lens) > bufsize:
+                over = [ln - bufsize for ln in lens if ln > bufsize]
+                st.truncated += len(over)
+                st.truncated_bytes_lost += sum(over)
+        st.rx_datagrams += n
+        st.rx_bytes += sum(lens)
+        return n
 
     def _read_cmsgs(self, rx: MsgArray, ctl: list[int]) -> dict[int, int] | None:
         """Note SO_RXQ_OVFL counts; return {message index: GRO segment size} or None."""
