@@ -235,6 +235,53 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="ask for a kernel receive buffer of BYTES and report what the kernel gave",
     )
+    pol = serve.add_argument_group(
+        "policy (UDP and Unix datagram; refused datagrams are counted, never answered)"
+    )
+    pol.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="accept only sources in CIDR (repeatable)",
+    )
+    pol.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="drop sources in CIDR (repeatable; deny wins over allow)",
+    )
+    pol.add_argument(
+        "--rate-limit",
+        metavar="N/s[:BURST]",
+        help="per-source token bucket, e.g. 100/s:200",
+    )
+    pol.add_argument(
+        "--rate-limit-prefix",
+        action="store_true",
+        help="rate-limit by /24 (IPv4) and /56 (IPv6) prefix instead of by address",
+    )
+    pol.add_argument(
+        "--rate-limit-log-only",
+        action="store_true",
+        help="count what the rate limit would drop, but drop nothing",
+    )
+    pol.add_argument(
+        "--amplification",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="replies to an untrusted source never exceed FACTOR x the bytes it sent "
+        "(default 1, at most 3)",
+    )
+    pol.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="sources exempt from the amplification budget (default: loopback only)",
+    )
     serve.add_argument(
         "--format",
         choices=FORMATS,
@@ -416,6 +463,12 @@ def _summary(st: Any, stopped_by: int | None) -> str:
     if st.truncated:
         extra["truncated_bytes_lost"] = st.truncated_bytes_lost
     extra["kernel_drops"] = "unavailable" if st.kernel_drops is None else st.kernel_drops
+    for name in ("denied", "rate_limited", "rate_limited_logged", "over_budget"):
+        if st.policy.get(name):
+            extra[name] = st.policy[name]
+    refused = sum(n for k, n in st.policy.items() if k.startswith("unreplyable_"))
+    if refused:
+        extra["replies_refused"] = refused
     text = _format.format_summary(
         st.received, st.bytes_received, st.peers, st.truncated, **extra
     ).rstrip("\n")
@@ -454,6 +507,18 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         out.write("".join(format_datagram(fmt, d.data, d.peer, length=d.length) for d in batch))
 
     observer = None if args.quiet else observe
+    policy_args = {
+        "allow": args.allow,
+        "deny": args.deny,
+        "rate_limit": args.rate_limit,
+        "rate_limit_prefix": args.rate_limit_prefix,
+        "log_only": args.rate_limit_log_only,
+        "amplification": args.amplification,
+        "trust": args.trust,
+    }
+    from ._policy import Policy, wildcard_warning
+
+    Policy(**policy_args)  # bad values are reported before anything is bound
     endpoints, where = _bind_serve(args, stream, workers)
     try:
         if args.rcvbuf is not None:
@@ -476,6 +541,9 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                 fast=False if args.no_batch else None,
                 gro=args.gro,
                 busy_poll_us=args.busy_poll,
+                policy=Policy(**policy_args, local=ep.local_address)
+                if ep.family != socket.AF_UNIX
+                else None,
             )
 
         servers = [make(ep) for ep in endpoints]
@@ -489,6 +557,10 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             (err if to_stderr else out).write(text)
             note = f", {workers} workers" if workers > 1 else ""
             err.write(f"udpkit: listening on {where} ({transport}{note})\n")
+            if args.unix is None:
+                warning = wildcard_warning(args.host, handler is not None)
+                if warning:
+                    err.write(f"udpkit: {warning.rstrip()}\n")
 
             if workers > 1:
                 stats = _workers.run_workers(

@@ -665,6 +665,14 @@ class Policy:
         return dict(self._c)
 
     @property
+    def screens_arrivals(self) -> bool:
+        """Whether :meth:`admit` can ever refuse (an allow/deny list or a rate limit is set).
+
+        A server with no such rule may skip per-datagram admission entirely.
+        """
+        return bool(self._allow) or bool(self._deny) or self.rate_limit is not None
+
+    @property
     def dropped(self) -> int:
         """Datagrams the policy dropped on arrival: ``denied + rate_limited``."""
         return self._c["denied"] + self._c["rate_limited"]

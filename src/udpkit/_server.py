@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from ._engine import Engine, EngineStats
 from ._errors import NetworkError, Timeout
 from ._mmsg import errno_name
+from ._policy import ADMIT, Policy
 from ._sockets import Datagram, DatagramSocket, StreamListener, StreamSocket
 
 __all__ = [
@@ -64,6 +66,7 @@ class ServeStats:
     kernel_drops: int | None = None
     peers: int | None = None
     peers_capped: bool = False
+    policy: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """The counters as a plain dict (ready for JSON)."""
@@ -80,6 +83,7 @@ class ServeStats:
             "kernel_drops": self.kernel_drops,
             "peers": self.peers,
             "peers_capped": self.peers_capped,
+            "policy": dict(self.policy),
         }
 
     @classmethod
@@ -106,6 +110,8 @@ class ServeStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for code, n in other.reply_errors.items():
             self.reply_errors[code] = self.reply_errors.get(code, 0) + n
+        for name, n in other.policy.items():
+            self.policy[name] = self.policy.get(name, 0) + n
         if other.kernel_drops is not None:
             self.kernel_drops = (self.kernel_drops or 0) + other.kernel_drops
         if other.peers is not None:
@@ -175,6 +181,10 @@ class DatagramServer:
         gro: receive with UDP GRO (fastest; the kernel then counts a dropped
             coalesced buffer as one drop, so keep it off for exact accounting).
         busy_poll_us: spin this long on an empty socket before sleeping.
+        policy: admission and reply rules; by default a :class:`~udpkit.Policy`
+            that trusts loopback and holds every other source to the
+            anti-amplification budget (replies never exceed the bytes received).
+            Datagrams it refuses are counted, not shown, not answered.
     """
 
     def __init__(
@@ -189,6 +199,7 @@ class DatagramServer:
         fast: bool | None = None,
         gro: bool = False,
         busy_poll_us: int = 0,
+        policy: Policy | None = None,
     ) -> None:
         self.sock = sock
         self.count = count
@@ -196,10 +207,23 @@ class DatagramServer:
         self._peers = _PeerSet() if count_peers else None
         self._unreplyable = 0
         self._user_handler = handler
-        wrapped: Handler | None = handler
-        if handler is not None and sock.family == socket.AF_UNIX:
-            wrapped = self._unix_handler
-        watch = observer is not None or self._peers is not None
+        if policy is None and sock.family != socket.AF_UNIX:
+            policy = Policy(local=sock.local_address)
+        self.policy = policy
+        self._screen = policy is not None and policy.screens_arrivals
+        self._refused: set[int] = set()  # ids of this batch's datagrams the policy refused
+        self._now = 0.0
+        wrapped: Handler | None = None
+        if handler is not None:
+            wrapped = self._guarded_handler
+        # Admission must see every datagram when it can refuse, or when replies
+        # draw on the budget that received bytes earn.
+        watch = (
+            observer is not None
+            or self._peers is not None
+            or self._screen
+            or (policy is not None and handler is not None)
+        )
         self.engine = Engine(
             sock.sock,
             wrapped,
@@ -211,17 +235,49 @@ class DatagramServer:
             busy_poll_us=busy_poll_us,
         )
 
-    def _unix_handler(self, dgram: Datagram) -> bytes | Sequence[bytes] | None:
-        if _unnamed(dgram.peer):
+    def _guarded_handler(self, dgram: Datagram) -> bytes | Sequence[bytes] | None:
+        """The user's handler, behind the policy: refused datagrams get no answer,
+        and every reply must fit the peer's budget and the never-reply rules."""
+        if self._refused and id(dgram) in self._refused:
+            return None
+        peer = dgram.peer
+        if _unnamed(peer):
             self._unreplyable += 1
             return None
         assert self._user_handler is not None
-        return self._user_handler(dgram)
+        reply = self._user_handler(dgram)
+        policy = self.policy
+        if reply is None or policy is None:
+            return reply
+        now = self._now
+        if isinstance(reply, bytes | bytearray | memoryview):
+            return reply if policy.may_reply(peer, len(reply), now) else None
+        return [r for r in reply if policy.may_reply(peer, len(r), now)]
 
     def _on_batch(self, batch: Sequence[Datagram]) -> None:
+        # One clock read per batch, passed to every policy decision in it.
+        now = self._now = time.monotonic()
+        if self._screen:
+            assert self.policy is not None
+            admit = self.policy.admit
+            refused = self._refused
+            refused.clear()
+            kept = []
+            for d in batch:
+                if admit(d.peer, d.length, now) is ADMIT:
+                    kept.append(d)
+                else:
+                    refused.add(id(d))
+            if refused:
+                batch = kept
+        elif self.policy is not None and self._user_handler is not None:
+            # Admission earns reply credit even with no rule that can refuse.
+            admit = self.policy.admit
+            for d in batch:
+                admit(d.peer, d.length, now)
         if self._peers is not None:
             self._peers.add_batch(batch)
-        if self._observer is not None:
+        if self._observer is not None and batch:
             self._observer(batch)
 
     @property
@@ -241,6 +297,7 @@ class DatagramServer:
             kernel_drops=es.kernel_drops,
             peers=None if self._peers is None else len(self._peers.seen),
             peers_capped=False if self._peers is None else self._peers.capped,
+            policy={} if self.policy is None else self.policy.counters,
         )
 
     def serve(self) -> ServeStats:

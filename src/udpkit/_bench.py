@@ -1,0 +1,743 @@
+"""``udpkit bench`` and ``udpkit reflect``: the I/O around :mod:`._stats` and :mod:`._probe`.
+
+The bench client is one thread and one loop: send what the schedule (``rate``)
+or the window allows, read every reply that is queued (``recvmmsg`` batches on
+Linux), and sleep in ``select`` until the next probe is due, a reply arrives or
+an interval ends.  ``select`` sleeps with microsecond resolution, so pacing is
+exact on average and probes due in the same wake-up (about 60 us of timer
+slack) leave together in one ``sendmmsg``.
+
+The reflector is an :class:`~udpkit._engine.Engine` with a handler: it tracks
+every run's probes (:class:`~udpkit._stats.SequenceTracker`), echoes ``PROBE``
+with its own return sequence number, and answers ``REPORT_REQUEST`` with what
+it saw, so loss, duplicates and reordering are known per direction.
+
+Loss is split by where it happened (:func:`~udpkit._stats.split_loss`):
+*sender* (numbered probes the sending kernel refused), *receiver kernel* (the
+receiving socket's drop counter: the reflector's for the forward path, bench's
+own for the return path) and *path* (the rest: lost in between).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import random
+import select
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _mmsg
+from ._engine import Engine
+from ._errors import ConnectionRefused, NetworkError, Timeout, UsageError, map_oserror
+from ._probe import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_PROBE_SIZE,
+    VERSION,
+    Kind,
+    ProbeError,
+    Report,
+    build_report,
+    build_report_request,
+    parse_report_untrusted,
+)
+from ._sockets import Datagram, DatagramSocket, set_receive_buffer, udp_connect
+from ._stats import IntervalMeter, IntervalRow, Jitter, LatencyHistogram, SequenceTracker
+
+__all__ = ["BenchConfig", "BenchResult", "FlowResult", "Reflector", "parse_rate", "run_bench"]
+
+_BATCH = 64
+_MAX_BURST = 1024  # most probes one flow sends per loop turn (the loop must still read)
+_RCVBUF = 4 << 20
+_HELLO_TRIES = 5
+_HELLO_WAIT = 0.3
+_RSEQ_OFF = 24
+_SI = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}  # no "m": milli or mega?
+_now = time.monotonic_ns
+
+
+def parse_rate(text: str, size: int) -> float | None:
+    """Parse ``--rate``: datagrams/s (``10000``, ``10k``), bits/s (``100Mbps``, ``1Gb/s``) or ``max``.
+
+    Suffixes k, M, G are powers of 1000.  Bits count UDP payload bytes
+    (``size`` per datagram), as iperf3's ``-b`` does.
+
+    Returns:
+        Datagrams per second, or ``None`` for ``max``.
+
+    Raises:
+        UsageError: anything else, or a rate that is not positive.
+    """
+    t = text.strip()
+    if t.lower() == "max":
+        return None
+    bits = False
+    for suffix in ("bit/s", "bps", "b/s"):
+        if t.endswith(suffix):
+            t, bits = t[: -len(suffix)], True
+            break
+    mult = 1.0
+    if t[-1:] in _SI:
+        mult = _SI[t[-1]]
+        t = t[:-1]
+    try:
+        value = float(t) * mult
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise UsageError(
+            f"invalid rate {text!r}: use datagrams/s like 10000 or 10k, bits/s like "
+            "100Mbps or 1Gb/s, or 'max'"
+        )
+    return value / (size * 8) if bits else value
+
+
+@dataclass
+class BenchConfig:
+    """What to measure; see ``udpkit bench --help`` for each field's meaning.
+
+    ``rate`` is datagrams/s for all flows together (``None``: as fast as possible),
+    ``count`` probes per flow, ``window`` outstanding probes per flow
+    (request/response), ``timeout`` how long an unanswered probe holds its
+    window slot, ``linger`` the longest wait for late replies and reports.
+    """
+
+    host: str
+    port: int | str
+    family: int = socket.AF_UNSPEC
+    size: int = 64
+    rate: float | None = 1000.0
+    duration: float | None = 10.0
+    count: int | None = None
+    window: int | None = None
+    parallel: int = 1
+    interval: float = 1.0
+    one_way: bool = False
+    timeout: float = 0.5
+    linger: float = 1.0
+    fast: bool | None = None
+
+    def check(self) -> None:
+        """Raise UsageError naming the first field out of range."""
+        if not HEADER_SIZE <= self.size <= MAX_PROBE_SIZE:
+            raise UsageError(
+                f"invalid size {self.size!r}: must be {HEADER_SIZE}-{MAX_PROBE_SIZE} bytes "
+                f"(a probe's header takes {HEADER_SIZE})"
+            )
+        if self.rate is not None and not self.rate > 0:
+            raise UsageError(f"invalid rate {self.rate!r}: must be > 0 datagrams/s")
+        if self.duration is not None and not 0 < self.duration <= 86400:
+            raise UsageError(f"invalid duration {self.duration!r}: must be 0-86400 seconds")
+        if self.count is not None and self.count < 1:
+            raise UsageError(f"invalid count {self.count!r}: must be 1 or more probes")
+        if self.duration is None and self.count is None:
+            raise UsageError("give --duration or --count (or both): the run must end")
+        if self.window is not None and not 1 <= self.window <= 65536:
+            raise UsageError(f"invalid window {self.window!r}: must be 1-65536 probes")
+        if self.window is not None and self.one_way:
+            raise UsageError("--window needs replies: it cannot be combined with --one-way")
+        if not 1 <= self.parallel <= 128:
+            raise UsageError(f"invalid parallel {self.parallel!r}: must be 1-128 flows")
+        if not 0.01 <= self.interval <= 3600:
+            raise UsageError(f"invalid interval {self.interval!r}: must be 0.01-3600 seconds")
+        if not 0.001 <= self.timeout <= 60:
+            raise UsageError(f"invalid timeout {self.timeout!r}: must be 0.001-60 seconds")
+        if not 0 <= self.linger <= 60:
+            raise UsageError(f"invalid linger {self.linger!r}: must be 0-60 seconds")
+
+
+@dataclass
+class FlowResult:
+    """One flow's figures: its own counters and, from a reflector, the far side's report."""
+
+    run_id: int
+    local: str
+    numbered: int = 0  # probes given a number: sent + sender_lost
+    sent: int = 0
+    sent_bytes: int = 0
+    sender_lost: int = 0
+    send_errors: dict[str, int] = field(default_factory=dict)
+    send_blocked: int = 0  # sends the kernel refused with EAGAIN (retried, not lost)
+    replies: int = 0
+    reply_bytes: int = 0
+    malformed: int = 0
+    late: int = 0  # replies that came after their window slot timed out
+    icmp_errors: int = 0
+    round_trip: SequenceTracker = field(default_factory=SequenceTracker)
+    reverse: SequenceTracker = field(default_factory=SequenceTracker)
+    rtt: LatencyHistogram = field(default_factory=LatencyHistogram)
+    rtt_jitter: Jitter = field(default_factory=Jitter)
+    kernel_drops_start: int | None = None
+    kernel_drops_end: int | None = None
+    report: Report | None = None
+
+    @property
+    def kernel_drops(self) -> int | None:
+        """Drops bench's own socket counted during the run (None where unknown)."""
+        if self.kernel_drops_start is None or self.kernel_drops_end is None:
+            return None
+        return self.kernel_drops_end - self.kernel_drops_start
+
+
+@dataclass
+class BenchResult:
+    """A finished run: settings, mode, per-flow figures and the interval rows."""
+
+    config: BenchConfig
+    target: str
+    peer: str  # "reflector" or "echo"
+    send_seconds: float
+    flows: list[FlowResult]
+    intervals: list[IntervalRow]
+
+
+class _Flow:
+    """One socket and run id, with its receive buffers."""
+
+    def __init__(self, cfg: BenchConfig, fast: bool) -> None:
+        self.sock: DatagramSocket = udp_connect(cfg.host, cfg.port, family=cfg.family)
+        try:
+            self.raw = self.sock.sock
+            self.raw.setblocking(False)
+            with contextlib.suppress(NetworkError):
+                set_receive_buffer(self.raw, _RCVBUF)
+            self.fd = self.raw.fileno()
+            self.res = FlowResult(random.getrandbits(32), self.sock.local_text)
+            self.bufsize = max(cfg.size, 2048)
+            self.rx = _mmsg.MsgArray(_BATCH, self.bufsize) if fast else None
+            self.buf = bytearray(self.bufsize)
+            self.template = memoryview(self.rx.template) if self.rx else None
+            self.outstanding: dict[int, int] = {}  # window mode: seq -> send time
+            self.nonce = -1
+            self.echo_peer = False
+            self.reported = False
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def recv_batch(self) -> list[tuple[int, int]]:
+        """Read up to a batch of queued datagrams: ``(offset into buffer, length)`` each."""
+        rx = self.rx
+        if rx is not None:
+            assert self.template is not None
+            rx.hdr_view[: _BATCH * _mmsg.MM] = self.template
+            flags = _mmsg.MSG_TRUNC | _mmsg.MSG_DONTWAIT
+            n = _mmsg.libc_mmsg.recvmmsg(self.fd, rx.hdrs_addr, _BATCH, flags, None)
+            if n > 0:
+                size = self.bufsize
+                return list(zip(range(0, n * size, size), rx.msg_lens(n), strict=True))
+            code = _mmsg.ctypes.get_errno() if n < 0 else errno.EAGAIN
+            return self._recv_error(code)
+        try:
+            ln = self.raw.recv_into(self.buf, self.bufsize, _mmsg.MSG_TRUNC | _mmsg.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError as exc:
+            return self._recv_error(exc.errno or 0)
+        return [(0, ln)]
+
+    def _recv_error(self, code: int) -> list[tuple[int, int]]:
+        if code in _mmsg.AGAIN or code == errno.EINTR:
+            return []
+        if code == errno.ECONNREFUSED or code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            self.res.icmp_errors += 1
+            return []
+        raise map_oserror(OSError(code, errno.errorcode.get(code, str(code))), "bench receive")
+
+    @property
+    def data(self) -> bytearray:
+        return self.rx.data if self.rx is not None else self.buf
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class _Run:
+    """The bench loop's state; ``run_bench`` is its only user."""
+
+    def __init__(
+        self, cfg: BenchConfig, on_rows: Callable[[list[IntervalRow]], None] | None
+    ) -> None:
+        self.cfg = cfg
+        self.on_rows = on_rows
+        fast = _mmsg.fast_path_available() if cfg.fast is None else cfg.fast
+        self.flows: list[_Flow] = []
+        try:
+            for _ in range(cfg.parallel):
+                self.flows.append(_Flow(cfg, fast))
+        except BaseException:
+            self.close()
+            raise
+        self.pad = bytes(cfg.size - HEADER_SIZE)
+        self.kind = Kind.PROBE_ONEWAY if cfg.one_way else Kind.PROBE
+        self.meter = IntervalMeter(0, int(cfg.interval * 1e9))
+        self.start = 0
+
+    def close(self) -> None:
+        for f in self.flows:
+            f.close()
+
+    # -- receiving ------------------------------------------------------------------
+
+    def drain(self, f: _Flow) -> int:
+        """Read and account every queued datagram of flow ``f``; return how many."""
+        got = 0
+        res = f.res
+        run_id = res.run_id
+        window = self.cfg.window is not None
+        while True:
+            batch = f.recv_batch()
+            if not batch:
+                return got
+            now = _now()
+            data = f.data
+            seqs: list[int] = []
+            rseqs: list[int] = []
+            rtt = res.rtt
+            jit = res.rtt_jitter
+            nbytes = 0
+            rtt_sum = 0
+            rtt_max = 0
+            for off, ln in batch:
+                if ln < HEADER_SIZE or ln > f.bufsize:
+                    res.malformed += 1
+                    continue
+                magic, ver, kind, run, seq, ts, rseq = HEADER.unpack_from(data, off)
+                if magic != MAGIC or ver != VERSION or run != run_id:
+                    res.malformed += 1
+                    continue
+                if kind == Kind.REFLECTED or kind == Kind.PROBE:
+                    seqs.append(seq)
+                    if kind == Kind.REFLECTED:
+                        rseqs.append(rseq)
+                    nbytes += ln
+                    d = now - ts
+                    rtt.record(d)
+                    jit.observe(ts, now)
+                    rtt_sum += d
+                    rtt_max = max(rtt_max, d)
+                    if window and f.outstanding.pop(seq, None) is None:
+                        res.late += 1
+                else:
+                    self._control(f, kind, seq, bytes(data[off : off + ln]))
+            if seqs:
+                res.round_trip.observe_many(seqs)
+                if rseqs:
+                    res.reverse.observe_many(rseqs)
+                res.replies += len(seqs)
+                res.reply_bytes += nbytes
+                got += len(seqs)
+                m = self.meter
+                m.add("rx", len(seqs))
+                m.add("rx_bytes", nbytes)
+                m.add("rtt_sum_ns", rtt_sum)
+                m.peak("rtt_max_ns", rtt_max)
+
+    def _control(self, f: _Flow, kind: int, nonce: int, data: bytes) -> None:
+        if nonce != f.nonce:
+            return  # an old request's answer (or its duplicate)
+        if kind == Kind.REPORT_REQUEST:
+            f.echo_peer = True  # our request came back unchanged: a plain echo server
+            f.reported = True
+        elif kind == Kind.REPORT:
+            try:
+                _head, f.res.report = parse_report_untrusted(data)
+            except ProbeError:
+                f.res.malformed += 1
+                return
+            f.reported = True
+        else:
+            f.res.malformed += 1
+
+    # -- control exchange -------------------------------------------------------------
+
+    def ask(self, flows: Sequence[_Flow], tries: int, wait: float) -> list[_Flow]:
+        """Send each flow a REPORT_REQUEST until answered; return the flows left unanswered."""
+        pending = list(flows)
+        for _ in range(tries):
+            if not pending:
+                break
+            for f in pending:
+                f.reported = False
+                f.nonce = random.getrandbits(63)
+                with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
+                    f.raw.send(build_report_request(f.res.run_id, f.nonce, _now()))
+            deadline = time.monotonic() + wait
+            while pending and time.monotonic() < deadline:
+                self.wait(deadline - time.monotonic(), pending)
+                for f in pending:
+                    self.drain(f)
+                pending = [f for f in pending if not f.reported]
+        return pending
+
+    def wait(self, seconds: float, flows: Sequence[_Flow]) -> None:
+        if seconds > 0:
+            select.select([f.fd for f in flows], [], [], seconds)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def send(self, f: _Flow, n: int) -> int:
+        """Number and send up to ``n`` probes on flow ``f``; return how many were numbered."""
+        res = f.res
+        seq = res.numbered
+        now = _now()
+        pack = HEADER.pack
+        pad = self.pad
+        kind = self.kind
+        run = res.run_id
+        payloads = [pack(MAGIC, VERSION, kind, run, s, now, 0) + pad for s in range(seq, seq + n)]
+        try:
+            k = _mmsg.send_batch(f.raw, payloads)
+        except NetworkError as exc:
+            # The kernel refused the first probe (an ICMP error from an earlier one,
+            # an unreachable route): it is lost at the sender, and counted so.
+            name = _mmsg.errno_name(exc.errno)
+            res.send_errors[name] = res.send_errors.get(name, 0) + 1
+            res.sender_lost += 1
+            res.numbered += 1
+            return 1
+        if k < n:
+            res.send_blocked += 1  # EAGAIN: the rest keep their numbers and go next time
+        if k:
+            res.numbered += k
+            res.sent += k
+            res.sent_bytes += k * self.cfg.size
+            if self.cfg.window is not None:
+                for s in range(seq, seq + k):
+                    f.outstanding[s] = now
+            self.meter.add("sent", k)
+            self.meter.add("sent_bytes", k * self.cfg.size)
+        return k
+
+    def _tick(self) -> None:
+        rows = self.meter.tick(_now() - self.start)
+        if rows and self.on_rows is not None:
+            self.on_rows(rows)
+
+    def loop(self) -> float:
+        """Send for the run's duration or count; return the send phase's length in seconds."""
+        cfg = self.cfg
+        flows = self.flows
+        per_flow = None if cfg.rate is None else cfg.rate / len(flows)
+        count = cfg.count
+        self.start = start = _now()
+        end = None if cfg.duration is None else start + int(cfg.duration * 1e9)
+        window = cfg.window
+        timeout_ns = int(cfg.timeout * 1e9)
+        one_way = cfg.one_way
+        last_send = start
+        while True:
+            now = _now()
+            if end is not None and now >= end:
+                break
+            active = [f for f in flows if count is None or f.res.numbered < count]
+            if not active:
+                break
+            next_due = now + 10**9
+            for f in active:
+                res = f.res
+                room = _MAX_BURST if count is None else min(_MAX_BURST, count - res.numbered)
+                if window is not None:
+                    for s, t in list(f.outstanding.items()):
+                        if now - t < timeout_ns:
+                            next_due = min(next_due, t + timeout_ns)
+                            break
+                        del f.outstanding[s]  # no reply in time: the slot is free again
+                    room = min(room, window - len(f.outstanding))
+                if per_flow is not None:
+                    due = int((now - start) * per_flow / 1e9) + 1 - res.numbered
+                    room = min(room, due)
+                    if room <= 0:
+                        nxt = start + math.ceil(res.numbered * 1e9 / per_flow)
+                        next_due = min(next_due, nxt)
+                elif window is None:
+                    room = min(room, _BATCH * 4)
+                if room > 0:
+                    self.send(f, room)
+                    last_send = _now()
+                    next_due = now
+            if not one_way:
+                for f in flows:
+                    self.drain(f)
+            self._tick()
+            now = _now()
+            if next_due > now:
+                wake = min(next_due, self.start + self.meter.current.end_ns)
+                if end is not None:
+                    wake = min(wake, end)
+                self.wait((wake - now) / 1e9, [] if one_way else flows)
+        return max(last_send - start, 1) / 1e9
+
+    def linger(self) -> None:
+        """Collect late replies until all are in or ``linger`` passes."""
+        deadline = time.monotonic() + self.cfg.linger
+        if self.cfg.one_way:
+            return
+        while time.monotonic() < deadline:
+            if all(f.res.round_trip.unique >= f.res.sent for f in self.flows):
+                return
+            self.wait(min(0.05, deadline - time.monotonic()), self.flows)
+            for f in self.flows:
+                self.drain(f)
+            self._tick()
+
+    def final_reports(self) -> None:
+        """Ask the reflector for each flow's report; in one-way mode until it saw everything."""
+        deadline = time.monotonic() + max(self.cfg.linger, _HELLO_WAIT)
+        flows = list(self.flows)
+        while flows:
+            self.ask(flows, 1, min(_HELLO_WAIT, max(deadline - time.monotonic(), 0.05)))
+            flows = [
+                f
+                for f in flows
+                if f.res.report is None
+                or (self.cfg.one_way and f.res.report.unique < f.res.sent)
+            ]
+            if not flows or time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
+
+
+def run_bench(
+    cfg: BenchConfig, on_rows: Callable[[list[IntervalRow]], None] | None = None
+) -> BenchResult:
+    """Measure the path to a reflector or echo server.
+
+    Args:
+        cfg: what to measure.
+        on_rows: called with interval rows as they close (live output).
+
+    Returns:
+        The run's figures.
+
+    Raises:
+        UsageError: a setting out of range.
+        AddressError: a bad host or port.
+        ConnectionRefused: nothing listens at the target.
+        Timeout: the target never answered the opening exchange.
+    """
+    cfg.check()
+    run = _Run(cfg, on_rows)
+    try:
+        target = run.flows[0].sock.local_text
+        with contextlib.suppress(OSError):
+            from ._addr import format_sockaddr
+
+            target = format_sockaddr(run.flows[0].raw.getpeername())
+        missing = run.ask(run.flows, _HELLO_TRIES, _HELLO_WAIT)
+        if missing:
+            if any(f.res.icmp_errors for f in missing):
+                raise ConnectionRefused(
+                    errno.ECONNREFUSED,
+                    f"nothing listening at {target}: start 'udpkit reflect' "
+                    "(or 'udpkit serve --echo') there",
+                )
+            raise Timeout(
+                f"no answer from {target} within {_HELLO_TRIES * _HELLO_WAIT:.1f} s: is "
+                "'udpkit reflect' or 'udpkit serve --echo' running there?"
+            )
+        echo = any(f.echo_peer for f in run.flows)
+        if echo and cfg.one_way:
+            raise UsageError(
+                f"--one-way needs 'udpkit reflect' at {target}: it is a plain echo server"
+            )
+        for f in run.flows:
+            f.res.report = None
+            f.res.kernel_drops_start = _mmsg.proc_drops(f.fd)
+        send_seconds = run.loop()
+        run.linger()
+        for f in run.flows:
+            run.drain(f)
+        if not echo:
+            run.final_reports()
+        for f in run.flows:
+            f.res.kernel_drops_end = _mmsg.proc_drops(f.fd)
+        rows = run.meter.finish(_now() - run.start)
+        if rows and on_rows is not None:
+            on_rows(rows)
+        if not any(f.res.sent for f in run.flows) and any(f.res.send_errors for f in run.flows):
+            errs = ", ".join(sorted(run.flows[0].res.send_errors))
+            raise NetworkError(errno.EIO, f"no probe could be sent to {target}: {errs}")
+        return BenchResult(
+            cfg,
+            target,
+            "echo" if echo else "reflector",
+            send_seconds,
+            [f.res for f in run.flows],
+            run.meter.rows,
+        )
+    finally:
+        run.close()
+
+
+# -- the reflector ----------------------------------------------------------------------
+
+
+@dataclass
+class _RunState:
+    tracker: SequenceTracker = field(default_factory=SequenceTracker)
+    jitter: Jitter = field(default_factory=Jitter)
+    bytes: int = 0
+    echoed: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    drops_start: int | None = None
+    errors_start: int = 0
+
+
+class Reflector:
+    """Echo bench probes, count every run, and answer report requests.
+
+    Args:
+        sock: a bound UDP socket (the caller keeps ownership).
+        fast: as for :class:`~udpkit._engine.Engine`.
+        busy_poll_us: as for :class:`~udpkit._engine.Engine`.
+        max_runs: runs remembered at once; the oldest is forgotten past this.
+    """
+
+    def __init__(
+        self,
+        sock: DatagramSocket,
+        *,
+        fast: bool | None = None,
+        busy_poll_us: int = 0,
+        max_runs: int = 4096,
+    ) -> None:
+        self.runs: dict[int, _RunState] = {}
+        self.max_runs = max_runs
+        self.malformed = 0
+        self.ignored = 0  # REFLECTED/REPORT: never answered, so reflectors cannot ping-pong
+        self.refused_small = 0
+        self.reports = 0
+        self._batch_ns = 0
+        self.engine = Engine(
+            sock.sock,
+            self._handle,
+            bufsize=65535,
+            fast=fast,
+            gro=False,
+            gso=False,
+            on_batch=self._on_batch,
+            busy_poll_us=busy_poll_us,
+        )
+
+    def _on_batch(self, _batch: Sequence[Datagram]) -> None:
+        self._batch_ns = _now()  # one arrival time per batch, as read by the application
+
+    def _send_errors(self) -> int:
+        return sum(self.engine.stats.send_errors.values())
+
+    def _run(self, run_id: int) -> _RunState:
+        st = self.runs.get(run_id)
+        if st is None:
+            if len(self.runs) >= self.max_runs:
+                del self.runs[next(iter(self.runs))]
+            st = _RunState(
+                drops_start=self.engine.read_kernel_drops(), errors_start=self._send_errors()
+            )
+            self.runs[run_id] = st
+        return st
+
+    def _handle(self, d: Datagram) -> bytes | bytearray | None:
+        data = d[0]
+        if len(data) < HEADER_SIZE or d[2] != len(data):
+            self.malformed += 1
+            return None
+        magic, ver, kind, run_id, seq, ts, _ = HEADER.unpack_from(data)
+        if magic != MAGIC or ver != VERSION:
+            self.malformed += 1
+            return None
+        if kind == Kind.PROBE or kind == Kind.PROBE_ONEWAY:
+            st = self.runs.get(run_id) or self._run(run_id)
+            now = self._batch_ns
+            st.tracker.observe(seq)
+            st.jitter.observe(ts, now)
+            st.bytes += len(data)
+            if not st.first_ns:
+                st.first_ns = now
+            st.last_ns = now
+            if kind == Kind.PROBE_ONEWAY:
+                return None
+            out = bytearray(data)
+            out[3] = Kind.REFLECTED
+            out[_RSEQ_OFF : _RSEQ_OFF + 8] = st.echoed.to_bytes(8, "big")
+            st.echoed += 1
+            return out
+        if kind == Kind.REPORT_REQUEST:
+            return self._report(run_id, seq, len(data))
+        self.ignored += 1
+        return None
+
+    def report(self, run_id: int) -> Report:
+        """What the reflector saw of ``run_id`` so far (a new, empty run if unknown)."""
+        st = self._run(run_id)
+        t = st.tracker
+        drops = self.engine.read_kernel_drops()
+        return Report(
+            received=t.received,
+            unique=t.unique,
+            duplicates=t.duplicates,
+            reordered=t.reordered,
+            reorder_extent_max=t.extent_max,
+            out_of_window=t.out_of_window,
+            highest_seq=t.highest,
+            bytes=st.bytes,
+            echoed=st.echoed,
+            jitter_ns=st.jitter.jitter_ns,
+            first_ns=st.first_ns,
+            last_ns=st.last_ns,
+            kernel_drops=drops,
+            kernel_drops_run=None
+            if drops is None or st.drops_start is None
+            else drops - st.drops_start,
+            send_errors=self._send_errors() - st.errors_start,
+        )
+
+    def _report(self, run_id: int, nonce: int, request_len: int) -> bytes | None:
+        out = build_report(run_id, nonce, _now(), self.report(run_id))
+        if len(out) > request_len:
+            self.refused_small += 1  # never answer with more bytes than were sent
+            return None
+        self.reports += 1
+        return out
+
+    def run(self, *, duration: float | None = None) -> None:
+        """Serve until :meth:`stop` (or ``duration`` seconds)."""
+        self.engine.run(duration=duration)
+
+    def stop(self) -> None:
+        """End :meth:`run`; safe from signal handlers and other threads."""
+        self.engine.stop()
+
+    def close(self) -> None:
+        """Release the engine's wake-up sockets (the served socket is the caller's)."""
+        self.engine.close()
+
+
+def open_reflector_socket(host: str, port: int | str, family: int, rcvbuf: int | None) -> Any:
+    """Bind the reflector's socket and size its receive buffer.
+
+    Returns:
+        ``(DatagramSocket, receive buffer granted in bytes)``.
+
+    Raises:
+        AddressError, AddressInUse, NetworkError: as for ``udp_bind``.
+    """
+    from ._sockets import udp_bind
+
+    sock = udp_bind(host, port, family=family)
+    try:
+        got = set_receive_buffer(sock.sock, rcvbuf or _RCVBUF)
+    except NetworkError:
+        got = 0
+    except BaseException:
+        sock.close()
+        raise
+    return sock, got
+

@@ -1,0 +1,99 @@
+"""`udpkit serve` policy flags on loopback: refused datagrams are counted, never shown or answered."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+
+import pytest
+
+from tests._proc import run, serving
+
+
+def _counter(err: bytes, name: str) -> int:
+    m = re.search(rb"\b" + name.encode() + rb"=(\d+)", err)
+    return int(m.group(1)) if m else 0
+
+
+def _exchange(port: int, payloads: list[bytes], wait: float = 0.3) -> list[bytes]:
+    replies = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.connect(("127.0.0.1", port))
+        c.settimeout(wait)
+        for p in payloads:
+            c.send(p)
+            try:
+                replies.append(c.recv(2048))
+            except TimeoutError:
+                pass
+    return replies
+
+
+def test_deny_drops_and_counts() -> None:
+    with serving("127.0.0.1", "0", "--deny", "127.0.0.0/8") as srv:
+        assert srv.port is not None
+        assert _exchange(srv.port, [b"a", b"b", b"c"], wait=0.2) == []
+        code, out, err = srv.stop(signal.SIGTERM)
+    assert code == 0
+    assert out == b""  # nothing shown
+    assert _counter(err, "denied") == 3
+    assert b"3 datagrams" in err
+
+
+def test_allow_list_admits_only_listed_sources() -> None:
+    with serving("127.0.0.1", "0", "--allow", "10.0.0.0/8") as srv:
+        assert srv.port is not None
+        assert _exchange(srv.port, [b"x"], wait=0.2) == []
+        code, _, err = srv.stop(signal.SIGTERM)
+    assert code == 0 and _counter(err, "denied") == 1
+    with serving("127.0.0.1", "0", "--allow", "127.0.0.1", "--deny", "10.0.0.0/8") as srv:
+        assert srv.port is not None
+        assert _exchange(srv.port, [b"x"]) == [b"Hello UDP Client"]
+        srv.stop(signal.SIGTERM)
+
+
+def test_rate_limit_and_log_only() -> None:
+    burst = [b"%d" % i for i in range(10)]
+    with serving("127.0.0.1", "0", "--echo", "--rate-limit", "1/s:3", "--quiet") as srv:
+        assert srv.port is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            for p in burst:
+                c.sendto(p, ("127.0.0.1", srv.port))
+        code, _, err = srv.stop(signal.SIGTERM)
+    assert code == 0
+    assert _counter(err, "rate_limited") == 7, err
+    assert _counter(err, "replies") == 3, err
+    args = ("--echo", "--rate-limit", "1/s:3", "--rate-limit-log-only", "--quiet")
+    with serving("127.0.0.1", "0", *args) as srv:
+        assert srv.port is not None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            for p in burst:
+                c.sendto(p, ("127.0.0.1", srv.port))
+        code, _, err = srv.stop(signal.SIGTERM)
+    assert _counter(err, "rate_limited_logged") == 7, err
+    assert _counter(err, "replies") == 10, err
+
+
+def test_seed_exchange_on_loopback_is_trusted() -> None:
+    """A 13-byte 'Hello, World!' gets the 16-byte reply: loopback is outside the budget."""
+    with serving("127.0.0.1", "0") as srv:
+        assert srv.port is not None
+        assert _exchange(srv.port, [b"Hello, World!"]) == [b"Hello UDP Client"]
+        srv.stop(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--deny", "10.0.0.300/8"), "10.0.0.300/8"),
+        (("--rate-limit", "fast"), "fast"),
+        (("--amplification", "5"), "amplification"),
+        (("--trust", "nonsense"), "nonsense"),
+    ],
+)
+def test_bad_policy_values(args: tuple[str, ...], fragment: str) -> None:
+    res = run("serve", "127.0.0.1", "0", *args)
+    assert res.returncode == 2, res.stderr
+    assert fragment.encode() in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
