@@ -1,13 +1,13 @@
-"""`udpkit serve` policy flags on loopback: refused datagrams are counted, never shown or answered."""
+"""`udpkit serve` policy flags on loopback: refused datagrams are counted, never shown."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import socket
 
 import pytest
-
 from tests._proc import run, serving
 
 
@@ -23,10 +23,8 @@ def _exchange(port: int, payloads: list[bytes], wait: float = 0.3) -> list[bytes
         c.settimeout(wait)
         for p in payloads:
             c.send(p)
-            try:
+            with contextlib.suppress(TimeoutError):
                 replies.append(c.recv(2048))
-            except TimeoutError:
-                pass
     return replies
 
 
