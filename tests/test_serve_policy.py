@@ -95,3 +95,26 @@ def test_bad_policy_values(args: tuple[str, ...], fragment: str) -> None:
     assert res.returncode == 2, res.stderr
     assert fragment.encode() in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_metrics_and_sigusr1() -> None:
+    """--metrics serves Prometheus text with the live counters; SIGUSR1 prints them."""
+    import urllib.request
+
+    pytest.importorskip("prometheus_client")
+    with serving("127.0.0.1", "0", "--echo", "--metrics", "127.0.0.1:0") as srv:
+        assert srv.port is not None
+        line = srv.err.readline()
+        m = re.search(rb"metrics at (http://\S+)", line)
+        assert m is not None, line
+        assert _exchange(srv.port, [b"abc", b"de"]) == [b"abc", b"de"]
+        with urllib.request.urlopen(m.group(1).decode(), timeout=5) as resp:
+            body = resp.read()
+        assert b"udpkit_datagrams_received_total 2.0" in body
+        assert b"udpkit_bytes_received_total 5.0" in body
+        assert b"udpkit_replies_sent_total 2.0" in body
+        assert b'udpkit_policy_total{kind="admitted"} 2.0' in body
+        srv.proc.send_signal(signal.SIGUSR1)
+        assert b"counters: 2 datagrams" in srv.err.readline()
+        code, _, _ = srv.stop(signal.SIGTERM)
+    assert code == 0

@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
         "longer datagrams are reported as truncated with their real length",
     )
     serve.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST default 127.0.0.1)",
+    )
+    serve.add_argument(
         "--quiet", "-q", action="store_true", help="print nothing per message: count only"
     )
     perf = serve.add_argument_group("performance (UDP and Unix datagram)")
@@ -481,6 +486,7 @@ def _summary(st: Any, stopped_by: int | None) -> str:
 
 def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from . import _format, _server, _sockets, _workers
+    from ._addr import resolve_one
 
     transport = _transport(args)
     _check_unix_args(args, (args.host, args.port))
@@ -492,6 +498,8 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         raise UsageError("--count cannot be combined with --workers (each worker counts alone)")
     if stream and (args.no_batch or args.gro or args.busy_poll or args.rcvbuf):
         raise UsageError("--no-batch, --gro, --busy-poll and --rcvbuf apply to datagram sockets")
+    if workers > 1 and args.metrics:
+        raise UsageError("--metrics cannot be combined with --workers yet: run one worker")
     if args.gro and args.no_batch:
         raise UsageError("--gro needs the batched path: drop --no-batch")
     if args.gro and args.buffer_size < 65535:
@@ -570,12 +578,29 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                 )
             else:
                 server = servers[0]
+                stop_metrics = None
+                if args.metrics:
+                    from ._addr import split_hostport
+                    from ._metrics import serve_metrics
+
+                    mhost, mport = split_hostport(args.metrics, default_host=DEFAULT_HOST)
+                    maddr = resolve_one(mhost, mport, type=socket.SOCK_STREAM, proto="tcp")
+                    stop_metrics, url = serve_metrics(
+                        # A fresh snapshot per scrape: `stats` is computed on access.
+                        (maddr.host, maddr.port),
+                        lambda: server.stats.as_dict(),  # noqa: PLW0108
+                    )
+                    err.write(f"udpkit: metrics at {url}\n")
 
                 def on_signal(signum: int, _frame: object) -> None:
                     stopped.append(signum)
                     server.stop()
 
+                def on_usr1(_signum: int, _frame: object) -> None:
+                    err.write(_summary(server.stats, None).replace(": ", ": counters: ", 1))
+
                 old = {s: signal.signal(s, on_signal) for s in stops}
+                old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
                 try:
                     stats = server.serve()
@@ -583,6 +608,8 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                     for s, h in old.items():
                         signal.signal(s, h)
                     server.close()
+                    if stop_metrics is not None:
+                        stop_metrics()
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     finally:

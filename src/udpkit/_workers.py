@@ -98,7 +98,13 @@ def run_workers(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
 
+    def forward_usr1(_signum: int, _frame: FrameType | None) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+
     old = {s: signal.signal(s, forward) for s in stops}
+    old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, forward_usr1)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     total = ServeStats()
     try:
@@ -146,8 +152,18 @@ def _worker(
         def on_signal(_signum: int, _frame: FrameType | None) -> None:
             server.stop()
 
+        def on_usr1(_signum: int, _frame: FrameType | None) -> None:
+            st = server.stats
+            kd = "unavailable" if st.kernel_drops is None else st.kernel_drops
+            sys.stderr.write(
+                f"udpkit: worker {i} counters: {st.received} datagrams, "
+                f"{st.bytes_received} bytes, {st.truncated} truncated; kernel_drops={kd}\n"
+            )
+            sys.stderr.flush()
+
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, on_signal)
+        signal.signal(signal.SIGUSR1, on_usr1)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         stats = server.serve()
         os.write(report, json.dumps(stats.as_dict()).encode())
