@@ -6,6 +6,7 @@ import contextlib
 import re
 import signal
 import socket
+from pathlib import Path
 
 import pytest
 from tests._proc import run, serving
@@ -118,3 +119,23 @@ def test_metrics_and_sigusr1() -> None:
         assert b"counters: 2 datagrams" in srv.err.readline()
         code, _, _ = srv.stop(signal.SIGTERM)
     assert code == 0
+
+
+def test_serve_records_to_pcap_and_jsonl(tmp_path: Path) -> None:
+    """--record keeps every datagram; `udpkit read` gives them back; an existing file is refused."""
+    for suffix in ("pcap", "jsonl"):
+        path = tmp_path / f"rec.{suffix}"
+        with serving("127.0.0.1", "0", "--quiet", "--record", str(path)) as srv:
+            assert srv.port is not None
+            assert len(_exchange(srv.port, [b"one", b"", b"\x1b[2J"])) == 3
+            code, _, err = srv.stop(signal.SIGTERM)
+        assert code == 0
+        assert _counter(err, "recorded") == 3 and _counter(err, "record_dropped") == 0, err
+        assert path.stat().st_mode & 0o777 == 0o600
+        res = run("read", str(path), "--format", "line")
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        assert len(lines) == 3 and b"one" in lines[0] and b"\\x1b[2J" in lines[2]
+        assert b"\x1b" not in res.stdout
+        again = run("serve", "127.0.0.1", "0", "--record", str(path))
+        assert again.returncode == 2 and b"--force" in again.stderr

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn, TextIO
 
@@ -201,6 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="receive buffer in bytes (default 65535: the largest datagram); "
         "longer datagrams are reported as truncated with their real length",
     )
+    mc = serve.add_argument_group("multicast")
+    mc.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        metavar="GROUP[@IFACE]",
+        help="join a multicast group (repeatable); without HOST, binds the group's wildcard",
+    )
+    mc.add_argument(
+        "--source", metavar="ADDR", help="with --join: source-specific membership (SSM)"
+    )
+    rec = serve.add_argument_group("recording")
+    rec.add_argument(
+        "--record",
+        metavar="FILE",
+        help="write every datagram received to FILE (.jsonl or .pcap); read it with 'udpkit read'",
+    )
+    rec.add_argument("--force", action="store_true", help="with --record: overwrite FILE")
+    rec.add_argument(
+        "--record-continue",
+        action="store_true",
+        help="if the disk fails, keep serving unrecorded (default: stop, exit 1)",
+    )
     serve.add_argument(
         "--metrics",
         metavar="[HOST:]PORT",
@@ -332,6 +356,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow broadcast (SO_BROADCAST); needed for '<broadcast>'",
     )
+    mcs = send.add_argument_group("multicast")
+    mcs.add_argument("--ttl", type=_nonneg_int, metavar="N", help="multicast hop limit (0-255)")
+    loop = mcs.add_mutually_exclusive_group()
+    loop.add_argument(
+        "--loop",
+        dest="loop",
+        action="store_true",
+        default=None,
+        help="deliver to this host's own group members too (the OS default)",
+    )
+    loop.add_argument("--no-loop", dest="loop", action="store_false", help="do not loop back")
+    mcs.add_argument("--iface", metavar="IFACE", help="send multicast out of IFACE")
     send.add_argument(
         "--hex", action="store_true", help="MESSAGE is hex digits (spaces and colons allowed)"
     )
@@ -353,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tcp", action="store_true", help="show the TCP exchange instead")
     # Measurement and relay commands live in their own modules; those modules
     # import only argparse at the top, so registering them costs no start-up.
-    for name in ("_cmd_relay", "_cmd_bench"):
+    for name in ("_cmd_relay", "_cmd_bench", "_cmd_record"):
         try:
             module = importlib.import_module(f"udpkit.{name}")
         except ImportError:  # pragma: no cover - while a command is being written
@@ -412,7 +448,17 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
         if stream:
             return [_unix.unix_stream_listen(args.unix)], args.unix
         return [_unix.unix_datagram_bind(args.unix)], args.unix
+    from ._mcast import join_group, parse_group
+
+    groups = [parse_group(g) for g in args.join]
+    if groups and stream:
+        raise UsageError("--join is for UDP: multicast has no streams")
+    if args.source and not groups:
+        raise UsageError("--source goes with --join GROUP")
     host = DEFAULT_HOST if args.host is None else args.host
+    if args.host is None and groups:
+        # Group traffic is addressed to the group, not to 127.0.0.1: bind the wildcard.
+        host = "::" if ":" in groups[0][0] else "0.0.0.0"
     port = args.port
     if port is None:
         port = DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT
@@ -429,19 +475,28 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
         if stream:
             endpoints.append(_sockets.tcp_listen(addr.host, addr.port, family=addr.family))
         else:
+            # An IPv6 wildcard serves IPv4 too (dual stack) unless -6 asks for IPv6 only.
+            v6only = bool(args.ipv6) if addr.family == socket.AF_INET6 else None
             first = _sockets.udp_bind(
-                addr.host, addr.port, family=addr.family, reuse_port=workers > 1
+                addr.host, addr.port, family=addr.family, reuse_port=workers > 1, v6only=v6only
             )
             endpoints.append(first)
             # The rest join the port the first one got (it may have been 0).
             bound_port = first.local_address[1]
             for _ in range(workers - 1):
                 endpoints.append(
-                    _sockets.udp_bind(addr.host, bound_port, family=addr.family, reuse_port=True)
+                    _sockets.udp_bind(
+                        addr.host, bound_port, family=addr.family, reuse_port=True, v6only=v6only
+                    )
                 )
-    except NetworkError as exc:
+            for ep in endpoints:
+                for group, iface in groups:
+                    join_group(ep.sock, group, iface=iface, source=args.source)
+    except UdpkitError as exc:
         for ep in endpoints:
             ep.close()
+        if not isinstance(exc, NetworkError):
+            raise
         host_text = args.host or ""
         if args.port is None and host_text.isdigit() and int(host_text) <= 65535:
             raise type(exc)(
@@ -471,6 +526,9 @@ def _summary(st: Any, stopped_by: int | None) -> str:
     for name in ("denied", "rate_limited", "rate_limited_logged", "over_budget"):
         if st.policy.get(name):
             extra[name] = st.policy[name]
+    for name, n in getattr(st, "record", {}).items():
+        if n or name != "record_errors":
+            extra[name] = n
     refused = sum(n for k, n in st.policy.items() if k.startswith("unreplyable_"))
     if refused:
         extra["replies_refused"] = refused
@@ -514,7 +572,20 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         # arrive, but printing costs no system call per datagram.
         out.write("".join(format_datagram(fmt, d.data, d.peer, length=d.length) for d in batch))
 
-    observer = None if args.quiet else observe
+    if args.record is not None and workers > 1:
+        raise UsageError("--record cannot be combined with --workers: record with one worker")
+    if args.record is not None and stream:
+        raise UsageError("--record records datagrams: not with --tcp or --stream")
+    recorder: Any = None
+
+    def observe_and_record(batch: Sequence[_sockets.Datagram]) -> None:
+        recorder.record_batch(batch, time.time())  # one clock read per batch
+        if not args.quiet:
+            observe(batch)
+
+    observer: Any = None if args.quiet else observe
+    if args.record is not None:
+        observer = observe_and_record
     policy_args = {
         "allow": args.allow,
         "deny": args.deny,
@@ -529,6 +600,15 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     Policy(**policy_args)  # bad values are reported before anything is bound
     endpoints, where = _bind_serve(args, stream, workers)
     try:
+        if args.record is not None:
+            from ._record import Recorder
+
+            recorder = Recorder(
+                args.record,
+                force=args.force,
+                on_full="continue" if args.record_continue else "stop",
+                local=endpoints[0].sock.getsockname(),
+            )
         if args.rcvbuf is not None:
             for ep in endpoints:
                 got = _sockets.set_receive_buffer(ep.sock, args.rcvbuf)
@@ -555,6 +635,8 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             )
 
         servers = [make(ep) for ep in endpoints]
+        if recorder is not None:
+            recorder.stop_server = servers[0].stop  # a failed disk ends serving, counted
         stopped: list[int] = []
         stops = {signal.SIGINT, signal.SIGTERM}
         # From "listening" on, a stop must reach the server's own handler (which
@@ -615,7 +697,20 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     finally:
         for ep in endpoints:
             ep.close()
+        if recorder is not None:
+            recorder.close()  # drains the queue; idempotent
+    if recorder is not None:
+        rec = recorder.stats
+        stats.record = {
+            "recorded": rec.recorded,
+            "record_dropped": rec.record_dropped,
+            "record_errors": rec.record_errors,
+        }
     err.write(_summary(stats, stopped[0] if stopped else None))
+    if recorder is not None and recorder.failure is not None:
+        err.write(f"udpkit: recording stopped: {recorder.failure}\n")
+        if recorder.fatal:
+            return EXIT_NETWORK
     return EXIT_OK
 
 
@@ -708,16 +803,25 @@ def _cmd_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     else:
         assert host is not None and port is not None
         addr = resolve_one(host, port, family=_family(args))
-        if is_broadcast(addr) or is_multicast(addr):
-            # Replies to a broadcast or group come from the responders' own
-            # addresses, which a connected socket would filter out.
-            from ._addr import resolve_one as _r
-
+        multicast = is_multicast(addr)
+        if (args.ttl is not None or args.loop is not None or args.iface) and not multicast:
+            raise UsageError(f"--ttl, --loop and --iface are for multicast groups, not {host!r}")
+        if args.broadcast or is_broadcast(addr) or multicast:
+            # Replies to a broadcast (limited or a subnet's) or to a group come from
+            # the responders' own addresses, which a connected socket filters out.
             local = bind if bind is not None else ("", "0")
-            laddr = _r(local[0], local[1], family=addr.family, passive=True)
+            laddr = resolve_one(local[0], local[1], family=addr.family, passive=True)
             sock = _sockets.udp_bind(
                 laddr.host, laddr.port, family=addr.family, broadcast=args.broadcast
             )
+            if multicast:
+                from ._mcast import set_multicast_send
+
+                try:
+                    set_multicast_send(sock.sock, ttl=args.ttl, loop=args.loop, iface=args.iface)
+                except BaseException:
+                    sock.close()
+                    raise
             to = addr.sockaddr
         else:
             sock = _sockets.udp_connect(
@@ -837,6 +941,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "relay": _lazy_command("_cmd_relay", "run"),
         "bench": _lazy_command("_cmd_bench", "run_bench"),
         "reflect": _lazy_command("_cmd_bench", "run_reflect"),
+        "read": _lazy_command("_cmd_record", "run_read"),
     }
     # Not possible outside the main thread (main() called from a library
     # user's thread): then SIGTERM keeps its default meaning.

@@ -261,11 +261,26 @@ def format_datagram(
         raise UsageError(f"invalid length {length}: must be at least the {len(data)} bytes kept")
     if when is None:
         when = time.time()
+    if type(peer) is tuple and len(peer) == 4 and peer[0].startswith("::ffff:"):
+        peer = _unmap(peer)
     return formatter(data, peer, length, when, local)
 
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _unmap(peer: tuple[str, int, int, int]) -> object:
+    """Show an IPv4 peer of a dual-stack socket as the IPv4 address it is.
+
+    ``('::ffff:127.0.0.1', 5005, 0, 0)`` reads ``('127.0.0.1', 5005)``, as an
+    IPv4 socket would report it; anything else is left alone.
+    """
+    v4 = peer[0][7:]
+    parts = v4.split(".")
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        return (v4, peer[1])
+    return peer
 
 
 def format_summary(

@@ -67,6 +67,7 @@ class ServeStats:
     peers: int | None = None
     peers_capped: bool = False
     policy: dict[str, int] = field(default_factory=dict)
+    record: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """The counters as a plain dict (ready for JSON)."""
@@ -84,6 +85,7 @@ class ServeStats:
             "peers": self.peers,
             "peers_capped": self.peers_capped,
             "policy": dict(self.policy),
+            "record": dict(self.record),
         }
 
     @classmethod

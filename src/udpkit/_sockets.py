@@ -543,6 +543,7 @@ def udp_bind(
     family: int | str = socket.AF_UNSPEC,
     reuse_port: bool = False,
     broadcast: bool = False,
+    v6only: bool | None = None,
     protocol: int | str = "udp",
 ) -> DatagramSocket:
     """Open a UDP (or UDP-Lite) socket bound to ``host``:``port``.
@@ -556,6 +557,9 @@ def udp_bind(
         family: AF_UNSPEC (from the host), AF_INET or AF_INET6.
         reuse_port: set SO_REUSEPORT, so several sockets share the port (load spread).
         broadcast: set SO_BROADCAST, needed to send to broadcast addresses.
+        v6only: for an IPv6 socket, IPV6_V6ONLY: ``False`` makes ``"::"`` receive
+            IPv4 too (dual stack, peers as ``::ffff:a.b.c.d``), ``True`` IPv6 only;
+            ``None`` keeps the OS default.
         protocol: ``"udp"`` (or 0) or ``"udplite"``.
 
     Returns:
@@ -578,6 +582,8 @@ def udp_bind(
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if broadcast:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if v6only is not None and addr.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         _bind(sock, addr.sockaddr, str(addr))
         return DatagramSocket(sock)
 

@@ -1,0 +1,156 @@
+"""Multicast and broadcast socket options, IPv4 and IPv6 alike.
+
+Group membership uses the protocol-independent API of RFC 3678
+(``MCAST_JOIN_GROUP`` / ``MCAST_JOIN_SOURCE_GROUP``), so any-source and
+source-specific joins look the same for both families.  Python 3.11's
+``socket`` module lacks these constants and structures: the Linux values are
+defined here.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+
+from ._addr import resolve_one
+from ._errors import AddressError, UsageError, map_oserror
+
+__all__ = ["join_group", "parse_group", "set_dual_stack", "set_multicast_send"]
+
+_LINUX = sys.platform.startswith("linux")
+MCAST_JOIN_GROUP = 42
+MCAST_JOIN_SOURCE_GROUP = 46
+IP_MULTICAST_ALL = 49
+IPV6_MULTICAST_ALL = 29
+_SS_SIZE = 128  # sizeof(struct sockaddr_storage)
+_ALIGN = 8  # the storage is 8-byte aligned: 4 bytes of padding after the interface
+
+
+def _storage(family: int, sockaddr: object) -> bytes:
+    """A ``struct sockaddr_storage`` holding ``sockaddr`` (port 0)."""
+    assert isinstance(sockaddr, tuple)
+    host = str(sockaddr[0]).split("%", 1)[0]
+    if family == socket.AF_INET:
+        raw = struct.pack("=H", socket.AF_INET) + b"\0\0" + socket.inet_pton(family, host)
+    else:
+        scope = int(sockaddr[3]) if len(sockaddr) > 3 else 0
+        raw = (
+            struct.pack("=H", socket.AF_INET6)
+            + b"\0\0"
+            + b"\0\0\0\0"
+            + socket.inet_pton(family, host)
+            + struct.pack("=I", scope)
+        )
+    return raw.ljust(_SS_SIZE, b"\0")
+
+
+def _ifindex(iface: str | None) -> int:
+    if not iface:
+        return 0
+    if iface.isdigit():
+        return int(iface)
+    try:
+        return socket.if_nametoindex(iface)
+    except OSError:
+        raise AddressError(f"unknown interface {iface!r}: use a name from 'ip link'") from None
+
+
+def parse_group(text: str) -> tuple[str, str | None]:
+    """Split ``GROUP[@IFACE]`` (``239.1.2.3@eth0``, ``ff02::1234@eth0``, ``ff02::1234%eth0``)."""
+    group, _, iface = text.partition("@")
+    if not group:
+        raise UsageError(f"invalid group {text!r}: use GROUP[@IFACE], e.g. 239.1.2.3@eth0")
+    return group, iface or None
+
+
+def join_group(
+    sock: socket.socket, group: str, *, iface: str | None = None, source: str | None = None
+) -> None:
+    """Join multicast ``group`` on ``iface`` (any-source, or source-specific with ``source``).
+
+    Also turns off IP_MULTICAST_ALL, so the socket receives only the groups it
+    joined (Linux otherwise delivers every group any socket joined on the port).
+
+    Raises:
+        AddressError: ``group`` is not a multicast address of the socket's family.
+        NetworkError: the kernel refused (no such interface, no multicast route).
+    """
+    family = sock.family
+    addr = resolve_one(group, 0, family=family)
+    packed = socket.inet_pton(family, addr.host.split("%", 1)[0])
+    is_mc = packed[0] >= 224 and packed[0] <= 239 if family == socket.AF_INET else packed[0] == 0xFF
+    if not is_mc:
+        raise AddressError(
+            f"{group!r} is not a multicast group: use 224.0.0.0/4 (IPv4) or ff00::/8 (IPv6)"
+        )
+    sa = addr.sockaddr
+    scope = sa[3] if isinstance(sa, tuple) and len(sa) == 4 else 0
+    index = _ifindex(iface) or scope
+    level = socket.IPPROTO_IP if family == socket.AF_INET else socket.IPPROTO_IPV6
+    head = struct.pack("=I", index).ljust(_ALIGN, b"\0")
+    what = f"cannot join {group}" + (f" on {iface}" if iface else "")
+    try:
+        if source is None:
+            sock.setsockopt(level, MCAST_JOIN_GROUP, head + _storage(family, addr.sockaddr))
+        else:
+            src = resolve_one(source, 0, family=family)
+            sock.setsockopt(
+                level,
+                MCAST_JOIN_SOURCE_GROUP,
+                head + _storage(family, addr.sockaddr) + _storage(family, src.sockaddr),
+            )
+        if _LINUX:
+            opt = IP_MULTICAST_ALL if family == socket.AF_INET else IPV6_MULTICAST_ALL
+            sock.setsockopt(level, opt, 0)
+    except OSError as exc:
+        hint = "name the interface: GROUP@IFACE" if not index else ""
+        raise map_oserror(exc, what, hint) from exc
+
+
+def set_multicast_send(
+    sock: socket.socket,
+    *,
+    ttl: int | None = None,
+    loop: bool | None = None,
+    iface: str | None = None,
+) -> None:
+    """Set the hop limit, loopback and outgoing interface for multicast sends.
+
+    Raises:
+        UsageError: ``ttl`` outside 0-255.
+        NetworkError: the kernel refused.
+    """
+    v4 = sock.family == socket.AF_INET
+    level = socket.IPPROTO_IP if v4 else socket.IPPROTO_IPV6
+    try:
+        if ttl is not None:
+            if not 0 <= ttl <= 255:
+                raise UsageError(f"invalid TTL {ttl}: must be 0-255")
+            opt = socket.IP_MULTICAST_TTL if v4 else socket.IPV6_MULTICAST_HOPS
+            sock.setsockopt(level, opt, ttl)
+        if loop is not None:
+            opt = socket.IP_MULTICAST_LOOP if v4 else socket.IPV6_MULTICAST_LOOP
+            sock.setsockopt(level, opt, int(loop))
+        if iface is not None:
+            index = _ifindex(iface)
+            if v4:
+                # struct ip_mreqn: group (unused here), local address, interface index.
+                mreqn = b"\0" * 4 + b"\0" * 4 + struct.pack("=i", index)
+                sock.setsockopt(level, socket.IP_MULTICAST_IF, mreqn)
+            else:
+                sock.setsockopt(level, socket.IPV6_MULTICAST_IF, index)
+    except OSError as exc:
+        raise map_oserror(exc, "cannot set multicast options") from exc
+
+
+def set_dual_stack(sock: socket.socket, on: bool) -> None:
+    """IPV6_V6ONLY off (``on=True``: also receive IPv4 as ::ffff:a.b.c.d) or on.
+
+    Raises:
+        NetworkError: the OS refused (some systems have no dual-stack sockets).
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if on else 1)
+    except OSError as exc:
+        raise map_oserror(exc, "cannot set IPV6_V6ONLY") from exc
