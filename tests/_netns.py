@@ -57,6 +57,14 @@ class Host:
     def run(self, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(self.cmd(*argv), capture_output=True, timeout=timeout, check=False)
 
+    def link_local(self) -> str:
+        """This host's fe80:: address on eth0 (without the scope)."""
+        res = _ip("-n", self.ns, "-6", "-o", "addr", "show", "dev", self.ifname, "scope", "link")
+        for word in res.stdout.split():
+            if word.startswith("fe80:"):
+                return word.split("/")[0]
+        raise AssertionError(f"no link-local address on {self.ns}: {res.stdout!r}")
+
     def popen(self, *argv: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             self.cmd(*argv),
@@ -82,6 +90,22 @@ def hosts(n: int) -> Iterator[Sequence[Host]]:
             ns = f"{tag}-h{i}"
             _ip("netns", "add", ns)
             made.append(ns)
+            # No duplicate address detection: addresses (link-local too) work at once.
+            for key in ("default", "all"):
+                subprocess.run(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        "sysctl",
+                        "-qw",
+                        f"net.ipv6.conf.{key}.accept_dad=0",
+                    ],
+                    capture_output=True,
+                    timeout=10,
+                    check=False,
+                )
             _ip("-n", ns, "link", "set", "lo", "up")
             # veth pair: eth0 in the host, its peer enslaved to the bridge.
             _ip(
@@ -104,6 +128,9 @@ def hosts(n: int) -> Iterator[Sequence[Host]]:
             _ip("-n", ns, "addr", "add", f"{v4}/24", "brd", f"{SUBNET4}.255", "dev", "eth0")
             _ip("-n", ns, "-6", "addr", "add", f"{v6}/64", "dev", "eth0", "nodad")
             _ip("-n", ns, "link", "set", "eth0", "up")
+            # A default route on the test link, so 255.255.255.255 and groups have a way out.
+            _ip("-n", ns, "route", "add", "default", "dev", "eth0")
+            _ip("-n", ns, "-6", "route", "add", "default", "dev", "eth0")
             out.append(Host(ns, "eth0", v4, v6))
         yield out
     finally:

@@ -317,8 +317,16 @@ def test_format_sockaddr(sockaddr: object, expected: str) -> None:
 def test_str_shows_scope_by_interface_name() -> None:
     addr = resolve_one("fe80::1%lo", 5005)
     assert str(addr) == "[fe80::1%lo]:5005"
-    assert addr.host == "fe80::1"
+    assert addr.host == f"fe80::1%{socket.if_nametoindex('lo')}"
     assert addr.port == 5005
+
+
+@needs_lo
+def test_host_keeps_the_scope_for_a_round_trip() -> None:
+    """`udpkit send fe80::...%eth0` failed with EINVAL: the CLI re-resolved
+    ``addr.host``, which had dropped the scope id."""
+    addr = resolve_one("fe80::1%lo", 5005)
+    assert resolve_one(addr.host, addr.port) == addr
 
 
 ADDRESS_TABLE: list[tuple[Address, str, int, str]] = [

@@ -117,9 +117,15 @@ class Address:
 
     @property
     def host(self) -> str:
-        """The IP address as text (no scope), or the path for AF_UNIX."""
+        """The IP address as text, or the path for AF_UNIX.
+
+        An IPv6 address with a scope keeps it as ``%INDEX`` (``fe80::1%2``), so
+        ``resolve_one(addr.host, addr.port)`` gives the same address back.
+        """
         sa = self.sockaddr
         if isinstance(sa, tuple):
+            if len(sa) == 4 and sa[3] and "%" not in sa[0]:
+                return f"{sa[0]}%{sa[3]}"
             return sa[0]
         return os.fsdecode(sa)
 

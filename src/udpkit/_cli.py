@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="port number or service name (default 5005, 12345 with --tcp; 0 picks a free port)",
     )
+    serve.add_argument(
+        "-p",
+        "--port",
+        dest="port_option",
+        metavar="PORT",
+        help="the port, given as an option (handy with --join, where HOST is not needed)",
+    )
     mode = serve.add_mutually_exclusive_group()
     mode.add_argument(
         "--reply",
@@ -547,6 +554,10 @@ def _cmd_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from ._addr import resolve_one
 
     transport = _transport(args)
+    if args.port_option is not None:
+        if args.port is not None:
+            raise UsageError(f"port given twice: {args.port!r} and --port {args.port_option!r}")
+        args.port = args.port_option
     _check_unix_args(args, (args.host, args.port))
     stream = transport in ("TCP", "Unix stream")
     workers = _workers.parse_workers(args.workers)

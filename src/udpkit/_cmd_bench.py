@@ -8,15 +8,17 @@ iperf3 counts it.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ._bench import BenchConfig, BenchResult, FlowResult, parse_rate
 from ._errors import UsageError
-from ._stats import IntervalRow, LatencyHistogram, LossSplit, split_loss
+
+# Registering the parsers must cost no start-up: the measuring modules load on use.
+if TYPE_CHECKING:
+    from ._bench import BenchConfig, BenchResult, FlowResult
+    from ._stats import IntervalRow, LatencyHistogram, LossSplit
 
 __all__ = ["add_parser", "bench_document", "run_bench", "run_reflect"]
 
@@ -80,7 +82,9 @@ def add_parser(sub: Any) -> None:
     reflect.add_argument("host", nargs="?", default="127.0.0.1", metavar="HOST")
     reflect.add_argument("port", nargs="?", default=DEFAULT_REFLECT_PORT, metavar="PORT")
     reflect.add_argument("--rcvbuf", metavar="BYTES", help="kernel receive buffer (default 4 MiB)")
-    reflect.add_argument("--busy-poll", default="0", metavar="US", help="spin US µs before sleeping")
+    reflect.add_argument(
+        "--busy-poll", default="0", metavar="US", help="spin US microseconds first"
+    )
     reflect.add_argument("--no-batch", action="store_true", help="recvfrom/sendto, no recvmmsg")
     reflect.add_argument("--quiet", "-q", action="store_true", help="no per-run lines at the end")
     _family_flags(reflect)
@@ -125,6 +129,8 @@ def _whole(text: str | None, option: str, lo: int, hi: int, unit: str) -> int | 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Turn ``bench`` arguments into a :class:`BenchConfig` (UsageError naming a bad one)."""
+    from ._bench import BenchConfig, parse_rate
+
     size = _whole(args.size, "--size", 32, 65507, "bytes")
     assert size is not None
     count = _whole(args.count, "--count", 1, 2**62, "probes")
@@ -174,7 +180,7 @@ def _split_dict(s: LossSplit, numbered: int) -> dict[str, Any]:
     }
 
 
-def _direction(
+def _direction(  # noqa: PLR0917 - one row of the table, field by field
     numbered: int,
     received: int,
     unique: int,
@@ -202,6 +208,8 @@ def _direction(
 
 
 def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> dict[str, Any]:
+    from ._stats import split_loss
+
     size = cfg.size
     own = f.kernel_drops
     doc: dict[str, Any] = {
@@ -255,9 +263,9 @@ def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> dic
 def _rtt(h: LatencyHistogram, none: bool) -> dict[str, Any]:
     keys = ["rtt_min_ms", "rtt_mean_ms", *[f"rtt_{n}_ms" for n, _ in _PERCENTILES], "rtt_max_ms"]
     if none or not h.count:
-        return {"rtt_samples": h.count, **dict.fromkeys(keys)}
+        return {"rtt_samples_count": h.count, **dict.fromkeys(keys)}
     vals = [h.min_ns, h.mean_ns, *[h.percentile(p) for _, p in _PERCENTILES], h.max_ns]
-    return {"rtt_samples": h.count, **{k: _ms(v) for k, v in zip(keys, vals, strict=True)}}
+    return {"rtt_samples_count": h.count, **{k: _ms(v) for k, v in zip(keys, vals, strict=True)}}
 
 
 def _sum_dirs(docs: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -265,7 +273,7 @@ def _sum_dirs(docs: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     if not present:
         return None
     out: dict[str, Any] = {}
-    for key, value in present[0].items():
+    for key in present[0]:
         vals = [d[key] for d in present]
         if key == "reorder_extent_max_datagrams":
             out[key] = max(vals)
@@ -286,6 +294,8 @@ def _sum_dirs(docs: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
 
 def bench_document(result: BenchResult) -> dict[str, Any]:
     """The run as one JSON-ready dict; every key names its unit."""
+    from ._stats import LatencyHistogram
+
     cfg = result.config
     secs = result.send_seconds
     flows = [_flow_doc(f, result.peer, cfg, secs) for f in result.flows]
@@ -368,7 +378,8 @@ def format_row(r: IntervalRow) -> str:
         rtt = f"{d['rtt_mean_ms']:.3f}/{d['rtt_max_ms']:.3f}"
     return (
         f"{d['start_s']:6.2f}-{d['end_s']:<6.2f} s {d['send_datagrams_per_s']:>10.0f}  "
-        f"{_si(d['send_bits_per_s'], 'bit/s'):>15}  {d['receive_datagrams_per_s']:>10.0f}    {rtt}\n"
+        f"{_si(d['send_bits_per_s'], 'bit/s'):>15}  "
+        f"{d['receive_datagrams_per_s']:>10.0f}    {rtt}\n"
     )
 
 
@@ -399,14 +410,13 @@ def format_table(doc: dict[str, Any]) -> str:
             f"{d['duplicate_datagrams']:>6}{d['reordered_datagrams']:>10}"
             f"{d['reorder_extent_max_datagrams']:>7}{jitter:>10}"
         )
-    if t["rtt_samples"] and t["rtt_p50_ms"] is not None:
+    if t["rtt_samples_count"] and t["rtt_p50_ms"] is not None:
         lines.append(
             "rtt ms: "
             + "  ".join(
-                f"{k} {t[f'rtt_{k}_ms']:.3f}"
-                for k in ("min", "p50", "p90", "p99", "p99_9", "max")
+                f"{k} {t[f'rtt_{k}_ms']:.3f}" for k in ("min", "p50", "p90", "p99", "p99_9", "max")
             ).replace("p99_9", "p99.9")
-            + f"  ({t['rtt_samples']} samples)"
+            + f"  ({t['rtt_samples_count']} samples)"
         )
     extra = []
     if t["send_errors"]:
@@ -423,6 +433,8 @@ def _plot(path: str, result: BenchResult, doc: dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ._stats import LatencyHistogram
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     hist = LatencyHistogram()
@@ -459,6 +471,8 @@ def run_bench(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     Returns:
         0 (errors are raised: UsageError/AddressError exit 2, Timeout 3, NetworkError 1).
     """
+    import json
+
     from . import _bench
 
     cfg = config_from_args(args)

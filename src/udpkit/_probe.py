@@ -97,7 +97,9 @@ class Probe(NamedTuple):
     length: int
 
 
-def build_probe(kind: int, run_id: int, seq: int, send_ns: int, size: int, rseq: int = 0) -> bytes:
+def build_probe(  # noqa: PLR0917 - the header's fields, in wire order
+    kind: int, run_id: int, seq: int, send_ns: int, size: int, rseq: int = 0
+) -> bytes:
     """Return one probe of ``size`` bytes.
 
     Args:
@@ -236,7 +238,8 @@ def parse_report_untrusted(data: bytes | bytearray | memoryview) -> tuple[Probe,
         elif key == "jitter_ns":
             if type(value) not in (int, float):
                 raise ProbeError(f"report field 'jitter_ns' is {value!r}: expected a number")
-            value = float(value)
+            fields[key] = float(value)
+            continue
         elif key not in _REPORT_OPTIONAL:
             continue  # a newer reflector's extra field: ignore
         fields[key] = value

@@ -188,8 +188,7 @@ class SequenceTracker:
         self.unique += 1
         self.reordered += 1
         self.extent_sum += extent
-        if extent > self.extent_max:
-            self.extent_max = extent
+        self.extent_max = max(self.extent_max, extent)
 
     def observe_many(self, seqs: Sequence[int]) -> None:
         """Record arrivals in the order given; a consecutive in-order batch costs O(1) Python."""
@@ -251,7 +250,6 @@ class Jitter:
 
 
 _SUB_BITS = 11  # 2048 sub-buckets: 3 significant decimal digits, as HdrHistogram's default
-_HALF = 1 << (_SUB_BITS - 1)
 
 
 def _index(v: int) -> int:
@@ -289,15 +287,12 @@ class LatencyHistogram:
     def record(self, value_ns: int) -> None:
         """Record one value."""
         v = value_ns if value_ns > 0 else 0
-        idx = v if v < 2048 else ((v.bit_length() - _SUB_BITS) << 10) + (
-            v >> (v.bit_length() - _SUB_BITS)
-        )
+        idx = v if v < 2048 else _index(v)
         c = self.counts
         c[idx] = c.get(idx, 0) + 1
         if not self.count or v < self.min_ns:
             self.min_ns = v
-        if v > self.max_ns:
-            self.max_ns = v
+        self.max_ns = max(self.max_ns, v)
         self.count += 1
         self.total_ns += v
 
@@ -334,7 +329,10 @@ class LatencyHistogram:
             return 0
         if p >= 100.0:
             return self.max_ns
-        rank = max(1, math.ceil(p / 100.0 * self.count))
+        if p <= 0.0:
+            return self.min_ns
+        # round(): 99.9 / 100 * 10000 is 9990.000000000002, which must stay rank 9990.
+        rank = max(1, math.ceil(round(p / 100.0 * self.count, 6)))
         seen = 0
         for idx in sorted(self.counts):
             seen += self.counts[idx]
@@ -410,13 +408,16 @@ class IntervalMeter:
             peaks[key] = value
 
     def finish(self, now_ns: int) -> list[IntervalRow]:
-        """Close what is due, then the partial interval ending at ``now_ns`` (if any time passed).
+        """Close what is due, then the partial interval ending at ``now_ns``.
+
+        The partial interval is kept only if something was counted in it (a
+        run that ends just past an interval's end adds no empty sliver).
 
         Returns:
             The newly closed rows, the partial one last.
         """
         closed = self.tick(now_ns)
-        if now_ns > self.current.start_ns:
+        if now_ns > self.current.start_ns and (self.current.sums or self.current.peaks):
             self.current.end_ns = now_ns
             closed.append(self.current)
             self.rows.append(self.current)
