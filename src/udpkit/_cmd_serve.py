@@ -1,0 +1,312 @@
+"""`udpkit serve`: bind, serve on the engine (or the stream loop), report and summarise."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ._cli import (
+    DEFAULT_HOST,
+    DEFAULT_TCP_PORT,
+    DEFAULT_UDP_PORT,
+    EXIT_NETWORK,
+    EXIT_OK,
+    _check_unix_args,
+    _family,
+    _Out,
+    _transport,
+)
+from ._errors import NetworkError, UdpkitError, UsageError
+
+
+def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[Any], str]:
+    """Open the serving socket(s): one, or ``workers`` sharing a port with SO_REUSEPORT."""
+    from . import _sockets, _unix
+    from ._addr import format_sockaddr, resolve_one
+
+    if args.unix is not None:
+        if stream:
+            return [_unix.unix_stream_listen(args.unix)], args.unix
+        return [_unix.unix_datagram_bind(args.unix)], args.unix
+    from ._mcast import join_group, parse_group
+
+    groups = [parse_group(g) for g in args.join]
+    if groups and stream:
+        raise UsageError("--join is for UDP: multicast has no streams")
+    if args.source and not groups:
+        raise UsageError("--source goes with --join GROUP")
+    host = DEFAULT_HOST if args.host is None else args.host
+    if args.host is None and groups:
+        # Group traffic is addressed to the group, not to 127.0.0.1: bind the wildcard.
+        host = "::" if ":" in groups[0][0] else "0.0.0.0"
+    port = args.port
+    if port is None:
+        port = DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT
+    addr = resolve_one(
+        host,
+        port,
+        family=_family(args),
+        passive=True,
+        proto="tcp" if stream else "udp",
+        type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM,
+    )
+    endpoints: list[Any] = []
+    try:
+        if stream:
+            endpoints.append(_sockets.tcp_listen(addr.host, addr.port, family=addr.family))
+        else:
+            # An IPv6 wildcard serves IPv4 too (dual stack) unless -6 asks for IPv6 only.
+            v6only = bool(args.ipv6) if addr.family == socket.AF_INET6 else None
+            first = _sockets.udp_bind(
+                addr.host, addr.port, family=addr.family, reuse_port=workers > 1, v6only=v6only
+            )
+            endpoints.append(first)
+            # The rest join the port the first one got (it may have been 0).
+            bound_port = first.local_address[1]
+            for _ in range(workers - 1):
+                endpoints.append(
+                    _sockets.udp_bind(
+                        addr.host, bound_port, family=addr.family, reuse_port=True, v6only=v6only
+                    )
+                )
+            for ep in endpoints:
+                for group, iface in groups:
+                    join_group(ep.sock, group, iface=iface, source=args.source)
+    except UdpkitError as exc:
+        for ep in endpoints:
+            ep.close()
+        if not isinstance(exc, NetworkError):
+            raise
+        host_text = args.host or ""
+        if args.port is None and host_text.isdigit() and int(host_text) <= 65535:
+            raise type(exc)(
+                exc.errno,
+                f"{exc} (did you mean port {host_text}? give the host first: "
+                f"udpkit serve {DEFAULT_HOST} {host_text})",
+            ) from exc
+        raise
+    return endpoints, format_sockaddr(endpoints[0].sock.getsockname())
+
+
+def _summary(st: Any, stopped_by: int | None) -> str:
+    from . import _format
+
+    extra: dict[str, int | str] = {}
+    if st.replies:
+        extra["replies"] = st.replies
+    if st.reply_errors:
+        extra["reply_errors"] = sum(st.reply_errors.values())
+    if st.unreplyable:
+        extra["unreplyable"] = st.unreplyable
+    if st.handler_errors:
+        extra["handler_errors"] = st.handler_errors
+    if st.truncated:
+        extra["truncated_bytes_lost"] = st.truncated_bytes_lost
+    extra["kernel_drops"] = "unavailable" if st.kernel_drops is None else st.kernel_drops
+    for name in ("denied", "rate_limited", "rate_limited_logged", "over_budget"):
+        if st.policy.get(name):
+            extra[name] = st.policy[name]
+    for name, n in getattr(st, "record", {}).items():
+        if n or name != "record_errors":
+            extra[name] = n
+    refused = sum(n for k, n in st.policy.items() if k.startswith("unreplyable_"))
+    if refused:
+        extra["replies_refused"] = refused
+    text = _format.format_summary(
+        st.received, st.bytes_received, st.peers, st.truncated, **extra
+    ).rstrip("\n")
+    if st.peers_capped:
+        text = text.replace(" peers,", "+ peers,", 1)
+    if stopped_by is not None:
+        text += f" (stopped by {signal.Signals(stopped_by).name})"
+    return text + "\n"
+
+
+def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    from . import _format, _server, _sockets, _workers
+    from ._addr import resolve_one
+
+    transport = _transport(args)
+    if args.port_option is not None:
+        if args.port is not None:
+            raise UsageError(f"port given twice: {args.port!r} and --port {args.port_option!r}")
+        args.port = args.port_option
+    _check_unix_args(args, (args.host, args.port))
+    stream = transport in ("TCP", "Unix stream")
+    workers = _workers.parse_workers(args.workers)
+    if workers > 1 and transport != "UDP":
+        raise UsageError(f"--workers {args.workers} works with UDP only, not {transport}")
+    if workers > 1 and args.count is not None:
+        raise UsageError("--count cannot be combined with --workers (each worker counts alone)")
+    if stream and (args.no_batch or args.gro or args.busy_poll or args.rcvbuf):
+        raise UsageError("--no-batch, --gro, --busy-poll and --rcvbuf apply to datagram sockets")
+    if workers > 1 and args.metrics:
+        raise UsageError("--metrics cannot be combined with --workers yet: run one worker")
+    if args.gro and args.no_batch:
+        raise UsageError("--gro needs the batched path: drop --no-batch")
+    if args.gro and args.buffer_size < 65535:
+        raise UsageError("--gro needs --buffer-size 65535 or more (coalesced buffers are large)")
+    fmt = args.format
+    mode = "echo" if args.echo else "none" if args.no_reply else "reply"
+    handler = _server.reply_handler(mode, os.fsencode(args.reply))
+    format_datagram = _format.format_datagram
+
+    def observe(batch: Sequence[_sockets.Datagram]) -> None:
+        # One write and one flush per batch: lines still appear as datagrams
+        # arrive, but printing costs no system call per datagram.
+        out.write("".join(format_datagram(fmt, d.data, d.peer, length=d.length) for d in batch))
+
+    if args.record is not None and workers > 1:
+        raise UsageError("--record cannot be combined with --workers: record with one worker")
+    if args.record is not None and stream:
+        raise UsageError("--record records datagrams: not with --tcp or --stream")
+    recorder: Any = None
+
+    def observe_and_record(batch: Sequence[_sockets.Datagram]) -> None:
+        recorder.record_batch(batch, time.time())  # one clock read per batch
+        if not args.quiet:
+            observe(batch)
+
+    observer: Any = None if args.quiet else observe
+    if args.record is not None:
+        observer = observe_and_record
+    policy_args = {
+        "allow": args.allow,
+        "deny": args.deny,
+        "rate_limit": args.rate_limit,
+        "rate_limit_prefix": args.rate_limit_prefix,
+        "log_only": args.rate_limit_log_only,
+        "amplification": args.amplification,
+        "trust": args.trust,
+    }
+    from ._policy import Policy, wildcard_warning
+
+    Policy(**policy_args)  # bad values are reported before anything is bound
+    endpoints, where = _bind_serve(args, stream, workers)
+    try:
+        if args.record is not None:
+            from ._record import Recorder
+
+            recorder = Recorder(
+                args.record,
+                force=args.force,
+                on_full="continue" if args.record_continue else "stop",
+                local=endpoints[0].sock.getsockname(),
+            )
+        if args.rcvbuf is not None:
+            for ep in endpoints:
+                got = _sockets.set_receive_buffer(ep.sock, args.rcvbuf)
+            err.write(_rcvbuf_note(args.rcvbuf, got))
+
+        def make(ep: Any) -> _server.DatagramServer | _server.StreamServer:
+            if stream:
+                return _server.StreamServer(
+                    ep, handler, bufsize=args.buffer_size, count=args.count, observer=observer
+                )
+            return _server.DatagramServer(
+                ep,
+                handler,
+                bufsize=args.buffer_size,
+                count=args.count,
+                observer=observer,
+                count_peers=not args.quiet or handler is not None,
+                fast=False if args.no_batch else None,
+                gro=args.gro,
+                busy_poll_us=args.busy_poll,
+                policy=Policy(**policy_args, local=ep.local_address)
+                if ep.family != socket.AF_UNIX
+                else None,
+            )
+
+        servers = [make(ep) for ep in endpoints]
+        if recorder is not None:
+            recorder.stop_server = servers[0].stop  # a failed disk ends serving, counted
+        stopped: list[int] = []
+        stops = {signal.SIGINT, signal.SIGTERM}
+        # From "listening" on, a stop must reach the server's own handler (which
+        # drains and counts), so signals wait until that handler is in place.
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            text, to_stderr = _format.banner(fmt, transport)
+            (err if to_stderr else out).write(text)
+            note = f", {workers} workers" if workers > 1 else ""
+            err.write(f"udpkit: listening on {where} ({transport}{note})\n")
+            if args.unix is None:
+                warning = wildcard_warning(args.host, handler is not None)
+                if warning:
+                    err.write(f"udpkit: {warning.rstrip()}\n")
+
+            if workers > 1:
+                stats = _workers.run_workers(
+                    endpoints,
+                    [s for s in servers if isinstance(s, _server.DatagramServer)],
+                    stopped,
+                )
+            else:
+                server = servers[0]
+                stop_metrics = None
+                if args.metrics:
+                    from ._addr import split_hostport
+                    from ._metrics import serve_metrics
+
+                    mhost, mport = split_hostport(args.metrics, default_host=DEFAULT_HOST)
+                    maddr = resolve_one(mhost, mport, type=socket.SOCK_STREAM, proto="tcp")
+                    stop_metrics, url = serve_metrics(
+                        # A fresh snapshot per scrape: `stats` is computed on access.
+                        (maddr.host, maddr.port),
+                        lambda: server.stats.as_dict(),  # noqa: PLW0108
+                    )
+                    err.write(f"udpkit: metrics at {url}\n")
+
+                def on_signal(signum: int, _frame: object) -> None:
+                    stopped.append(signum)
+                    server.stop()
+
+                def on_usr1(_signum: int, _frame: object) -> None:
+                    err.write(_summary(server.stats, None).replace(": ", ": counters: ", 1))
+
+                old = {s: signal.signal(s, on_signal) for s in stops}
+                old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+                try:
+                    stats = server.serve()
+                finally:
+                    for s, h in old.items():
+                        signal.signal(s, h)
+                    server.close()
+                    if stop_metrics is not None:
+                        stop_metrics()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+    finally:
+        for ep in endpoints:
+            ep.close()
+        if recorder is not None:
+            recorder.close()  # drains the queue; idempotent
+    if recorder is not None:
+        rec = recorder.stats
+        stats.record = {
+            "recorded": rec.recorded,
+            "record_dropped": rec.record_dropped,
+            "record_errors": rec.record_errors,
+        }
+    err.write(_summary(stats, stopped[0] if stopped else None))
+    if recorder is not None and recorder.failure is not None:
+        err.write(f"udpkit: recording stopped: {recorder.failure}\n")
+        if recorder.fatal:
+            return EXIT_NETWORK
+    return EXIT_OK
+
+
+def _rcvbuf_note(asked: int, got: int) -> str:
+    if got >= asked:
+        return f"udpkit: receive buffer {got} bytes (asked {asked})\n"
+    return (
+        f"udpkit: receive buffer {got} bytes, less than the {asked} asked: the kernel caps it at "
+        "net.core.rmem_max (raise it with sysctl, or run as root for SO_RCVBUFFORCE)\n"
+    )
