@@ -306,6 +306,7 @@ def servers(cexe: dict[str, Path], cskip: str | None) -> dict[str, Server]:
     s["textbook"] = Server("textbook", _py("textbook.py"), note="recvfrom/sendto loop")
     s["asyncio"] = Server("asyncio", _py("asyncio_proto.py"), note="DatagramProtocol")
     s["uvloop"] = Server("uvloop", _py("asyncio_proto.py", "--uvloop"), skip=uv)
+    s["udpkit-aio"] = Server("udpkit-aio", _py("udpkit_aio.py"), note="udpkit.aio Endpoint")
     s["trio"] = Server("trio", _py("trio_server.py"), skip=tr)
 
     def c(name: str, *a: str) -> Callable[[str, int], list[str]]:
@@ -708,6 +709,15 @@ def ratios(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str
             "rate",
             tgt,
         )
+    for size in sizes:  # issue 6: udpkit.aio against asyncio's DatagramProtocol
+        a = _find(results, case="sink", server="udpkit-aio", generator=gen, size=size)
+        p = _find(results, case="sink", server="asyncio", generator=gen, size=size)
+        add(f"sink {size}B aio vs asyncio [{gen}]", a, p, "rate", 2)
+    for window in (1, 32):
+        a, p = (
+            _find(results, case="echo", server=x, window=window) for x in ("udpkit-aio", "asyncio")
+        )
+        add(f"echo w{window} aio vs asyncio", a, p, "rate", 2)
     ub = _find(results, case="echo", server="udpkit-busy", window=1)
     add(
         "ping-pong p50 udpkit-busy/C-busy (<=)",
