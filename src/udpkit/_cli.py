@@ -1,5 +1,8 @@
 """The ``udpkit`` command line: a thin layer over the library.
 
+This module builds the parser and maps errors to exit codes; each command lives
+in its own ``_cmd_*`` module, imported only when that command runs.
+
 Exit codes (also in ``udpkit --help`` and the README):
   0  success (and ``serve`` stopped by SIGINT/SIGTERM)
   1  network or runtime error: port in use, nothing listening, permission denied
