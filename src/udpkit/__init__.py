@@ -20,6 +20,7 @@ Quick start::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazily below
+    from . import aio
     from ._addr import (
         BROADCAST,
         MAX_UDP_PAYLOAD,
@@ -104,6 +105,7 @@ __all__ = [
     "Unsupported",
     "UsageError",
     "__version__",
+    "aio",
     "escape_bytes",
     "escape_text",
     "fast_path_available",
@@ -194,11 +196,13 @@ _LAZY: dict[str, str] = {
 
 
 def __getattr__(name: str) -> Any:
+    from importlib import import_module
+
+    if name == "aio":  # the asyncio API is a public submodule; it imports asyncio
+        return import_module("udpkit.aio")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'udpkit' has no attribute {name!r}")
-    from importlib import import_module
-
     value = getattr(import_module(f"udpkit.{module}"), name)
     globals()[name] = value
     return value

@@ -1,0 +1,470 @@
+"""udpkit.aio over real loopback sockets (IPv4 and IPv6), each test driven by asyncio.run."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import udpkit
+import udpkit.aio
+from udpkit import Datagram
+from udpkit.aio import Endpoint
+
+Family = tuple[socket.AddressFamily, str]
+LINUX = sys.platform.startswith("linux")
+linux_only = pytest.mark.skipif(not LINUX, reason="Linux-only socket feature")
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 5.0  # every await in these tests is bounded by this
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    """Run one test coroutine with a hard bound on its duration."""
+
+    async def bounded() -> None:
+        await asyncio.wait_for(coro_fn(), 20)
+
+    asyncio.run(bounded())
+
+
+def plain(host: str, family: socket.AddressFamily) -> socket.socket:
+    """A plain blocking socket bound to loopback, with a receive timeout."""
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    s.settimeout(TIMEOUT)
+    return s
+
+
+def closed_port(host: str, family: socket.AddressFamily) -> int:
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture(params=[None, False], ids=["fast", "portable"])
+def fast(request: pytest.FixtureRequest) -> bool | None:
+    """The recvmmsg path and the portable path run the same tests."""
+    value: bool | None = request.param
+    return value
+
+
+def test_round_trip(family: Family, fast: bool | None) -> None:
+    _fam, host = family
+
+    async def main() -> None:
+        sock = udpkit.udp_bind(host, 0)
+        async with Endpoint(sock, fast=fast) as server:
+            assert server.fast is (fast is None and LINUX)
+            async with await udpkit.aio.open_udp(*server.local_address[:2]) as client:
+                assert client.peer is not None
+                await client.send(b"Hello UDP Server")
+                d = await server.recv(timeout=TIMEOUT)
+                assert (d.data, d.length) == (b"Hello UDP Server", 16)
+                assert d.peer[:2] == client.local_address[:2]
+                await server.send(bytearray(b"Hello UDP Client"), d.peer)
+                back = await client.recv(timeout=TIMEOUT)
+                assert back.data == b"Hello UDP Client"
+                assert client.stats.sent == 1 and client.stats.received == 1
+                assert server.stats.received == 1 and server.stats.sent == 1
+
+    run(main)
+
+
+def test_async_for_and_context_without_await(family: Family) -> None:
+    fam, host = family
+
+    async def main() -> None:
+        async with udpkit.aio.bind_udp(host, 0) as ep:
+            with plain(host, fam) as s:
+                for i in range(5):
+                    s.sendto(b"%d" % i, ep.local_address)
+                got: list[bytes] = []
+                async for d in ep:
+                    got.append(d.data)
+                    if len(got) == 5:
+                        break
+                assert got == [b"0", b"1", b"2", b"3", b"4"]
+
+    run(main)
+
+
+def test_async_for_ends_when_closed() -> None:
+    async def main() -> None:
+        ep = await udpkit.aio.bind_udp("127.0.0.1", 0)
+        asyncio.get_running_loop().call_later(0.05, ep.close)
+        seen = [d async for d in ep]
+        assert seen == []
+        with pytest.raises(udpkit.UsageError, match="closed"):
+            await ep.recv()
+        with pytest.raises(udpkit.UsageError, match="closed"):
+            await ep.send(b"x", ("127.0.0.1", 9))
+
+    run(main)
+
+
+def test_zero_length_datagrams(family: Family, fast: bool | None) -> None:
+    """asyncio's transport.sendto(b"") sends nothing; udpkit sends an empty datagram."""
+    _fam, host = family
+
+    async def main() -> None:
+        async with (
+            Endpoint(udpkit.udp_bind(host, 0), fast=fast) as a,
+            Endpoint(udpkit.udp_bind(host, 0), fast=fast) as b,
+        ):
+            await a.send(b"", b.local_address)
+            d = await b.recv(timeout=TIMEOUT)
+            assert (d.data, d.length, d.truncated) == (b"", 0, False)
+            await b.send(b"", d.peer)
+            assert (await a.recv(timeout=TIMEOUT)).length == 0
+
+    run(main)
+
+
+def test_recv_timeout(family: Family) -> None:
+    _fam, host = family
+
+    async def main() -> None:
+        async with await udpkit.aio.bind_udp(host, 0) as ep:
+            start = time.monotonic()
+            with pytest.raises(udpkit.Timeout, match=r"within 0\.05 s"):
+                await ep.recv(timeout=0.05)
+            assert 0.04 <= time.monotonic() - start < 2
+
+    run(main)
+
+
+# -- host forms, broadcast, multicast --------------------------------------------------
+
+
+def test_broadcast_needs_broadcast_true() -> None:
+    async def main() -> None:
+        with pytest.raises(udpkit.PermissionDenied, match=r"'<broadcast>'.*broadcast=True"):
+            await udpkit.aio.open_udp("<broadcast>", 9999, bind=("127.0.0.1", 0))
+        async with await udpkit.aio.open_udp(
+            "<broadcast>", 9999, bind=("127.0.0.1", 0), broadcast=True
+        ) as ep:
+            # Never connected: replies from every host must reach it.
+            assert ep.peer is None
+            assert ep.sock.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
+        async with await udpkit.aio.bind_udp("127.0.0.1", 0) as ep:
+            with pytest.raises(udpkit.PermissionDenied, match="broadcast=True"):
+                await ep.send(b"x", ("<broadcast>", 9999))
+            assert ep.stats.sent == 0
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("group", "fam"),
+    [("239.255.10.1", socket.AF_INET), ("ff02::1", socket.AF_INET6)],
+    ids=["ipv4", "ipv6"],
+)
+def test_multicast_destination_is_not_connected(group: str, fam: socket.AddressFamily) -> None:
+    if fam == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    bind = ("127.0.0.1", 0) if fam == socket.AF_INET else ("::1", 0)
+
+    async def main() -> None:
+        try:
+            ep = await udpkit.aio.open_udp(group, 9999, bind=bind)
+        except udpkit.NetworkError as exc:
+            pytest.skip(f"cannot bind {bind}: {exc}")
+        async with ep:
+            assert ep.peer is None
+            assert ep.sock.family == fam
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("host", "fam"),
+    [
+        ("127.0.0.1", socket.AF_INET),
+        (2130706433, socket.AF_INET),  # the seed's integer form: 127.0.0.1
+        ("2130706433", socket.AF_INET),
+        ("::1", socket.AF_INET6),
+        ("[::1]", socket.AF_INET6),
+        ("::ffff:127.0.0.1", socket.AF_INET6),
+    ],
+)
+def test_host_forms_reach_the_server(host: str | int, fam: socket.AddressFamily) -> None:
+    server_host = "127.0.0.1" if fam == socket.AF_INET or "ffff" in str(host) else "::1"
+    server_fam = socket.AF_INET if server_host == "127.0.0.1" else socket.AF_INET6
+
+    async def main() -> None:
+        try:
+            srv = plain(server_host, server_fam)
+        except OSError:
+            pytest.skip("::1 cannot be bound")
+        with srv:
+            port = srv.getsockname()[1]
+            if "ffff" in str(host):
+                # An IPv4-mapped destination from an IPv6 socket.
+                async with await udpkit.aio.bind_udp("::", 0, family=socket.AF_INET6) as ep:
+                    await ep.send(b"mapped", (host, port))
+                    await asyncio.sleep(0)
+            else:
+                async with await udpkit.aio.open_udp(host, port) as ep:
+                    await ep.send(b"mapped")
+            assert srv.recvfrom(100)[0] == b"mapped"
+
+    run(main)
+
+
+def test_bad_arguments_name_the_input() -> None:
+    async def main() -> None:
+        with pytest.raises(udpkit.UsageError, match=r"invalid queue_size 0"):
+            Endpoint(socket.socket(socket.AF_INET, socket.SOCK_DGRAM), queue_size=0)
+        with pytest.raises(udpkit.AddressError, match="70000"):
+            await udpkit.aio.open_udp("127.0.0.1", 70000)
+        async with await udpkit.aio.bind_udp() as ep:
+            with pytest.raises(udpkit.UsageError, match="pass to="):
+                await ep.send(b"x")
+            with pytest.raises(udpkit.MessageTooLarge, match="70000 bytes"):
+                await ep.send(bytes(70000), ep.local_address)
+            with pytest.raises(udpkit.UsageError, match=r"invalid retries -1"):
+                await ep.request(b"x", ep.local_address, retries=-1)
+
+    run(main)
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s,
+        pytest.raises(udpkit.UsageError, match="running event loop"),
+    ):
+        Endpoint(s)
+
+
+# -- request, ICMP ---------------------------------------------------------------------
+
+
+def test_request_times_out_after_retries(family: Family) -> None:
+    fam, host = family
+
+    async def main() -> None:
+        with plain(host, fam) as silent:
+            async with await udpkit.aio.open_udp(*silent.getsockname()[:2]) as ep:
+                start = time.monotonic()
+                with pytest.raises(udpkit.Timeout, match=r"0\.1 s \(3 attempts\)"):
+                    await ep.request(b"ping", timeout=0.1, retries=2)
+                assert 0.3 <= time.monotonic() - start < 3
+            assert [silent.recvfrom(10)[0] for _ in range(3)] == [b"ping"] * 3
+
+    run(main)
+
+
+def test_request_retry_gets_the_answer(family: Family) -> None:
+    _fam, host = family
+    seen: list[bytes] = []
+
+    def second_only(d: Datagram) -> bytes | None:
+        seen.append(d.data)
+        return None if len(seen) == 1 else b"pong"
+
+    async def main() -> None:
+        async with (
+            await udpkit.aio.serve(host, 0, second_only) as server,
+            await udpkit.aio.bind_udp(host, 0) as ep,
+        ):
+            reply = await ep.request(b"ping", server.local_address, timeout=0.2, retries=3)
+            assert reply.data == b"pong"
+        assert seen == [b"ping", b"ping"]
+
+    run(main)
+
+
+def test_request_connection_refused(family: Family) -> None:
+    fam, host = family
+
+    async def main() -> None:
+        async with await udpkit.aio.open_udp(host, closed_port(host, fam)) as ep:
+            start = time.monotonic()
+            with pytest.raises(udpkit.ConnectionRefused, match="nothing is listening"):
+                await ep.request(b"ping", timeout=3.0)
+            assert time.monotonic() - start < 2.5  # refused at once, not timed out
+            with pytest.raises(ConnectionRefusedError):
+                await ep.request(b"ping", timeout=0.1, retries=1)
+
+    run(main)
+
+
+def test_icmp_errors_are_soft_and_counted(family: Family) -> None:
+    """A refused datagram must not break the endpoint: recv() keeps working afterwards."""
+    fam, host = family
+
+    async def main() -> None:
+        port = closed_port(host, fam)
+        async with await udpkit.aio.open_udp(host, port) as ep:
+            await ep.send(b"nobody home")
+            deadline = time.monotonic() + TIMEOUT
+            while not ep.stats.icmp_errors and time.monotonic() < deadline:
+                with pytest.raises(udpkit.Timeout):
+                    await ep.recv(timeout=0.02)
+            assert ep.stats.icmp_errors == {"ECONNREFUSED": 1}
+            assert isinstance(ep.last_error, udpkit.ConnectionRefused)
+            with socket.socket(fam, socket.SOCK_DGRAM) as srv:
+                srv.bind((host, port))  # someone listens now
+                srv.settimeout(TIMEOUT)
+                await ep.send(b"hello again")
+                await asyncio.sleep(0)
+                data, peer = srv.recvfrom(100)
+                assert data == b"hello again"
+                srv.sendto(b"answer", peer)
+                assert (await ep.recv(timeout=TIMEOUT)).data == b"answer"
+
+    run(main)
+
+
+# -- backpressure ------------------------------------------------------------------------
+
+
+@linux_only
+def test_slow_consumer_backpressure_counts_everything(fast: bool | None) -> None:
+    """Queue full: reading stops, the kernel drops and counts; sent == received + drops."""
+    sent = 400
+    bound = 16
+
+    async def main() -> None:
+        ep = Endpoint(udpkit.udp_bind("127.0.0.1", 0), queue_size=bound, batch=8, fast=fast)
+        async with ep:
+            ep.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)  # the kernel minimum
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                for i in range(sent):
+                    tx.sendto(i.to_bytes(4, "big"), ep.local_address)
+                    if i % 50 == 0:
+                        await asyncio.sleep(0.001)  # let the reader run now and then
+            await asyncio.sleep(0.05)
+            assert ep.queued == bound
+            assert ep.stats.pauses >= 1
+            got: list[int] = []
+            while True:
+                assert ep.queued <= bound
+                try:
+                    d = await ep.recv(timeout=0.2)
+                except udpkit.Timeout:
+                    break
+                got.append(int.from_bytes(d.data, "big"))
+            st = ep.stats
+            if st.kernel_drops is None:
+                pytest.skip("/proc/net/udp shows no drop count here")
+            assert st.received == len(got)
+            assert st.kernel_drops > 0
+            assert sent == st.received + st.kernel_drops
+            assert got == sorted(got)  # what was kept arrived in order
+
+    run(main)
+
+
+def test_send_waits_for_room_instead_of_raising() -> None:
+    """A full unix datagram queue makes sendto raise EAGAIN; send() must wait instead."""
+    n = 300
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        b.setblocking(False)
+        with b:
+            ep = Endpoint(a, send_queue=8)
+            started: list[float] = []
+
+            async def reader() -> list[bytes]:
+                await asyncio.sleep(0.1)
+                started.append(time.monotonic())
+                return [await loop.sock_recv(b, 100) for _ in range(n)]
+
+            task = asyncio.create_task(reader())
+            async with ep:
+                for i in range(n):
+                    await ep.send(b"%d" % i)
+                done = time.monotonic()
+                got = await asyncio.wait_for(task, TIMEOUT)
+            assert got == [b"%d" % i for i in range(n)]
+            assert started and done >= started[0]  # the sender had to wait for the reader
+            assert ep.stats.sent == n and ep.stats.send_errors == {}
+
+    run(main)
+
+
+# -- server ------------------------------------------------------------------------------
+
+
+def test_server_runs_engine_handlers(family: Family) -> None:
+    _fam, host = family
+
+    def handler(d: Datagram) -> bytes | Sequence[bytes] | None:
+        if d.data == b"boom":
+            raise RuntimeError("handler bug")
+        if d.data == b"two":
+            return [b"one", b"two"]
+        if d.data == b"quiet":
+            return None
+        return d.data
+
+    async def main() -> None:
+        async with await udpkit.aio.serve(host, 0, handler) as server:
+            task = asyncio.create_task(server.serve_forever())
+            async with await udpkit.aio.open_udp(*server.local_address[:2]) as c:
+                for msg in (b"boom", b"quiet", b"", b"echo", b"two"):
+                    await c.send(msg)
+                replies = [(await c.recv(timeout=TIMEOUT)).data for _ in range(4)]
+                assert replies == [b"", b"echo", b"one", b"two"]
+            st = server.stats
+            assert (st.received, st.sent, st.handler_errors) == (5, 4, 1)
+        await asyncio.wait_for(task, TIMEOUT)  # serve_forever ends when the server closes
+
+    run(main)
+
+
+def test_server_takes_a_socket() -> None:
+    async def main() -> None:
+        sock = udpkit.udp_bind("127.0.0.1", 0)
+        async with (
+            await udpkit.aio.serve(sock, handler=lambda d: d.data.upper()) as server,
+            await udpkit.aio.open_udp(*server.local_address) as c,
+        ):
+            assert (await c.request(b"abc", timeout=TIMEOUT)).data == b"ABC"
+        assert sock.closed
+
+    run(main)
+
+
+# -- the documentation's example ----------------------------------------------------------
+
+
+def _doc_example() -> str:
+    doc = udpkit.aio.__doc__ or ""
+    block = doc.split("::\n", 1)[1].split("\nIt prints", 1)[0]
+    return textwrap.dedent(block)
+
+
+def test_docstring_example_runs_as_written() -> None:
+    """An asyncio program written from the docs alone: the module's example, run as-is."""
+    code = _doc_example()
+    assert "asyncio.run(main())" in code
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n") == ["b'HELLO'", "b'AGAIN'", "0 True", "3", ""]
+
+
+def test_public_names() -> None:
+    for name in udpkit.aio.__all__:
+        obj: Any = getattr(udpkit.aio, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__doc__, name
