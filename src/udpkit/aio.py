@@ -91,6 +91,7 @@ from ._mmsg import (
     proc_drops,
     send_batch,
 )
+from ._policy import ADMIT, Policy
 from ._sockets import Datagram, DatagramSocket, udp_bind, udp_connect
 
 __all__ = [
@@ -896,6 +897,9 @@ class Server(_Core):
         bufsize: bytes kept per datagram; longer ones reach the handler truncated.
         batch: datagrams per receive call.
         fast: ``None`` uses recvmmsg where available, ``False`` the portable path.
+        policy: admission and reply rules, as for :class:`udpkit.DatagramServer`;
+            by default loopback is trusted and every other source is held to the
+            anti-amplification budget (replies never exceed the bytes it sent).
 
     Raises:
         UsageError: no running event loop, or a bad size.
@@ -909,10 +913,15 @@ class Server(_Core):
         bufsize: int = 65535,
         batch: int = 64,
         fast: bool | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self._handler = handler
         self._done: asyncio.Future[None] | None = None
         super().__init__(sock, bufsize=bufsize, batch=batch, fast=fast)
+        raw = self.sock
+        if policy is None and raw.family in (socket.AF_INET, socket.AF_INET6):
+            policy = Policy(local=raw.getsockname())
+        self.policy = policy
 
     def _on_readable(self) -> None:
         handler = self._handler
@@ -923,9 +932,16 @@ class Server(_Core):
             if not got:
                 break
             short = len(got) < self._batch  # the socket is empty: no EAGAIN call needed
+            policy = self.policy
+            now = time.monotonic()  # one clock read per batch, for every policy decision
             if handler is None:
+                if policy is not None and policy.screens_arrivals:
+                    for d in got:
+                        policy.admit(d.peer, d.length, now)  # counted, nothing to answer
                 continue
             for d in got:
+                if policy is not None and policy.admit(d.peer, d.length, now) is not ADMIT:
+                    continue  # refused and counted by the policy: never answered
                 try:
                     r = handler(d)
                 except Exception:
@@ -933,14 +949,12 @@ class Server(_Core):
                     continue
                 if r is None:
                     continue
-                if isinstance(r, bytes):
-                    self._out_data.append(r)
-                    self._out_to.append(d.peer)
-                    continue
                 try:
-                    for x in [r] if isinstance(r, bytearray | memoryview) else r:
+                    for x in [r] if isinstance(r, bytes | bytearray | memoryview) else r:
                         if not isinstance(x, bytes | bytearray | memoryview):
                             raise TypeError(f"reply {x!r}: must be bytes")
+                        if policy is not None and not policy.may_reply(d.peer, len(x), now):
+                            continue  # over budget or never-reply: counted by the policy
                         self._out_data.append(bytes(x))
                         self._out_to.append(d.peer)
                 except Exception:
