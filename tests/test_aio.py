@@ -468,3 +468,22 @@ def test_public_names() -> None:
         obj: Any = getattr(udpkit.aio, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
             assert obj.__doc__, name
+
+
+def test_server_applies_the_policy() -> None:
+    """Refused sources get no answer and are counted, as with DatagramServer."""
+
+    async def main() -> None:
+        sock = udpkit.udp_bind("127.0.0.1", 0)
+        policy = udpkit.Policy(deny=["127.0.0.0/8"])
+        server = udpkit.aio.Server(sock, lambda d: d.data, policy=policy)
+        try:
+            async with udpkit.aio.open_udp(*sock.local_address) as ep:
+                await ep.send(b"anyone there?")
+                with pytest.raises(udpkit.Timeout):
+                    await ep.recv(timeout=0.3)
+            assert policy.counters["denied"] == 1
+        finally:
+            server.close()
+
+    run(main)

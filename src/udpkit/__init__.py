@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         resolve_one,
         split_hostport,
     )
+    from ._bench import BenchConfig, Reflector, run_bench
     from ._client import request, stream_request
     from ._engine import Engine, EngineStats, fast_path_available, send_batch
     from ._errors import (
@@ -50,6 +51,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     )
     from ._escape import escape_bytes, escape_text
     from ._generic import IPPROTO_UDPLITE, open_socket, parse_domain, parse_protocol, parse_type
+    from ._policy import Policy, Verdict
+    from ._record import Record, Recorder, RecordError, RecordStats, read_records_untrusted
+    from ._relay import Relay, RelayStats
     from ._server import (
         BatchObserver,
         DatagramServer,
@@ -86,6 +90,7 @@ __all__ = [
     "AddressError",
     "AddressInUse",
     "BatchObserver",
+    "BenchConfig",
     "ConnectionRefused",
     "Datagram",
     "DatagramServer",
@@ -96,6 +101,14 @@ __all__ = [
     "MessageTooLarge",
     "NetworkError",
     "PermissionDenied",
+    "Policy",
+    "Record",
+    "RecordError",
+    "RecordStats",
+    "Recorder",
+    "Reflector",
+    "Relay",
+    "RelayStats",
     "ServeStats",
     "StreamListener",
     "StreamServer",
@@ -104,6 +117,7 @@ __all__ = [
     "UdpkitError",
     "Unsupported",
     "UsageError",
+    "Verdict",
     "__version__",
     "aio",
     "escape_bytes",
@@ -118,10 +132,12 @@ __all__ = [
     "parse_port",
     "parse_protocol",
     "parse_type",
+    "read_records_untrusted",
     "reply_handler",
     "request",
     "resolve",
     "resolve_one",
+    "run_bench",
     "send_batch",
     "set_receive_buffer",
     "split_hostport",
@@ -139,6 +155,18 @@ __all__ = [
 # Public names load on first use (PEP 562), so `udpkit send` does not pay for
 # modules it never touches.
 _LAZY: dict[str, str] = {
+    "Policy": "_policy",
+    "Verdict": "_policy",
+    "Recorder": "_record",
+    "RecordStats": "_record",
+    "Record": "_record",
+    "RecordError": "_record",
+    "read_records_untrusted": "_record",
+    "Relay": "_relay",
+    "RelayStats": "_relay",
+    "BenchConfig": "_bench",
+    "run_bench": "_bench",
+    "Reflector": "_bench",
     "BROADCAST": "_addr",
     "MAX_UDP_PAYLOAD": "_addr",
     "Address": "_addr",
