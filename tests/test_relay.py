@@ -264,21 +264,23 @@ def test_seeded_impairments_match_what_the_receiver_sees(family: Fam, seed: int)
     cfg = ImpairConfig(loss=0.1, duplicate=0.1, reorder=0.1, reorder_gap=2, reorder_max=0.05)
     runs = []
     for _ in range(2):
-        with (
-            upstream(family, echo=False) as up,
-            relaying(family, up.port, impair_up=cfg, seed=seed) as (relay, addr),
-        ):
-            with client(family) as c:
-                for i in range(400):
-                    c.sendto(b"%d" % i, addr)
-                    if i % 50 == 49:
-                        time.sleep(0.005)  # stay well inside the socket buffers
+        with upstream(family, echo=False) as up:
+            with relaying(family, up.port, impair_up=cfg, seed=seed) as (relay, addr):
+                with client(family) as c:
+                    for i in range(400):
+                        c.sendto(b"%d" % i, addr)
+                        if i % 50 == 49:
+                            time.sleep(0.005)  # stay well inside the socket buffers
+                up.quiet_for()
+            # Read what arrived after the relay stopped: a datagram it still held back
+            # (reordering) when the quiet spell ended on a loaded machine is either
+            # delivered by now or counted as abandoned.
             got = up.quiet_for()
             st = relay.stats
         u = st.up
         assert st.kernel_drops in (0, None)
         assert u.fed == st.counts["up_in"] == 400
-        assert len(got) == 400 - u.lost + u.duplicated == st.counts["up_out"]
+        assert len(got) == 400 - u.lost + u.duplicated - u.abandoned == st.counts["up_out"]
         assert len(got) - len(set(got)) == u.duplicated
         order = _first_seen(got)
         assert len(order) == 400 - u.lost
