@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""udpkit benchmark: sink, echo and workers, against Python and C peers, in one command.
+"""udpkit benchmark: sink, echo, workers, relay and bench, next to Python and C peers.
 
-    python3 benchmarks/run.py [--quick] [--smoke] [--json PATH] [--only sink,echo,workers]
+    python3 benchmarks/run.py [--quick] [--smoke] [--json PATH]
+                              [--only sink,echo,workers,relay,bench]
 
 Every server runs in its own process, pinned to core 1 where the machine has one; the
 load generator or echo client runs on core 0.  Every process is ended by its PID
@@ -307,6 +308,9 @@ def servers(cexe: dict[str, Path], cskip: str | None) -> dict[str, Server]:
     s["asyncio"] = Server("asyncio", _py("asyncio_proto.py"), note="DatagramProtocol")
     s["uvloop"] = Server("uvloop", _py("asyncio_proto.py", "--uvloop"), skip=uv)
     s["udpkit-aio"] = Server("udpkit-aio", _py("udpkit_aio.py"), note="udpkit.aio Endpoint")
+    s["udpkit-aio-server"] = Server(
+        "udpkit-aio-server", _py("udpkit_aio.py", "--server"), note="udpkit.aio.serve, handler"
+    )
     s["trio"] = Server("trio", _py("trio_server.py"), skip=tr)
 
     def c(name: str, *a: str) -> Callable[[str, int], list[str]]:
@@ -630,6 +634,101 @@ def _summary_numbers(text: str) -> dict[str, int]:
     return out
 
 
+# -- relay and bench (issue 4): the two side-by-side scripts, each as a hard-timed child ---
+
+
+def _child_output(argv: list[str], timeout: float) -> tuple[str, str | None]:
+    """Run ``argv`` in its own session; its stdout, or why not.  The group is ended by PID."""
+    proc = Proc(argv, None)
+    out = b""
+    why = None
+    try:
+        assert proc.p.stdout is not None
+        fd = proc.p.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                why = f"timed out after {timeout:g} s"
+                break
+            r, _, _ = select.select([fd], [], [], left)
+            if r:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                out += chunk
+        if why is None and proc.p.wait(GRACE) != 0:
+            why = f"exit code {proc.p.returncode}"
+    except subprocess.TimeoutExpired:
+        why = "did not exit after closing its output"
+    finally:
+        proc.end()  # SIGTERM then SIGKILL to the group: its relays and sinks too
+    return out.decode(errors="replace"), why
+
+
+def relay_case(seconds: float, smoke: bool) -> list[dict[str, Any]]:
+    """``benchmarks/relay_bench.py --json``: udpkit relay and socat, forwarding and RTT."""
+    argv = [PY, str(HERE / "relay_bench.py"), "--json", "--duration", f"{seconds:g}"]
+    if smoke:
+        argv += ["--pings", "300"]
+    text, why = _child_output(argv, timeout=3 * seconds + 60)
+    if why is not None:
+        return [{"case": "relay", "server": "udpkit", "error": f"relay_bench.py {why}"}]
+    try:
+        doc = json.loads(text)
+        rows = []
+        for k, fwd in doc["forward"].items():
+            rows.append(
+                {
+                    "case": "relay",
+                    "server": k,
+                    "rate": fwd["forwarded_per_s"],
+                    "sent_rate": fwd["sent_per_s"],
+                    "rtt_p50_us": doc["rtt"][k]["p50_us"],
+                    "added_p50_us": doc["added_rtt_p50_us"][k],
+                    "direct_p50_us": doc["rtt_direct"]["p50_us"],
+                }
+            )
+        rows += [
+            {"case": "relay", "server": k, "skipped": v} for k, v in doc.get("skipped", {}).items()
+        ]
+        if "rate_ratio_udpkit_over_socat" in doc:
+            rows[0]["rate_ratio_udpkit_over_socat"] = doc["rate_ratio_udpkit_over_socat"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return [{"case": "relay", "server": "udpkit", "error": f"bad JSON ({exc}): {text[-200:]}"}]
+    return rows
+
+
+def bench_case(seconds: float) -> list[dict[str, Any]]:
+    """``benchmarks/bench_vs_iperf.py``: bench's own top rate at 64 B next to iperf3's."""
+    with tempfile.TemporaryDirectory(prefix="udpkit-bvi-") as tmp:
+        out = Path(tmp) / "bvi.json"
+        argv = [PY, str(HERE / "bench_vs_iperf.py"), "--seconds", f"{seconds:g}", "--json"]
+        _text, why = _child_output([*argv, str(out)], timeout=2 * seconds + 90)
+        if why is not None:
+            return [{"case": "bench", "server": "udpkit bench", "error": f"bench_vs_iperf {why}"}]
+        try:
+            doc = json.loads(out.read_text())
+        except (OSError, ValueError) as exc:
+            return [{"case": "bench", "server": "udpkit bench", "error": f"no JSON: {exc}"}]
+    rows = []
+    for r in doc["rows"]:
+        name = "iperf3" if r["tool"].startswith("iperf3") else "udpkit bench"
+        row: dict[str, Any] = {"case": "bench", "server": name, "size": 64}
+        for k in ("skipped", "error"):
+            if k in r:
+                row[k] = r[k]
+        if "receive_datagrams_per_s" in r:
+            row.update(
+                rate=r["receive_datagrams_per_s"],
+                sent_rate=r["send_datagrams_per_s"],
+                lost=r["lost_datagrams"],
+                unexplained=r["unexplained_lost_datagrams"],
+            )
+        rows.append(row)
+    return rows
+
+
 # -- report ------------------------------------------------------------------------------
 
 
@@ -736,6 +835,37 @@ def ratios(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str
             3.0,
             invert=True,
         )
+    # issue 4: relay >= 1.5x socat forwarding, added RTT p50 <= socat's; bench >= iperf3.
+    ur, sr = (
+        _find(results, case="relay", server="udpkit"),
+        _find(results, case="relay", server="socat"),
+    )
+    add("relay forwarded/s udpkit/socat", ur, sr, "rate", 1.5)
+    if ur is not None and sr is not None and "rtt_p50_us" in ur and "rtt_p50_us" in sr:
+        # Same direct baseline for both, so added(udpkit) <= added(socat) exactly when
+        # RTT(udpkit) <= RTT(socat): the ratio of whole RTTs stays meaningful where an
+        # added figure is ~0 or negative (noise).
+        v = ur["rtt_p50_us"] / sr["rtt_p50_us"]
+        out.append(
+            {
+                "ratio": "relay RTT p50 udpkit/socat (<=)",
+                "value": round(v, 2),
+                "target": 1.0,
+                "met": v <= 1.0,
+                "note": f"added p50 udpkit {ur['added_p50_us']:.1f} us, "
+                f"socat {sr['added_p50_us']:.1f} us",
+            }
+        )
+    else:
+        out.append(
+            {"ratio": "relay RTT p50 udpkit/socat (<=)", "value": None, "target": 1.0, "met": None}
+        )
+    ub, ib = (_find(results, case="bench", server=x) for x in ("udpkit bench", "iperf3"))
+    add("bench 64B received/s bench/iperf3", ub, ib, "rate", 1.0)
+    if out[-1]["value"] is not None and ub is not None:
+        unexplained = ub.get("unexplained")
+        out[-1]["note"] = f"bench unexplained loss {unexplained} (target 0)"
+        out[-1]["met"] = bool(out[-1]["met"]) and unexplained == 0
     return out
 
 
@@ -788,8 +918,27 @@ def print_report(results: list[dict[str, Any]], rat: list[dict[str, Any]]) -> No
                 head + f"{_fmt_rate(r['rate']):>10}  {r['p50_us']:>8.1f}  {r['p99_us']:>8.1f}  "
                 f"{r['p999_us']:>9.1f}  {r['mean_us']:>8.1f}  {r['lost']:>7}  {note}\n"
             )
+    others = [r for r in results if r["case"] in ("relay", "bench")]
+    if others:
+        w("\nRELAY (forwarded/s into a udpkit sink; RTT p50 one ping at a time) and BENCH (64 B)\n")
+        for r in others:
+            head = f"{r['case']:<6}{r['server']:<14}"
+            if "skipped" in r or "error" in r:
+                w(head + _why(r) + "\n")
+            elif r["case"] == "relay":
+                w(
+                    head
+                    + f"forwarded {_fmt_rate(r['rate']):>10}  sent {_fmt_rate(r['sent_rate']):>10}"
+                    f"  RTT p50 {r['rtt_p50_us']:.1f} us (added {r['added_p50_us']:.1f} us)\n"
+                )
+            else:
+                w(
+                    head
+                    + f"received {_fmt_rate(r['rate']):>10}  sent {_fmt_rate(r['sent_rate']):>10}"
+                    f"  lost {r['lost']}  unexplained {r['unexplained']}\n"
+                )
     if rat:
-        w("\nRATIOS (targets from issue 3)\n")
+        w("\nRATIOS (targets from issues 3 and 4)\n")
         for x in rat:
             v = "n/a (missing)" if x["value"] is None else f"{x['value']:.2f}x"
             verdict = {True: "met", False: "NOT met", None: ""}[x["met"]]
@@ -834,7 +983,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a subset (udpkit, textbook, C) at 0.5 s per case, for the test suite",
     )
     p.add_argument("--repeat", type=int, default=1, help="runs per case; the median is kept")
-    p.add_argument("--only", default="sink,echo,workers", help="comma list of sink,echo,workers")
+    p.add_argument(
+        "--only",
+        default="sink,echo,workers,relay,bench",
+        help="comma list of sink,echo,workers,relay,bench",
+    )
     p.add_argument("--servers", default="", help="comma list of server names (default: all)")
     p.add_argument(
         "--generators",
@@ -888,6 +1041,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "workers" in only and not args.smoke:
             for n in (1, 2):
                 run(functools.partial(b.workers, n, 64), "rate")
+        extra: dict[str, Callable[[], list[dict[str, Any]]]] = {
+            "relay": functools.partial(relay_case, seconds, args.smoke),
+            "bench": functools.partial(bench_case, seconds),
+        }
+        for case, rows_of in extra.items():
+            if case in only:
+                for row in rows_of():
+                    results.append(row)
+                    status = row.get("skipped") or row.get("error") or _fmt_rate(row.get("rate"))
+                    print(
+                        f"  {case + ' ' + row['server']:<45} {status}", file=sys.stderr, flush=True
+                    )
     rat = ratios(results, sizes)
     print_report(results, rat)
     doc = {

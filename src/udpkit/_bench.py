@@ -40,6 +40,7 @@ from ._probe import (
     HEADER_SIZE,
     MAGIC,
     MAX_PROBE_SIZE,
+    REPORT_REQUEST_SIZE,
     VERSION,
     Kind,
     ProbeError,
@@ -159,6 +160,7 @@ class FlowResult:
 
     run_id: int
     local: str
+    control_local: str = ""  # the control socket: its own flow through a relay
     numbered: int = 0  # probes given a number: sent + sender_lost
     sent: int = 0
     sent_bytes: int = 0
@@ -203,13 +205,23 @@ class _Flow:
 
     def __init__(self, cfg: BenchConfig, fast: bool) -> None:
         self.sock: DatagramSocket = udp_connect(cfg.host, cfg.port, family=cfg.family)
+        # The opening exchange and report requests use a socket of their own, so they
+        # form a flow of their own through a relay or NAT: whatever an impairing relay
+        # does to them never mixes into the probe flow's counts.
+        self.ctrl_sock: DatagramSocket | None = None
         try:
+            self.ctrl_sock = udp_connect(cfg.host, cfg.port, family=cfg.family)
+            self.ctrl = self.ctrl_sock.sock
+            self.ctrl.setblocking(False)
+            self.ctrl_fd = self.ctrl.fileno()
             self.raw = self.sock.sock
             self.raw.setblocking(False)
             with contextlib.suppress(NetworkError):
                 set_receive_buffer(self.raw, _RCVBUF)
             self.fd = self.raw.fileno()
-            self.res = FlowResult(random.getrandbits(32), self.sock.local_text)
+            self.res = FlowResult(
+                random.getrandbits(32), self.sock.local_text, self.ctrl_sock.local_text
+            )
             self.bufsize = max(cfg.size, 2048)
             self.rx = _mmsg.MsgArray(_BATCH, self.bufsize) if fast else None
             self.buf = bytearray(self.bufsize)
@@ -220,7 +232,21 @@ class _Flow:
             self.reported = False
         except BaseException:
             self.sock.close()
+            if self.ctrl_sock is not None:
+                self.ctrl_sock.close()
             raise
+
+    def recv_ctrl(self) -> list[bytes]:
+        """Every datagram queued on the control socket (ICMP errors counted)."""
+        out: list[bytes] = []
+        while True:
+            try:
+                out.append(self.ctrl.recv(max(self.bufsize, REPORT_REQUEST_SIZE)))
+            except (BlockingIOError, InterruptedError):
+                return out
+            except OSError as exc:
+                self._recv_error(exc.errno or 0)
+                return out
 
     def recv_batch(self) -> list[tuple[int, int]]:
         """Read up to a batch of queued datagrams: ``(offset into buffer, length)`` each."""
@@ -257,6 +283,8 @@ class _Flow:
 
     def close(self) -> None:
         self.sock.close()
+        if self.ctrl_sock is not None:
+            self.ctrl_sock.close()
 
 
 class _Run:
@@ -368,14 +396,28 @@ class _Run:
                 f.reported = False
                 f.nonce = random.getrandbits(63)
                 with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
-                    f.raw.send(build_report_request(f.res.run_id, f.nonce, _now()))
+                    f.ctrl.send(build_report_request(f.res.run_id, f.nonce, _now()))
             deadline = time.monotonic() + wait
             while pending and time.monotonic() < deadline:
-                self.wait(deadline - time.monotonic(), pending)
+                left = deadline - time.monotonic()
+                if left > 0:
+                    select.select([f.ctrl_fd for f in pending], [], [], left)
                 for f in pending:
-                    self.drain(f)
+                    self.drain_ctrl(f)
                 pending = [f for f in pending if not f.reported]
         return pending
+
+    def drain_ctrl(self, f: _Flow) -> None:
+        """Take the answers queued on flow ``f``'s control socket."""
+        for data in f.recv_ctrl():
+            if len(data) < HEADER_SIZE:
+                f.res.malformed += 1
+                continue
+            magic, ver, kind, run, seq, _ts, _rseq = HEADER.unpack_from(data, 0)
+            if magic != MAGIC or ver != VERSION or run != f.res.run_id:
+                f.res.malformed += 1
+                continue
+            self._control(f, kind, seq, data)
 
     def wait(self, seconds: float, flows: Sequence[_Flow]) -> None:
         if seconds > 0:

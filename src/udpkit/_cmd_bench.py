@@ -215,6 +215,7 @@ def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> dic
     doc: dict[str, Any] = {
         "run_id": f.run_id,
         "local": f.local,
+        "control_local": f.control_local,
         "sent_datagrams": f.sent,
         "sent_bytes": f.sent_bytes,
         "send_datagrams_per_s": _rate(f.sent, seconds),
