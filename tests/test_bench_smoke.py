@@ -62,7 +62,8 @@ def test_machine_and_settings(report: dict[str, Any]) -> None:
     ],
 )
 def test_python_rows(report: dict[str, Any], case: str, server: str, key: str, value: int) -> None:
-    rows = _rows(report, case=case, server=server, **{key: value})
+    extra = {"client": "busy"} if case == "echo" else {}
+    rows = _rows(report, case=case, server=server, **{key: value}, **extra)
     assert len(rows) == 1, rows
     row = rows[0]
     if case == "echo" and "skipped" in row:
@@ -76,6 +77,14 @@ def test_python_rows(report: dict[str, Any], case: str, server: str, key: str, v
     else:
         assert row["replies"] > 0 and row["malformed"] == 0
         assert 0 < row["p50_us"] <= row["p99_us"]
+
+
+def test_ping_pong_with_a_sleeping_client(report: dict[str, Any]) -> None:
+    """The textbook way of running ping-pong (no side spins) is measured too."""
+    rows = _rows(report, case="echo", server="textbook", window=1, client="sleeping")
+    assert len(rows) == 1, rows
+    if "skipped" not in rows[0]:
+        assert rows[0]["replies"] > 0
 
 
 def test_udpkit_accounts_for_every_datagram(report: dict[str, Any]) -> None:

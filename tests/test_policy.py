@@ -252,7 +252,7 @@ def test_100k_spoofed_sources_stay_bounded() -> None:
 
 def test_default_table_bound() -> None:
     policy = Policy()
-    assert policy.max_entries == 65_536
+    assert policy.max_entries == 8192  # fills fast under spoofing, then memory stays flat
 
 
 # -- amplification -------------------------------------------------------------------

@@ -120,8 +120,8 @@ def _summary(st: Any, stopped_by: int | None) -> str:
     text = _format.format_summary(
         st.received, st.bytes_received, st.peers, st.truncated, **extra
     ).rstrip("\n")
-    if st.peers_capped:
-        text = text.replace(" peers,", "+ peers,", 1)
+    if st.peers_estimated:
+        text = text.replace(" from ", " from ~", 1)  # an estimate past 4,096 peers
     if stopped_by is not None:
         text += f" (stopped by {signal.Signals(stopped_by).name})"
     return text + "\n"

@@ -65,10 +65,13 @@ ADMIT = Verdict.ADMIT
 DENIED = Verdict.DENIED
 RATE_LIMITED = Verdict.RATE_LIMITED
 
-DEFAULT_MAX_ENTRIES = 65_536
+# Per-source tables hold at most this many entries (least recently seen evicted):
+# small enough that a flood of spoofed sources fills them within seconds and the
+# server's memory then stays flat, large enough for the real clients of one host.
+DEFAULT_MAX_ENTRIES = 8192
 MAX_AMPLIFICATION = 3.0  # RFC 9000 §8.1's limit before address validation
 MAX_COOKIE_TTL = 60.0
-_PEER_CACHE_MAX = 65_536
+_PEER_CACHE_MAX = 4096
 
 # IPv6 keys get this bit so they never collide with IPv4 keys in one table.
 _V6_TAG = 1 << 128

@@ -9,6 +9,7 @@ by the batching :class:`~udpkit._engine.Engine`.
 from __future__ import annotations
 
 import contextlib
+import math
 import selectors
 import socket
 import time
@@ -37,8 +38,10 @@ Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
 BatchObserver = Callable[[Sequence[Datagram]], None]
 """Called with each batch of datagrams received, before the replies are sent."""
 
-# Counting distinct peers must not let spoofed sources grow memory without bound.
-_PEER_CAP = 65_536
+# Counting distinct peers must not let spoofed sources grow memory: exact up to
+# this many, then an estimate from a fixed-size bitmap (linear counting).
+_PEER_EXACT = 4096
+_SKETCH_BITS = 1 << 20  # 128 KiB; the estimate stays within ~1% to a few million peers
 
 
 @dataclass
@@ -50,8 +53,8 @@ class ServeStats:
     ``kernel_drops`` is what the kernel dropped before udpkit could read it
     (``None`` where the platform cannot tell), so on one host
     ``sent == received + kernel_drops`` exactly.  ``peers`` is ``None`` when not
-    counted (``--quiet`` with no replies), and a lower bound once
-    ``peers_capped``.
+    counted (``--quiet`` with no replies); it is exact up to 4,096 peers and an
+    estimate (``peers_estimated``) past that, so spoofed sources cannot grow memory.
     """
 
     received: int = 0
@@ -65,7 +68,7 @@ class ServeStats:
     unreplyable: int = 0
     kernel_drops: int | None = None
     peers: int | None = None
-    peers_capped: bool = False
+    peers_estimated: bool = False
     policy: dict[str, int] = field(default_factory=dict)
     record: dict[str, int] = field(default_factory=dict)
 
@@ -83,7 +86,7 @@ class ServeStats:
             "unreplyable": self.unreplyable,
             "kernel_drops": self.kernel_drops,
             "peers": self.peers,
-            "peers_capped": self.peers_capped,
+            "peers_estimated": self.peers_estimated,
             "policy": dict(self.policy),
             "record": dict(self.record),
         }
@@ -118,7 +121,7 @@ class ServeStats:
             self.kernel_drops = (self.kernel_drops or 0) + other.kernel_drops
         if other.peers is not None:
             self.peers = (self.peers or 0) + other.peers
-        self.peers_capped = self.peers_capped or other.peers_capped
+        self.peers_estimated = self.peers_estimated or other.peers_estimated
 
 
 def reply_handler(mode: str, text: bytes = b"Hello UDP Client") -> Handler | None:
@@ -150,18 +153,47 @@ def _unnamed(peer: Any) -> bool:
 
 
 class _PeerSet:
-    """Distinct peers, within a fixed memory bound."""
+    """Distinct peers in fixed memory: an exact set while small, then linear counting."""
 
     def __init__(self) -> None:
         self.seen: set[Any] = set()
-        self.capped = False
+        self.sketch: bytearray | None = None
+        self.zeros = _SKETCH_BITS
+
+    def _mark(self, peers: Any) -> None:
+        sketch = self.sketch
+        assert sketch is not None
+        mask = _SKETCH_BITS - 1
+        for p in peers:
+            h = hash(p) & mask
+            bit = 1 << (h & 7)
+            if not sketch[h >> 3] & bit:
+                sketch[h >> 3] |= bit
+                self.zeros -= 1
 
     def add_batch(self, batch: Sequence[Datagram]) -> None:
+        if self.sketch is not None:
+            self._mark(d.peer for d in batch)
+            return
         seen = self.seen
-        if len(seen) < _PEER_CAP:
-            seen.update(d.peer for d in batch)
-        elif not self.capped:
-            self.capped = any(d.peer not in seen for d in batch)
+        seen.update(d.peer for d in batch)
+        if len(seen) > _PEER_EXACT:
+            self.sketch = bytearray(_SKETCH_BITS // 8)
+            self._mark(seen)
+            self.seen = set()
+
+    @property
+    def estimated(self) -> bool:
+        """Whether :attr:`count` is an estimate (past the exact range)."""
+        return self.sketch is not None
+
+    @property
+    def count(self) -> int:
+        """How many distinct peers were seen (exact, or the linear-counting estimate)."""
+        if self.sketch is None:
+            return len(self.seen)
+        zeros = max(self.zeros, 1)
+        return round(-_SKETCH_BITS * math.log(zeros / _SKETCH_BITS))
 
 
 class DatagramServer:
@@ -297,8 +329,8 @@ class DatagramServer:
             handler_errors=es.handler_errors,
             unreplyable=self._unreplyable,
             kernel_drops=es.kernel_drops,
-            peers=None if self._peers is None else len(self._peers.seen),
-            peers_capped=False if self._peers is None else self._peers.capped,
+            peers=None if self._peers is None else self._peers.count,
+            peers_estimated=False if self._peers is None else self._peers.estimated,
             policy={} if self.policy is None else self.policy.counters,
         )
 
@@ -406,8 +438,8 @@ class StreamServer:
         # An unnamed Unix client has no address: count each connection as a peer.
         dgram = Datagram(data, peer if not _unnamed(peer) else ("unix", id(conn)), len(data))
         self._peers.add_batch((dgram,))
-        stats.peers = len(self._peers.seen)
-        stats.peers_capped = self._peers.capped
+        stats.peers = self._peers.count
+        stats.peers_estimated = self._peers.estimated
         if self.observer is not None:
             self.observer((Datagram(data, peer, len(data)),))
         reply = self.handler(dgram) if self.handler is not None else None
