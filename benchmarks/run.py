@@ -41,6 +41,9 @@ PEERS = HERE / "peers"
 CSRC = HERE / "c"
 PY = sys.executable
 RCVBUF = 4 << 20  # asked of every server alike (SO_RCVBUFFORCE as root, else capped by rmem_max)
+DRAIN_RCVBUF = 256 << 20  # the drain case's backlog: ~100-300k datagrams
+DRAIN_FILL_S = 0.5  # the generator fills the stopped server's queue this long
+DRAIN_LIMIT_S = 20.0  # a slow server (asyncio) gets this long to empty it
 GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 DRAIN = 0.3  # seconds a sink gets after the generator stops, to empty its queue
 
@@ -433,6 +436,73 @@ class Bench:
             res = g.result(self.case_timeout)
             return res if res is not None else "generator printed no RESULT"
 
+    def drain(self, srv: Server, size: int) -> dict[str, Any]:
+        """Capacity from a full queue: how fast the server empties a backlog.
+
+        The server is stopped (SIGSTOP) while the fastest generator fills a large
+        receive buffer, then continued; the time until /proc/net/udp shows its queue
+        empty gives datagrams per second with no generator in the way (on a 2-core
+        box a live generator, doing the loopback's kernel work on its own core, is
+        often slower than the servers it feeds).
+        """
+        global RCVBUF
+        row: dict[str, Any] = {"case": "drain", "server": srv.name, "size": size}
+        if srv.skip:
+            return {**row, "skipped": srv.skip}
+        gen = "C-gso" if "gen_gso" in self.cexe else "udpkit"
+        old = RCVBUF
+        RCVBUF = DRAIN_RCVBUF
+        try:
+            started_ = self.start_server(srv, "sink")
+        finally:
+            RCVBUF = old
+        if isinstance(started_, str):
+            return {**row, "skipped": started_}
+        proc, port = started_
+        try:
+            os.killpg(proc.p.pid, signal.SIGSTOP)
+            seconds, self.seconds = self.seconds, DRAIN_FILL_S
+            try:
+                argv = self.generator(gen, port, size)
+            finally:
+                self.seconds = seconds
+            if isinstance(argv, str):
+                return {**row, "skipped": argv}
+            g = self.run_generator(argv)
+            if isinstance(g, str):
+                return {**row, "error": g}
+            kern = proc_udp(port)
+            if not kern:
+                return {**row, "error": "no /proc/net/udp row for the server"}
+            queued = int(g["sent"]) - kern["drops"]
+            os.killpg(proc.p.pid, signal.SIGCONT)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < DRAIN_LIMIT_S:
+                k = proc_udp(port)
+                if not k or k["rx_queue"] == 0:
+                    break
+                time.sleep(0.0005)
+            elapsed = time.monotonic() - t0
+            left = (proc_udp(port) or {}).get("rx_queue", 0)
+            proc.signal(signal.SIGTERM)
+            res = proc.result(10) if not srv.fixed_port else {}
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.p.pid, signal.SIGCONT)
+            proc.end()
+        received = int(res["received"]) if res and "received" in res else queued
+        row.update(
+            generator=gen,
+            queued=queued,
+            received=received,
+            drain_s=round(elapsed, 4),
+            rate=received / elapsed if elapsed > 0 else None,
+            unfinished=bool(left),
+        )
+        if left:
+            row["note"] = f"not empty after {DRAIN_LIMIT_S:g} s"
+        return row
+
     def sink(self, srv: Server, gen: str, size: int) -> dict[str, Any]:
         row: dict[str, Any] = {"case": "sink", "server": srv.name, "generator": gen, "size": size}
         if srv.skip:
@@ -799,6 +869,20 @@ def ratios(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str
     # the time, and the ratios then measure the generator.
     gens = {r.get("generator") for r in results if r["case"] == "sink" and "rate" in r}
     gen = next((g for g in ("C-gso", "udpkit", "sockperf") if g in gens), "udpkit")
+    # Capacity: each server empties the same full queue, no generator in the way.
+    for size in sizes:
+        u = _find(results, case="drain", server="udpkit", size=size)
+        for peer, tgt in (("C-mmsg", 0.9), ("textbook", 1.5), ("uvloop", 1.5), ("asyncio", 15)):
+            p = _find(results, case="drain", server=peer, size=size)
+            add(f"capacity {size}B udpkit/{peer} (drain)", u, p, "rate", tgt)
+        add(
+            f"capacity {size}B udpkit-gro/C-gro (drain)",
+            _find(results, case="drain", server="udpkit-gro", size=size),
+            _find(results, case="drain", server="C-gro", size=size),
+            "rate",
+            0.5,
+        )
+    # Live sink: what each server took from a running generator (often generator-bound).
     for size in sizes:
         u = _find(results, case="sink", server="udpkit", generator=gen, size=size)
         for peer, tgt in (("C-mmsg", 0.9), ("textbook", 1.5), ("uvloop", 1.5), ("asyncio", 15)):
@@ -914,6 +998,25 @@ def print_report(results: list[dict[str, Any]], rat: list[dict[str, Any]]) -> No
                 f"{r['lost_pct']:>5.1f}%  {r['sent']:>12}  {'-' if kd is None else kd:>9}  "
                 f"{_fmt_rate(r.get('per_cpu_s')):>10}  {note}\n"
             )
+    drains = [r for r in results if r["case"] == "drain"]
+    if drains:
+        w(
+            "\nDRAIN (capacity: datagrams/s to empty a full queue; "
+            "the server was stopped while it filled)\n"
+        )
+        w(
+            f"{'server':<18}{'size':>6}  {'queued':>10}  {'received':>10}  {'seconds':>8}  "
+            f"{'rate':>10}  note\n"
+        )
+        for r in drains:
+            head = f"{r['server']:<18}{r['size']:>6}  "
+            if "skipped" in r or "error" in r:
+                w(head + _why(r) + "\n")
+                continue
+            w(
+                head + f"{r['queued']:>10}  {r['received']:>10}  {r['drain_s']:>8.3f}  "
+                f"{_fmt_rate(r['rate']):>10}  {r.get('note', '')}\n"
+            )
     echoes = [r for r in results if r["case"] == "echo"]
     if echoes:
         w("\nECHO (C client on one socket, W requests outstanding; client busy-polls or sleeps)\n")
@@ -998,8 +1101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="runs per case; the median is kept")
     p.add_argument(
         "--only",
-        default="sink,echo,workers,relay,bench",
-        help="comma list of sink,echo,workers,relay,bench",
+        default="drain,sink,echo,workers,relay,bench",
+        help="comma list of drain,sink,echo,workers,relay,bench",
     )
     p.add_argument("--servers", default="", help="comma list of server names (default: all)")
     p.add_argument(
@@ -1046,6 +1149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for name in chosen:
                         if "sink" in srvs[name].modes:
                             run(functools.partial(b.sink, srvs[name], gen, size), "rate")
+        if "drain" in only:
+            for size in sizes:
+                for name in chosen:
+                    if "sink" in srvs[name].modes and name != "socat":
+                        run(functools.partial(b.drain, srvs[name], size), "rate")
         if "echo" in only:
             for window in (1, 32):
                 for name in chosen:

@@ -100,3 +100,13 @@ def test_c_reference_rows(report: dict[str, Any]) -> None:
         assert row["rate"] > 0
     assert _rows(report, case="sink", server="C-mmsg")
     assert _rows(report, case="echo", server="C-busy", window=1)
+
+
+def test_drain_capacity_rows(report: dict[str, Any]) -> None:
+    """The capacity case: udpkit empties a full queue and counts every datagram in it."""
+    rows = _rows(report, case="drain", server="udpkit", size=64)
+    assert len(rows) == 1, rows
+    row = rows[0]
+    assert "error" not in row and "skipped" not in row, row
+    assert row["received"] == row["queued"] > 0
+    assert row["rate"] > 0 and not row["unfinished"]

@@ -144,3 +144,51 @@ def test_ipv6_link_local_with_scope_id() -> None:
         bracketed = a.run(*UDPKIT, "send", f"[{target}]", "5010", "again")
         assert bracketed.returncode == 0, bracketed.stderr
         assert b"via link-local" in _output(sb)
+
+
+@needs_netns
+def test_bench_between_two_hosts() -> None:
+    """bench on one test host against reflect on another: every probe accounted for."""
+    import json
+
+    with hosts(2) as (a, b):
+        proc = b.popen(*UDPKIT, "reflect", b.v4, "5202")
+        try:
+            assert proc.stderr is not None
+            deadline = time.monotonic() + STEP
+            while time.monotonic() < deadline:
+                line = proc.stderr.readline()
+                if b"listening on" in line or not line:
+                    break
+            res = a.run(
+                *UDPKIT,
+                "bench",
+                b.v4,
+                "5202",
+                "--count",
+                "2000",
+                "--rate",
+                "20k",
+                "--json",
+                timeout=60,
+            )
+            assert res.returncode == 0, res.stderr
+            doc = json.loads(res.stdout)
+            fwd, ret = doc["total"]["forward"], doc["total"]["return"]
+            assert doc["total"]["sent_datagrams"] == 2000
+            # A clean bridge: what was sent arrived, or its loss is attributed.
+            for d in (fwd, ret):
+                assert d["lost_datagrams"] == (
+                    d["lost_sender_datagrams"]
+                    + d["lost_path_datagrams"]
+                    + d["lost_receiver_kernel_datagrams"]
+                )
+            assert fwd["received_datagrams"] + fwd["lost_datagrams"] == 2000
+            assert doc["total"]["round_trip"]["rtt_p50_ms"] > 0
+        finally:
+            proc.terminate()
+            try:
+                proc.communicate(timeout=STEP)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate(timeout=STEP)

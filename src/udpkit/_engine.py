@@ -172,6 +172,9 @@ class Engine:
         Unsupported: ``fast=True`` or ``gro=True`` where the platform lacks them.
     """
 
+    # Class attribute so the tests can exercise the SO_RXQ_OVFL path on Linux too.
+    _proc_drops_first: bool = True
+
     def __init__(
         self,
         sock: socket.socket,
@@ -216,7 +219,12 @@ class Engine:
         self._rx: MsgArray | None = None
         self._tx: MsgArray | None = None
         self._buf = bytearray(bufsize)
-        self._ovfl = self._try_sockopt(socket.SOL_SOCKET, SO_RXQ_OVFL) if _LINUX else False
+        # Kernel drops come from /proc/net/udp where the socket is listed there (the
+        # same counter, read when asked: no cost per datagram); SO_RXQ_OVFL, a control
+        # message on every datagram after the first drop, only where /proc cannot tell.
+        self._ovfl = False
+        if _LINUX and (not self._proc_drops_first or proc_drops(self._fd) is None):
+            self._ovfl = self._try_sockopt(socket.SOL_SOCKET, SO_RXQ_OVFL)
         if busy_poll_us and _LINUX:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, _SO_BUSY_POLL, busy_poll_us)
@@ -246,6 +254,8 @@ class Engine:
             slot = min(bufsize, _COUNTING_SLOT)
         if self._fast:
             self._rx = MsgArray(batch, slot)
+            if self._counting:
+                self._rx.strip(names=False, control=self._gro or self._ovfl)
             self._rx_template = memoryview(self._rx.template)
             # Send side: headers for a batch's replies, a packed arena for their bytes.
             self._tx = MsgArray(max(batch, 16), 0)

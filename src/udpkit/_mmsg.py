@@ -221,6 +221,28 @@ class MsgArray:
         self._stride32 = MM // 4
         self._stride_sz = MM // _SIZE_T
 
+    def strip(self, *, names: bool, control: bool) -> None:
+        """Receive without sockaddrs and/or control messages from now on.
+
+        A receiver that only counts needs neither; without them the kernel copies
+        less per datagram.
+        """
+        iov_size = ctypes.sizeof(IoVec)
+        for i in range(self.n):
+            _HDR_STRUCT.pack_into(
+                self.hdrs,
+                i * MM,
+                self.names_addr + i * NAME_SPACE if names else 0,
+                NAME_SPACE if names else 0,
+                self.iovs_addr + i * iov_size,
+                1,
+                self.control_addr + i * CONTROL_SPACE if control else 0,
+                CONTROL_SPACE if control else 0,
+                0,
+                0,
+            )
+        self.template = bytes(self.hdrs)
+
     def reset(self) -> None:
         """Restore the receive headers the kernel overwrote in the last call."""
         self.hdr_view[:] = self.template

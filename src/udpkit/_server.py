@@ -317,6 +317,7 @@ class DatagramServer:
     @property
     def stats(self) -> ServeStats:
         """The counters so far (final once :meth:`serve` returned)."""
+        self.engine.read_kernel_drops()  # fresh, for SIGUSR1 and metrics mid-run
         es: EngineStats = self.engine.stats
         return ServeStats(
             received=es.rx_datagrams,
