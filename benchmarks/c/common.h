@@ -32,7 +32,14 @@ static inline uint64_t now_ns(void) {
 }
 
 /* Bind a UDP socket on 127.0.0.1:port (0 = any free port), print "READY <port>". */
-static inline int bind_ready(int port, int rcvbuf) {
+/* Bind 127.0.0.1:port, set every option (UDP GRO with gro != 0), then say READY:
+ * the runner may stop the process the moment it reads READY. */
+#include <netinet/udp.h>
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+static inline int bind_ready(int port, int rcvbuf, int gro) {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     if (fd < 0) { perror("socket"); exit(1); }
     if (rcvbuf > 0) {
@@ -47,6 +54,7 @@ static inline int bind_ready(int port, int rcvbuf) {
     a.sin_port = htons((uint16_t)port);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (bind(fd, (struct sockaddr *)&a, sizeof a) < 0) { perror("bind"); exit(1); }
+    if (gro && setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof one) < 0) { perror("UDP_GRO"); exit(1); }
     socklen_t len = sizeof a;
     getsockname(fd, (struct sockaddr *)&a, &len);
     printf("READY %d\n", ntohs(a.sin_port));

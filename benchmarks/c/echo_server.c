@@ -9,7 +9,7 @@ int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: echo_server PORT RCVBUF mmsg|busy\n"); return 2; }
     int busy = strcmp(argv[3], "busy") == 0;
     install_stop();
-    int fd = bind_ready(atoi(argv[1]), atoi(argv[2]));
+    int fd = bind_ready(atoi(argv[1]), atoi(argv[2]), 0);
     static char bufs[BATCH][BUFSIZE];
     static struct sockaddr_storage names[BATCH];
     struct iovec iov[BATCH];

@@ -12,11 +12,7 @@ int main(int argc, char **argv) {
     if (argc < 4) { fprintf(stderr, "usage: sink PORT RCVBUF mmsg|gro\n"); return 2; }
     int gro = strcmp(argv[3], "gro") == 0;
     install_stop();
-    int fd = bind_ready(atoi(argv[1]), atoi(argv[2]));
-    if (gro) {
-        int one = 1;
-        if (setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof one) < 0) { perror("UDP_GRO"); return 1; }
-    }
+    int fd = bind_ready(atoi(argv[1]), atoi(argv[2]), gro);
     size_t bufsize = gro ? 65536 : 2048;
     char *bufs = malloc(BATCH * bufsize);
     static char ctl[BATCH][64];

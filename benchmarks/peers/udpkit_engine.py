@@ -25,7 +25,7 @@ def main() -> None:
     p.add_argument("--gro", action="store_true", help="gro=True (else gro=False)")
     p.add_argument("--handler", action="store_true", help="sink through a no-op Python handler")
     p.add_argument("--busy-poll-us", type=int, default=0)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=None, help="default: the engine's own")
     args = _common.parse("", p)
     s = _common.bound_socket(args)
     if args.mode == "echo":

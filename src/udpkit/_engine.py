@@ -70,6 +70,8 @@ _SEND_WAIT = 1.0  # longest wait for a full send buffer to drain before counting
 _PEER_CACHE_MAX = 4096
 _SO_BUSY_POLL = 46
 _COUNTING_SLOT = 2048  # receive slot per datagram when only counting
+_BATCH = 64  # datagrams per receive call (the default)
+_COUNTING_BATCH = 256  # ... when only counting
 # Longest a stopping engine spends reading what is already queued.
 _DRAIN_LIMIT = 0.5
 _new = tuple.__new__
@@ -158,7 +160,7 @@ class Engine:
         handler: called once per datagram; its reply (bytes or a sequence of bytes)
             goes to the datagram's peer.  ``None`` receives and counts only.
         bufsize: bytes kept per datagram; longer ones are delivered truncated and counted.
-        batch: datagrams per receive call.
+        batch: datagrams per receive call (default 64; 256 when only counting).
         fast: ``None`` picks recvmmsg/sendmmsg where available, ``False`` forces the
             portable path, ``True`` insists on the fast one.
         gro: UDP GRO on receive; ``None`` enables it when the kernel accepts it and
@@ -181,7 +183,7 @@ class Engine:
         handler: Handler | None,
         *,
         bufsize: int = 65535,
-        batch: int = 64,
+        batch: int | None = None,
         fast: bool | None = None,
         gro: bool | None = None,
         gso: bool | None = None,
@@ -190,6 +192,13 @@ class Engine:
     ) -> None:
         if not 1 <= bufsize <= 1 << 24:
             raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-16777216 bytes")
+        if batch is None:
+            # Counting only, a batch costs the same Python work whatever its size:
+            # larger batches spread it thinner. With a handler, replies go out per
+            # batch, so smaller batches answer sooner.
+            counting = handler is None and on_batch is None
+            small_slots = gro is False or bufsize < _GRO_BUFSIZE  # GRO slots are 64 KiB each
+            batch = _COUNTING_BATCH if counting and small_slots else _BATCH
         if not 1 <= batch <= 1024:
             raise UsageError(f"invalid batch {batch!r}: must be 1-1024 datagrams")
         if busy_poll_us < 0:
