@@ -161,6 +161,8 @@ class FlowResult:
     run_id: int
     local: str
     control_local: str = ""  # the control socket: its own flow through a relay
+    control_sent: int = 0  # report requests (and the opening one) sent on it
+    control_received: int = 0  # datagrams that came back on it (reports, echoes)
     numbered: int = 0  # probes given a number: sent + sender_lost
     sent: int = 0
     sent_bytes: int = 0
@@ -397,6 +399,7 @@ class _Run:
                 f.nonce = random.getrandbits(63)
                 with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
                     f.ctrl.send(build_report_request(f.res.run_id, f.nonce, _now()))
+                    f.res.control_sent += 1
             deadline = time.monotonic() + wait
             while pending and time.monotonic() < deadline:
                 left = deadline - time.monotonic()
@@ -410,6 +413,7 @@ class _Run:
     def drain_ctrl(self, f: _Flow) -> None:
         """Take the answers queued on flow ``f``'s control socket."""
         for data in f.recv_ctrl():
+            f.res.control_received += 1
             if len(data) < HEADER_SIZE:
                 f.res.malformed += 1
                 continue

@@ -216,6 +216,8 @@ def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> dic
         "run_id": f.run_id,
         "local": f.local,
         "control_local": f.control_local,
+        "control_sent_datagrams": f.control_sent,
+        "control_received_datagrams": f.control_received,
         "sent_datagrams": f.sent,
         "sent_bytes": f.sent_bytes,
         "send_datagrams_per_s": _rate(f.sent, seconds),
@@ -426,6 +428,16 @@ def format_table(doc: dict[str, Any]) -> str:
         extra.append(f"{t['malformed_datagrams']} malformed replies")
     extra.append(f"unexplained loss {t['unexplained_lost_datagrams']}")
     lines.append("; ".join(extra))
+    fl = doc["flows"]
+    if fl and fl[0].get("control_local"):
+        # Through a relay these are separate flows: compare its per-flow counters.
+        sent = sum(f["control_sent_datagrams"] for f in fl)
+        got = sum(f["control_received_datagrams"] for f in fl)
+        lines.append(
+            f"probes from {', '.join(f['local'] for f in fl)}; control exchange from "
+            f"{', '.join(f['control_local'] for f in fl)} ({sent} sent, {got} received), "
+            "a flow of its own, not in the figures above"
+        )
     return "\n".join(lines) + "\n"
 
 
