@@ -198,7 +198,7 @@ def test_bench_against_plain_echo_server(family: Family) -> None:
 
 
 _UNIT = re.compile(
-    r"(_datagrams|_bytes|_ms|_s|_per_s|_ratio|_count|_flows|_id)$|^(version|target|peer|local|control_local"
+    r"(_datagrams|_bytes|_ms|_s|_per_s|_ratio|_count|_flows|_id)$|^(version|target|peer|local|control_local|receivers"
     r"|one_way|send_errors|forward|return|round_trip|total|flows|intervals|settings)$"
 )
 

@@ -192,3 +192,51 @@ def test_bench_between_two_hosts() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate(timeout=STEP)
+
+
+@needs_netns
+def test_multicast_bench_reports_each_receiver() -> None:
+    """One sender, two group members: loss is reported per receiver."""
+    import json
+
+    with hosts(3) as (a, b, c):
+        procs = [h.popen(*UDPKIT, "reflect", "--join", "239.1.2.6@eth0") for h in (b, c)]
+        try:
+            for proc in procs:
+                assert proc.stderr is not None
+                deadline = time.monotonic() + STEP
+                while time.monotonic() < deadline:
+                    line = proc.stderr.readline()
+                    if b"listening on" in line or not line:
+                        break
+            res = a.run(
+                *UDPKIT,
+                "bench",
+                "239.1.2.6",
+                "5202",
+                "--one-way",
+                "--iface",
+                "eth0",
+                "--count",
+                "1000",
+                "--rate",
+                "10k",
+                "--json",
+                timeout=60,
+            )
+            assert res.returncode == 0, res.stderr
+            doc = json.loads(res.stdout)
+            receivers = doc["flows"][0]["receivers"]
+            assert sorted(r["peer"].split(":")[0] for r in receivers) == [b.v4, c.v4]
+            for r in receivers:
+                assert r["unique_datagrams"] + r["lost_datagrams"] == 1000
+            without = a.run(*UDPKIT, "bench", "239.1.2.6", "5202", "--count", "10")
+            assert without.returncode == 2 and b"--one-way" in without.stderr
+        finally:
+            for proc in procs:
+                proc.terminate()
+                try:
+                    proc.communicate(timeout=STEP)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate(timeout=STEP)

@@ -33,8 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _mmsg
+from ._addr import is_multicast, resolve_one
 from ._engine import Engine
 from ._errors import ConnectionRefused, NetworkError, Timeout, UsageError, map_oserror
+from ._mcast import set_multicast_send
 from ._probe import (
     HEADER,
     HEADER_SIZE,
@@ -49,7 +51,7 @@ from ._probe import (
     build_report_request,
     parse_report_untrusted,
 )
-from ._sockets import Datagram, DatagramSocket, set_receive_buffer, udp_connect
+from ._sockets import Datagram, DatagramSocket, set_receive_buffer, udp_bind, udp_connect
 from ._stats import IntervalMeter, IntervalRow, Jitter, LatencyHistogram, SequenceTracker
 
 __all__ = ["BenchConfig", "BenchResult", "FlowResult", "Reflector", "parse_rate", "run_bench"]
@@ -124,6 +126,8 @@ class BenchConfig:
     timeout: float = 0.5
     linger: float = 1.0
     fast: bool | None = None
+    iface: str | None = None  # multicast: the interface to send from
+    ttl: int | None = None  # multicast: the hop limit
 
     def check(self) -> None:
         """Raise UsageError naming the first field out of range."""
@@ -162,6 +166,8 @@ class FlowResult:
     local: str
     control_local: str = ""  # the control socket: its own flow through a relay
     control_sent: int = 0  # report requests (and the opening one) sent on it
+    # To a multicast group: every reflector's report, by its address.
+    receivers: dict[str, Report] = field(default_factory=dict)
     control_received: int = 0  # datagrams that came back on it (reports, echoes)
     numbered: int = 0  # probes given a number: sent + sender_lost
     sent: int = 0
@@ -212,7 +218,24 @@ class _Flow:
         # does to them never mixes into the probe flow's counts.
         self.ctrl_sock: DatagramSocket | None = None
         try:
-            self.ctrl_sock = udp_connect(cfg.host, cfg.port, family=cfg.family)
+            target = resolve_one(cfg.host, cfg.port, family=cfg.family)
+            self.multicast = is_multicast(target)
+            self.ctrl_to: Any = None
+            if self.multicast:
+                # Every group member answers from its own address: an unconnected
+                # control socket hears them all.
+                if not cfg.one_way:
+                    raise UsageError(
+                        f"bench to the multicast group {cfg.host} needs --one-way: every "
+                        "member would echo each probe"
+                    )
+                wild = "::" if target.family == socket.AF_INET6 else "0.0.0.0"
+                self.ctrl_sock = udp_bind(wild, 0, family=target.family)
+                self.ctrl_to = target.sockaddr
+                for raw in (self.sock.sock, self.ctrl_sock.sock):
+                    set_multicast_send(raw, ttl=cfg.ttl, iface=cfg.iface)
+            else:
+                self.ctrl_sock = udp_connect(cfg.host, cfg.port, family=cfg.family)
             self.ctrl = self.ctrl_sock.sock
             self.ctrl.setblocking(False)
             self.ctrl_fd = self.ctrl.fileno()
@@ -238,12 +261,12 @@ class _Flow:
                 self.ctrl_sock.close()
             raise
 
-    def recv_ctrl(self) -> list[bytes]:
-        """Every datagram queued on the control socket (ICMP errors counted)."""
-        out: list[bytes] = []
+    def recv_ctrl(self) -> list[tuple[bytes, Any]]:
+        """Every datagram queued on the control socket, with its sender (ICMP errors counted)."""
+        out: list[tuple[bytes, Any]] = []
         while True:
             try:
-                out.append(self.ctrl.recv(max(self.bufsize, REPORT_REQUEST_SIZE)))
+                out.append(self.ctrl.recvfrom(max(self.bufsize, REPORT_REQUEST_SIZE)))
             except (BlockingIOError, InterruptedError):
                 return out
             except OSError as exc:
@@ -370,7 +393,7 @@ class _Run:
                 m.add("rtt_sum_ns", rtt_sum)
                 m.peak("rtt_max_ns", rtt_max)
 
-    def _control(self, f: _Flow, kind: int, nonce: int, data: bytes) -> None:
+    def _control(self, f: _Flow, kind: int, nonce: int, data: bytes, peer: Any = None) -> None:
         if nonce != f.nonce:
             return  # an old request's answer (or its duplicate)
         if kind == Kind.REPORT_REQUEST:
@@ -378,10 +401,18 @@ class _Run:
             f.reported = True
         elif kind == Kind.REPORT:
             try:
-                _head, f.res.report = parse_report_untrusted(data)
+                _head, report = parse_report_untrusted(data)
             except ProbeError:
                 f.res.malformed += 1
                 return
+            if f.multicast:
+                from ._addr import format_sockaddr
+
+                f.res.receivers[format_sockaddr(peer)] = report
+                if f.res.report is None or report.unique > f.res.report.unique:
+                    f.res.report = report  # the figures above: the best-served member
+            else:
+                f.res.report = report
             f.reported = True
         else:
             f.res.malformed += 1
@@ -398,7 +429,11 @@ class _Run:
                 f.reported = False
                 f.nonce = random.getrandbits(63)
                 with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
-                    f.ctrl.send(build_report_request(f.res.run_id, f.nonce, _now()))
+                    request = build_report_request(f.res.run_id, f.nonce, _now())
+                    if f.multicast:
+                        f.ctrl.sendto(request, f.ctrl_to)
+                    else:
+                        f.ctrl.send(request)
                     f.res.control_sent += 1
             deadline = time.monotonic() + wait
             while pending and time.monotonic() < deadline:
@@ -412,7 +447,7 @@ class _Run:
 
     def drain_ctrl(self, f: _Flow) -> None:
         """Take the answers queued on flow ``f``'s control socket."""
-        for data in f.recv_ctrl():
+        for data, peer in f.recv_ctrl():
             f.res.control_received += 1
             if len(data) < HEADER_SIZE:
                 f.res.malformed += 1
@@ -421,7 +456,7 @@ class _Run:
             if magic != MAGIC or ver != VERSION or run != f.res.run_id:
                 f.res.malformed += 1
                 continue
-            self._control(f, kind, seq, data)
+            self._control(f, kind, seq, data, peer)
 
     def wait(self, seconds: float, flows: Sequence[_Flow]) -> None:
         if seconds > 0:
@@ -538,6 +573,17 @@ class _Run:
     def final_reports(self) -> None:
         """Ask the reflector for each flow's report; in one-way mode until it saw everything."""
         deadline = time.monotonic() + max(self.cfg.linger, _HELLO_WAIT)
+        if all(f.multicast for f in self.flows):
+            # Several members answer each request: ask, then listen until the deadline
+            # (asking again now and then, for requests or reports the path lost).
+            while time.monotonic() < deadline:
+                self.ask(self.flows, 1, 0)
+                end = min(deadline, time.monotonic() + _HELLO_WAIT)
+                while time.monotonic() < end:
+                    select.select([f.ctrl_fd for f in self.flows], [], [], end - time.monotonic())
+                    for f in self.flows:
+                        self.drain_ctrl(f)
+            return
         flows = list(self.flows)
         while flows:
             self.ask(flows, 1, min(_HELLO_WAIT, max(deadline - time.monotonic(), 0.05)))

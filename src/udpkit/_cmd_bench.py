@@ -71,6 +71,8 @@ def add_parser(sub: Any) -> None:
     bench.add_argument("--plot", metavar="FILE.png", help="latency CDF and throughput plot")
     bench.add_argument("--quiet", "-q", action="store_true", help="no live rows")
     bench.add_argument("--no-batch", action="store_true", help="recv one datagram a call")
+    bench.add_argument("--iface", metavar="IFACE", help="to a multicast group: send out of IFACE")
+    bench.add_argument("--ttl", metavar="N", help="to a multicast group: hop limit (0-255)")
     _family_flags(bench)
 
     reflect = sub.add_parser(
@@ -87,6 +89,14 @@ def add_parser(sub: Any) -> None:
     )
     reflect.add_argument("--no-batch", action="store_true", help="recvfrom/sendto, no recvmmsg")
     reflect.add_argument("--quiet", "-q", action="store_true", help="no per-run lines at the end")
+    reflect.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        metavar="GROUP[@IFACE]",
+        help="join a multicast group (repeatable), for 'bench GROUP PORT --one-way'",
+    )
+    reflect.add_argument("--source", metavar="ADDR", help="with --join: source-specific")
     _family_flags(reflect)
 
 
@@ -156,6 +166,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         timeout=_number(args.timeout, "--timeout", "0.001-60 seconds", 0.001, 60) or 0.5,
         linger=_number(args.linger, "--linger", "0-60 seconds", 0, 60) or 0.0,
         fast=False if args.no_batch else None,
+        iface=args.iface,
+        ttl=_whole(args.ttl, "--ttl", 0, 255, "hops"),
     )
 
 
@@ -218,6 +230,18 @@ def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> dic
         "control_local": f.control_local,
         "control_sent_datagrams": f.control_sent,
         "control_received_datagrams": f.control_received,
+        "receivers": [
+            {
+                "peer": peer,
+                "received_datagrams": r.received,
+                "unique_datagrams": r.unique,
+                "lost_datagrams": max(f.sent - r.unique, 0),
+                "duplicate_datagrams": r.duplicates,
+                "reordered_datagrams": r.reordered,
+                "kernel_drops_datagrams": r.kernel_drops_run,
+            }
+            for peer, r in sorted(f.receivers.items())
+        ],
         "sent_datagrams": f.sent,
         "sent_bytes": f.sent_bytes,
         "send_datagrams_per_s": _rate(f.sent, seconds),
@@ -429,6 +453,13 @@ def format_table(doc: dict[str, Any]) -> str:
     extra.append(f"unexplained loss {t['unexplained_lost_datagrams']}")
     lines.append("; ".join(extra))
     fl = doc["flows"]
+    for f in fl:
+        for r in f.get("receivers", []):
+            lines.append(
+                f"receiver {r['peer']}: received {r['unique_datagrams']}, lost "
+                f"{r['lost_datagrams']}, duplicates {r['duplicate_datagrams']}, reordered "
+                f"{r['reordered_datagrams']}"
+            )
     if fl and fl[0].get("control_local"):
         # Through a relay these are separate flows: compare its per-flow counters.
         sent = sum(f["control_sent_datagrams"] for f in fl)
@@ -532,8 +563,17 @@ def run_reflect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
 
     rcvbuf = _whole(args.rcvbuf, "--rcvbuf", 1, 2**31 - 1, "bytes")
     busy = _whole(args.busy_poll, "--busy-poll", 0, 10**6, "microseconds")
-    sock, got = _bench.open_reflector_socket(args.host, args.port, _family(args), rcvbuf)
+    from ._mcast import join_group, parse_group
+
+    groups = [parse_group(g) for g in args.join]
+    host = args.host
+    if groups and host == "127.0.0.1":
+        # Group traffic is addressed to the group: listen on the wildcard.
+        host = "::" if ":" in groups[0][0] else "0.0.0.0"
+    sock, got = _bench.open_reflector_socket(host, args.port, _family(args), rcvbuf)
     try:
+        for group, iface in groups:
+            join_group(sock.sock, group, iface=iface, source=args.source)
         refl = _bench.Reflector(sock, fast=False if args.no_batch else None, busy_poll_us=busy or 0)
         stops = {signal.SIGINT, signal.SIGTERM}
         stopped: list[int] = []
