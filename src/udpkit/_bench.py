@@ -212,13 +212,15 @@ class _Flow:
     """One socket and run id, with its receive buffers."""
 
     def __init__(self, cfg: BenchConfig, fast: bool) -> None:
-        self.sock: DatagramSocket = udp_connect(cfg.host, cfg.port, family=cfg.family)
+        # Resolved once: probe and control sockets must reach the same address even
+        # where a name resolves to several.
+        target = resolve_one(cfg.host, cfg.port, family=cfg.family)
+        self.sock: DatagramSocket = udp_connect(target.host, target.port, family=target.family)
         # The opening exchange and report requests use a socket of their own, so they
         # form a flow of their own through a relay or NAT: whatever an impairing relay
         # does to them never mixes into the probe flow's counts.
         self.ctrl_sock: DatagramSocket | None = None
         try:
-            target = resolve_one(cfg.host, cfg.port, family=cfg.family)
             self.multicast = is_multicast(target)
             self.ctrl_to: Any = None
             if self.multicast:
@@ -235,7 +237,7 @@ class _Flow:
                 for raw in (self.sock.sock, self.ctrl_sock.sock):
                     set_multicast_send(raw, ttl=cfg.ttl, iface=cfg.iface)
             else:
-                self.ctrl_sock = udp_connect(cfg.host, cfg.port, family=cfg.family)
+                self.ctrl_sock = udp_connect(target.host, target.port, family=target.family)
             self.ctrl = self.ctrl_sock.sock
             self.ctrl.setblocking(False)
             self.ctrl_fd = self.ctrl.fileno()
