@@ -9,6 +9,10 @@ can catch either::
     ├── UsageError (ValueError)           a bad argument that is not an address
     │   └── MessageTooLarge               payload over the largest datagram
     ├── Timeout (TimeoutError)            no answer before the deadline
+    ├── ProbeError (ValueError)           a bench probe or report that does not parse
+    │                                     (``_probe.py``: its untrusted parsers raise only this)
+    ├── RecordError (ValueError)          a recording that cannot be read
+    │                                     (``_record_read.py``: the same rule)
     └── NetworkError (OSError)            the OS refused a socket operation
         ├── AddressInUse                  EADDRINUSE on bind
         ├── ConnectionRefused (ConnectionRefusedError)
