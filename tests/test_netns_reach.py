@@ -7,6 +7,7 @@ cannot be made.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import time
@@ -19,10 +20,16 @@ UDPKIT = [sys.executable, "-m", "udpkit"]
 STEP = 10.0
 
 
-@contextmanager
-def serving(host: Host, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+def serving(host: Host, *args: str) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
     """``udpkit serve ARGS`` inside ``host``, ready once it says it is listening."""
-    proc = host.popen(*UDPKIT, "serve", *args)
+    return running(host, "serve", *args)
+
+
+@contextmanager
+def running(host: Host, command: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``udpkit COMMAND ARGS`` inside ``host``, ready once it says it is listening;
+    ended by PID on the way out."""
+    proc = host.popen(*UDPKIT, command, *args)
     try:
         assert proc.stderr is not None
         deadline = time.monotonic() + STEP
@@ -31,7 +38,7 @@ def serving(host: Host, *args: str) -> Iterator[subprocess.Popen[bytes]]:
             if b"listening on" in line:
                 break
             if not line:
-                raise AssertionError(f"serve {args} did not start")
+                raise AssertionError(f"{command} {args} did not start")
         yield proc
     finally:
         if proc.poll() is None:
@@ -151,47 +158,32 @@ def test_bench_between_two_hosts() -> None:
     """bench on one test host against reflect on another: every probe accounted for."""
     import json
 
-    with hosts(2) as (a, b):
-        proc = b.popen(*UDPKIT, "reflect", b.v4, "5202")
-        try:
-            assert proc.stderr is not None
-            deadline = time.monotonic() + STEP
-            while time.monotonic() < deadline:
-                line = proc.stderr.readline()
-                if b"listening on" in line or not line:
-                    break
-            res = a.run(
-                *UDPKIT,
-                "bench",
-                b.v4,
-                "5202",
-                "--count",
-                "2000",
-                "--rate",
-                "20k",
-                "--json",
-                timeout=60,
+    with hosts(2) as (a, b), running(b, "reflect", b.v4, "5202"):
+        res = a.run(
+            *UDPKIT,
+            "bench",
+            b.v4,
+            "5202",
+            "--count",
+            "2000",
+            "--rate",
+            "20k",
+            "--json",
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        fwd, ret = doc["total"]["forward"], doc["total"]["return"]
+        assert doc["total"]["sent_datagrams"] == 2000
+        # A clean bridge: what was sent arrived, or its loss is attributed.
+        for d in (fwd, ret):
+            assert d["lost_datagrams"] == (
+                d["lost_sender_datagrams"]
+                + d["lost_path_datagrams"]
+                + d["lost_receiver_kernel_datagrams"]
             )
-            assert res.returncode == 0, res.stderr
-            doc = json.loads(res.stdout)
-            fwd, ret = doc["total"]["forward"], doc["total"]["return"]
-            assert doc["total"]["sent_datagrams"] == 2000
-            # A clean bridge: what was sent arrived, or its loss is attributed.
-            for d in (fwd, ret):
-                assert d["lost_datagrams"] == (
-                    d["lost_sender_datagrams"]
-                    + d["lost_path_datagrams"]
-                    + d["lost_receiver_kernel_datagrams"]
-                )
-            assert fwd["received_datagrams"] + fwd["lost_datagrams"] == 2000
-            assert doc["total"]["rtt_p50_ms"] > 0
-        finally:
-            proc.terminate()
-            try:
-                proc.communicate(timeout=STEP)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate(timeout=STEP)
+        assert fwd["received_datagrams"] + fwd["lost_datagrams"] == 2000
+        assert doc["total"]["rtt_p50_ms"] > 0
 
 
 @needs_netns
@@ -199,44 +191,28 @@ def test_multicast_bench_reports_each_receiver() -> None:
     """One sender, two group members: loss is reported per receiver."""
     import json
 
-    with hosts(3) as (a, b, c):
-        procs = [h.popen(*UDPKIT, "reflect", "--join", "239.1.2.6@eth0") for h in (b, c)]
-        try:
-            for proc in procs:
-                assert proc.stderr is not None
-                deadline = time.monotonic() + STEP
-                while time.monotonic() < deadline:
-                    line = proc.stderr.readline()
-                    if b"listening on" in line or not line:
-                        break
-            res = a.run(
-                *UDPKIT,
-                "bench",
-                "239.1.2.6",
-                "5202",
-                "--one-way",
-                "--iface",
-                "eth0",
-                "--count",
-                "1000",
-                "--rate",
-                "10k",
-                "--json",
-                timeout=60,
-            )
-            assert res.returncode == 0, res.stderr
-            doc = json.loads(res.stdout)
-            receivers = doc["flows"][0]["receivers"]
-            assert sorted(r["peer"].split(":")[0] for r in receivers) == [b.v4, c.v4]
-            for r in receivers:
-                assert r["unique_datagrams"] + r["lost_datagrams"] == 1000
-            without = a.run(*UDPKIT, "bench", "239.1.2.6", "5202", "--count", "10")
-            assert without.returncode == 2 and b"--one-way" in without.stderr
-        finally:
-            for proc in procs:
-                proc.terminate()
-                try:
-                    proc.communicate(timeout=STEP)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate(timeout=STEP)
+    join = ("--join", "239.1.2.6@eth0")
+    with hosts(3) as (a, b, c), running(b, "reflect", *join), running(c, "reflect", *join):
+        res = a.run(
+            *UDPKIT,
+            "bench",
+            "239.1.2.6",
+            "5202",
+            "--one-way",
+            "--iface",
+            "eth0",
+            "--count",
+            "1000",
+            "--rate",
+            "10k",
+            "--json",
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        doc = json.loads(res.stdout)
+        receivers = doc["flows"][0]["receivers"]
+        assert sorted(r["peer"].split(":")[0] for r in receivers) == [b.v4, c.v4]
+        for r in receivers:
+            assert r["unique_datagrams"] + r["lost_datagrams"] == 1000
+        without = a.run(*UDPKIT, "bench", "239.1.2.6", "5202", "--count", "10")
+        assert without.returncode == 2 and b"--one-way" in without.stderr
