@@ -187,6 +187,28 @@ def serving(*args: str, banner: bool = True, busy_skips: bool = False) -> Iterat
         end_process(proc)
 
 
+def start_listening(
+    *args: str, stdout: int = subprocess.PIPE
+) -> tuple[subprocess.Popen[bytes], int, LineReader]:
+    """Start ``udpkit ARGS`` and read its port from the ``listening on`` line.
+
+    The caller ends the process (``end_process``); it is ended here if it never listens.
+    """
+    proc = _popen_sigint_default(
+        [*UDPKIT, *args], stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stderr is not None
+        err = LineReader(proc.stderr.fileno())
+        line = err.readline()
+        match = LISTENING.search(line)
+        assert match is not None, line
+        return proc, int(match.group(1).decode().rsplit(":", 1)[1]), err
+    except BaseException:
+        end_process(proc)
+        raise
+
+
 def free_port(family: socket.AddressFamily, host: str, kind: int = socket.SOCK_DGRAM) -> int:
     """A port that was free a moment ago (bind a probe to port 0 and close it)."""
     with socket.socket(family, kind) as probe:

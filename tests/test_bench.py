@@ -22,16 +22,15 @@ from typing import Any
 
 import pytest
 from tests._proc import (
-    LISTENING,
     STEP,
     LineReader,
     Peer,
-    _popen_sigint_default,
     end_process,
     free_port,
     one_line_error,
     run,
     serving,
+    start_listening,
 )
 from tests.conftest import needs_tool
 
@@ -65,21 +64,9 @@ def reflector(host: str) -> Iterator[tuple[Reflector, int]]:
 @contextlib.contextmanager
 def reflect_process(*args: str) -> Iterator[tuple[subprocess.Popen[bytes], int, LineReader]]:
     """``udpkit reflect ARGS`` as a process; ended by PID on the way out."""
-    from tests._proc import UDPKIT
-
-    proc = _popen_sigint_default(
-        [*UDPKIT, "reflect", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc, port, err = start_listening("reflect", *args)
     try:
-        assert proc.stderr is not None
-        err = LineReader(proc.stderr.fileno())
-        line = err.readline()
-        match = LISTENING.search(line)
-        assert match is not None, line
-        yield proc, int(match.group(1).decode().rsplit(":", 1)[1]), err
+        yield proc, port, err
     finally:
         end_process(proc)
 

@@ -44,14 +44,12 @@ from typing import Any
 
 import pytest
 from tests._proc import (
-    LISTENING,
     STEP,
-    UDPKIT,
     LineReader,
-    _popen_sigint_default,
     end_process,
     free_port,
     run,
+    start_listening,
 )
 from tests.conftest import needs_tool
 
@@ -122,22 +120,7 @@ def parse_relay_counters(text: str) -> RelayCounters:
 
 def _start(*args: str) -> tuple[subprocess.Popen[bytes], int, LineReader]:
     """Start ``udpkit ARGS`` and read its port from the ``listening on`` line."""
-    proc = _popen_sigint_default(
-        [*UDPKIT, *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        assert proc.stderr is not None
-        err = LineReader(proc.stderr.fileno())
-        line = err.readline()
-        match = LISTENING.search(line)
-        assert match is not None, line
-        return proc, int(match.group(1).decode().rsplit(":", 1)[1]), err
-    except BaseException:
-        end_process(proc)
-        raise
+    return start_listening(*args, stdout=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")
