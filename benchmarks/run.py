@@ -314,6 +314,18 @@ def servers(cexe: dict[str, Path], cskip: str | None) -> dict[str, Server]:
     s["udpkit-aio-server"] = Server(
         "udpkit-aio-server", _py("udpkit_aio.py", "--server"), note="udpkit.aio.serve, handler"
     )
+    s["udpkit-aio-busy"] = Server(
+        "udpkit-aio-busy",
+        _py("udpkit_aio.py", "--busy-poll-us", "200"),
+        modes=("echo",),
+        note="udpkit.aio Endpoint(busy_poll_us=200)",
+    )
+    s["udpkit-aio-server-busy"] = Server(
+        "udpkit-aio-server-busy",
+        _py("udpkit_aio.py", "--server", "--busy-poll-us", "200"),
+        modes=("echo",),
+        note="udpkit.aio.serve(busy_poll_us=200)",
+    )
     s["trio"] = Server("trio", _py("trio_server.py"), skip=tr)
 
     def c(name: str, *a: str) -> Callable[[str, int], list[str]]:
@@ -905,11 +917,13 @@ def ratios(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str
         p = _find(results, case="sink", server="asyncio", generator=gen, size=size)
         add(f"sink {size}B aio vs asyncio [{gen}]", a, p, "rate", 2)
     for window in (1, 32):
-        a, p = (
-            _find(results, case="echo", server=x, window=window, client="busy")
-            for x in ("udpkit-aio", "asyncio")
-        )
-        add(f"echo w{window} aio vs asyncio", a, p, "rate", 2)
+        p = _find(results, case="echo", server="asyncio", window=window, client="busy")
+        variants = ["udpkit-aio", "udpkit-aio-server"]
+        if window == 1:  # busy polling only pays with one request outstanding
+            variants += ["udpkit-aio-busy", "udpkit-aio-server-busy"]
+        for x in variants:
+            a = _find(results, case="echo", server=x, window=window, client="busy")
+            add(f"echo w{window} {x.replace('udpkit-', '')} vs asyncio", a, p, "rate", 2)
     ub = _find(results, case="echo", server="udpkit-busy", window=1, client="busy")
     add(
         "ping-pong p50 udpkit-busy/C-busy (<=)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import socket
@@ -485,5 +486,172 @@ def test_server_applies_the_policy() -> None:
             assert policy.counters["denied"] == 1
         finally:
             server.close()
+
+    run(main)
+
+
+# -- light load and busy polling -------------------------------------------------------------
+
+
+def _mixed_burst(n: int) -> list[bytes]:
+    """Numbered payloads with a zero-length one and an oversized one among them."""
+    out = [b"%05d" % i + b"." * (i % 7) for i in range(n)]
+    out[3] = b""
+    out[5] = b"L" * 3000
+    return out
+
+
+@pytest.mark.parametrize("busy", [0, 500], ids=["sleeping", "busy"])
+def test_endpoint_ping_pong_then_burst_keeps_order(fast: bool | None, busy: int) -> None:
+    """One-at-a-time reads (light load, busy polling) and batches give the same stream."""
+    burst = _mixed_burst(150)
+
+    async def main() -> None:
+        sock = udpkit.udp_bind("127.0.0.1", 0)
+        async with Endpoint(sock, bufsize=2048, fast=fast, busy_poll_us=busy) as ep:
+            ep.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # hold the burst
+            with plain("127.0.0.1", socket.AF_INET) as tx:
+                for i in range(30):  # ping-pong: the light path
+                    tx.sendto(b"ping%d" % i, ep.local_address)
+                    d = await ep.recv(timeout=TIMEOUT)
+                    assert d.data == b"ping%d" % i and d.peer == tx.getsockname()
+                    await ep.send(d.data.upper(), d.peer)
+                    assert tx.recv(100) == b"PING%d" % i
+                for m in burst:  # queued before the endpoint reads: batches
+                    tx.sendto(m, ep.local_address)
+                got = [await ep.recv(timeout=TIMEOUT) for _ in burst]
+            assert [d.length for d in got] == [len(m) for m in burst]
+            assert [d.data for d in got] == [m[:2048] for m in burst]
+            assert got[5].truncated and not got[3].truncated
+            st = ep.stats
+            assert st.kernel_drops in (0, None)
+            assert (st.received, st.truncated, st.sent) == (30 + len(burst), 1, 30)
+            assert st.received_bytes == sum(len(b"ping%d" % i) for i in range(30)) + sum(
+                map(len, burst)
+            )
+
+    run(main)
+
+
+_FLOOD = """
+import socket, sys, time
+addr = (sys.argv[1], int(sys.argv[2]))
+end = time.monotonic() + float(sys.argv[3])
+n = 0
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+    while time.monotonic() < end:
+        tx.sendto(b"f", addr)
+        n += 1
+        if n % 32 == 0:
+            time.sleep(0.0002)
+print(n)
+"""
+
+
+async def _flood(addr: Any, seconds: float) -> int:
+    """Send small datagrams to ``addr`` from another process for ``seconds``; the count."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _FLOOD,
+        addr[0],
+        str(addr[1]),
+        str(seconds),
+        stdout=subprocess.PIPE,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), seconds + TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return int(out)
+
+
+async def _longest_stall(work: Awaitable[Any], seconds: float) -> float:
+    """The longest time another task waited for the loop while ``work`` ran (s)."""
+    longest = 0.0
+
+    async def ticker() -> None:
+        nonlocal longest
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0)
+            now = time.perf_counter()
+            longest = max(longest, now - last)
+            last = now
+
+    t = asyncio.create_task(ticker())
+    try:
+        await asyncio.wait_for(work, seconds + TIMEOUT)
+    finally:
+        t.cancel()
+    return longest
+
+
+@linux_only
+def test_busy_endpoint_lets_other_tasks_run() -> None:
+    """A busy-polling recv loop under a steady stream still yields to the loop."""
+
+    async def main() -> None:
+        sock = udpkit.udp_bind("127.0.0.1", 0)
+        async with Endpoint(sock, busy_poll_us=200_000) as ep:
+            sender = asyncio.create_task(_flood(ep.local_address, 0.4))
+
+            async def consume() -> int:
+                n = 0
+                end = time.monotonic() + 0.4
+                while time.monotonic() < end:
+                    with contextlib.suppress(udpkit.Timeout):
+                        await ep.recv(timeout=0.05)
+                        n += 1
+                return n
+
+            stall = await _longest_stall(consume(), 0.4)
+            await sender
+        assert ep.stats.received > 100
+        # A turn every millisecond by design; 0.1 s leaves room for a slow machine, and
+        # a loop held for the whole stream would stall 0.4 s.
+        assert stall < 0.1
+
+    run(main)
+
+
+@linux_only
+def test_busy_server_answers_and_lets_other_tasks_run() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with await udpkit.aio.serve(
+            "127.0.0.1", 0, lambda d: d.data + b"!", busy_poll_us=100_000
+        ) as server:
+            # Ping-pong first: every reply arrives while the server spins.
+            with plain("127.0.0.1", socket.AF_INET) as c:
+
+                def ping_pong() -> list[bytes]:
+                    out = []
+                    for i in range(50):
+                        c.sendto(b"%d" % i, server.local_address)
+                        out.append(c.recv(100))
+                    return out
+
+                replies = await loop.run_in_executor(None, ping_pong)
+            assert replies == [b"%d!" % i for i in range(50)]
+            sender = asyncio.create_task(_flood(server.local_address, 0.4))
+            stall = await _longest_stall(sender, 0.4)
+            sent = sender.result()
+            await asyncio.sleep(0.2)  # the server takes the rest (sent == received + drops)
+            st = server.stats
+        assert st.handler_errors == 0 and st.received >= 50
+        assert st.received + (st.kernel_drops or 0) == sent + 50
+        assert stall < 0.1
+
+    run(main)
+
+
+def test_busy_poll_us_checked() -> None:
+    async def main() -> None:
+        for bad in (-1, 2_000_000):
+            with pytest.raises(udpkit.UsageError, match=f"invalid busy_poll_us {bad}"):
+                await udpkit.aio.bind_udp("127.0.0.1", 0, busy_poll_us=bad)
 
     run(main)

@@ -190,6 +190,57 @@ class EngineContract:
             assert done.is_set() and time.monotonic() - t0 < 1.0
             assert e.stats.rx_datagrams == 1
 
+    def test_answering_engine_truncates_and_counts(
+        self, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
+        """With a handler, a lone datagram takes the one-at-a-time read: same accounting."""
+        server, client = pair
+        seen: list[Datagram] = []
+        with self.engine(server, _echo, bufsize=1024, on_batch=seen.extend) as e:
+            for m in (b"x" * 2000, b"y" * 10, b""):
+                client.sendto(m, server.getsockname())
+                st = e.run(count=1, duration=5)
+        assert _recv_n(client, 3) == [b"x" * 1024, b"y" * 10, b""]
+        assert [(d.length, d.truncated) for d in seen] == [(2000, True), (10, False), (0, False)]
+        assert (st.rx_datagrams, st.rx_bytes, st.tx_datagrams) == (3, 2010, 3)
+        assert (st.truncated, st.truncated_bytes_lost) == (1, 976)
+
+    def test_answering_engine_count_stops_exactly(
+        self, pair: tuple[socket.socket, socket.socket]
+    ) -> None:
+        server, client = pair
+        for i in range(10):
+            client.sendto(b"%d" % i, server.getsockname())
+        with self.engine(server, _echo, batch=3) as e:
+            assert e.run(count=1, duration=5).rx_datagrams == 1
+            assert e.run(count=4, duration=5).rx_datagrams == 5
+            assert e.run(count=5, duration=5).rx_datagrams == 10
+        assert _recv_n(client, 10) == [b"%d" % i for i in range(10)]
+
+    @pytest.mark.parametrize("busy", [0, 300])
+    def test_ping_pong_then_burst(
+        self, pair: tuple[socket.socket, socket.socket], busy: int
+    ) -> None:
+        """Lone requests (light reads, busy spins), then a burst (batches): all answered."""
+        server, client = pair
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        n_pp, n_burst = 40, 120
+        with self.engine(server, lambda d: d.data + b"!", busy_poll_us=busy) as e:
+            t = threading.Thread(target=e.run, kwargs={"count": n_pp + n_burst, "duration": 10})
+            t.start()
+            try:
+                for i in range(n_pp):
+                    client.sendto(b"p%d" % i, server.getsockname())
+                    assert client.recv(100) == b"p%d!" % i
+                for i in range(n_burst):
+                    client.sendto(b"b%d" % i, server.getsockname())
+                assert _recv_n(client, n_burst) == [b"b%d!" % i for i in range(n_burst)]
+            finally:
+                e.stop()
+                t.join(10)
+            st = e.stats
+        assert (st.rx_datagrams, st.tx_datagrams) == (n_pp + n_burst, n_pp + n_burst)
+
     def test_handler_exception_counted(self, pair: tuple[socket.socket, socket.socket]) -> None:
         server, client = pair
 

@@ -1,6 +1,7 @@
 """udpkit.aio: an Endpoint read with ``async for`` (sink), answered with ``await send`` (echo).
 
-``--server`` uses ``udpkit.aio.serve`` with an engine handler instead; ``--uvloop`` runs on uvloop.
+``--server`` uses ``udpkit.aio.serve`` with an engine handler instead; ``--uvloop`` runs on uvloop;
+``--busy-poll-us N`` turns on either one's busy polling.
 """
 
 from __future__ import annotations
@@ -37,10 +38,16 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
     loop.add_signal_handler(signal.SIGTERM, done.set)
     core: udpkit.aio.Endpoint | udpkit.aio.Server
     if args.server:
-        core = await udpkit.aio.serve(s, 0, _echo if args.mode == "echo" else None, bufsize=2048)
+        core = await udpkit.aio.serve(
+            s,
+            0,
+            _echo if args.mode == "echo" else None,
+            bufsize=2048,
+            busy_poll_us=args.busy_poll_us,
+        )
         task = asyncio.create_task(core.serve_forever())
     else:
-        core = udpkit.aio.Endpoint(s, bufsize=2048, queue_size=1024)
+        core = udpkit.aio.Endpoint(s, bufsize=2048, queue_size=1024, busy_poll_us=args.busy_poll_us)
         task = asyncio.create_task(_consume(core, args.mode == "echo"))
     _common.ready(s)
     with contextlib.suppress(TimeoutError):
@@ -56,6 +63,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--server", action="store_true", help="udpkit.aio.serve with a handler")
     p.add_argument("--uvloop", action="store_true")
+    p.add_argument("--busy-poll-us", type=int, default=0)
     args = _common.parse("", p)
     if args.uvloop:
         import uvloop

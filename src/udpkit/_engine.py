@@ -52,6 +52,7 @@ __all__ = ["Engine", "EngineStats", "Handler", "fast_path_available", "send_batc
 Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
 """Given a datagram, return the reply (or replies) to send to its peer, or ``None``."""
 
+_RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
 _LINUX = sys.platform.startswith("linux")
 # Errors the kernel reports on a later call for an earlier send (ICMP), counted, never raised.
 _ASYNC = {
@@ -396,15 +397,33 @@ class Engine:
                 remaining -= n
 
     def _serve(self, count: int | None, deadline: float | None) -> int | None:
-        """The receive loop; returns how many datagrams ``count`` still allows."""
+        """The receive loop; returns how many datagrams ``count`` still allows.
+
+        Under light load (the last read found the socket empty after one datagram)
+        a server that answers reads the next datagram with one ``recvfrom_into``
+        and answers it before the batch call looks for more: a lone request's
+        round trip then pays for no batch set-up.
+        """
         recv = self._recv_fast if self._fast else self._recv_portable
+        one = None
+        if self._fast and self._handler is not None and not (self._gro or self._ovfl):
+            one = self._recv_portable  # plain recvfrom_into: no coalesced buffers, no cmsgs
+        light = one is not None
         remaining = count
         busy = self._busy
         while not self._stop:
             if remaining is not None and remaining <= 0:
                 return remaining
+            got = 0
+            if light and one is not None:
+                got = one(1)
+                if got > 0 and remaining is not None:
+                    remaining -= got
+                    if remaining <= 0:
+                        return remaining
             n = recv(self._batch if remaining is None else min(self._batch, remaining))
             if n > 0:
+                light = False  # datagrams are queuing up: read them in batches
                 if remaining is not None:
                     remaining -= n
                 if deadline is not None and time.monotonic() >= deadline:
@@ -412,15 +431,22 @@ class Engine:
                 continue
             if n < 0:
                 continue  # interrupted or an asynchronous error: try again at once
+            light = one is not None
+            if got > 0 and deadline is not None and time.monotonic() >= deadline:
+                return remaining
             if busy:
                 spin_end = time.perf_counter() + busy
+                spin, vlen = (one, 1) if one is not None else (recv, self._batch)
+                if remaining is not None:
+                    vlen = min(vlen, remaining)
                 while not self._stop and time.perf_counter() < spin_end:
-                    n = recv(self._batch if remaining is None else min(self._batch, remaining))
+                    n = spin(vlen)
                     if n:
                         break
                 if n:
                     if n > 0 and remaining is not None:
                         remaining -= n
+                    light = False  # the spin read the socket: next, one batch call
                     continue
             if not self._wait(deadline):
                 return remaining
@@ -462,7 +488,7 @@ class Engine:
         rx = self._rx
         assert rx is not None
         rx.hdr_view[: vlen * MM] = self._rx_template[: vlen * MM]
-        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, MSG_TRUNC | MSG_DONTWAIT, None)
+        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, _RECV_FLAGS, None)
         if n <= 0:
             if n == 0:
                 return 0

@@ -49,8 +49,9 @@ UDP_GRO = 104
 SO_RXQ_OVFL = 40
 # The kernel refuses GSO sends with more segments than this (64 until 6.x raised it to 128).
 UDP_MAX_SEGMENTS = 64
-MSG_TRUNC: int = getattr(socket, "MSG_TRUNC", 0x20)
-MSG_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+# Plain ints: or-ing the socket module's IntFlag members costs a microsecond per call.
+MSG_TRUNC: int = int(getattr(socket, "MSG_TRUNC", 0x20))
+MSG_DONTWAIT: int = int(getattr(socket, "MSG_DONTWAIT", 0))
 
 _LINUX = sys.platform.startswith("linux")
 AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})

@@ -129,6 +129,12 @@ _PEER_CACHE_MAX = 4096
 # A server reads at most this many batches per readiness, so one flooded socket
 # cannot starve the other tasks of the loop (epoll is level-triggered: it comes back).
 _SERVER_BATCHES = 16
+# With busy polling, a reader gives the loop's other tasks a turn at least this often (s).
+_BUSY_SLICE = 0.001
+_RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
+# recvfrom_into's flags: the real length where the kernel reports it (Linux), else none
+# (the portable buffer then holds 64 KiB, any datagram); the socket is non-blocking.
+_ONE_FLAGS = _RECV_FLAGS if _LINUX else 0
 _new = tuple.__new__
 _T = TypeVar("_T", bound="_Core")
 
@@ -197,6 +203,7 @@ class _Core:
         batch: int = 64,
         send_queue: int = 1024,
         fast: bool | None = None,
+        busy_poll_us: int = 0,
     ) -> None:
         try:
             self._loop = asyncio.get_running_loop()
@@ -210,6 +217,10 @@ class _Core:
             raise UsageError(f"invalid batch {batch!r}: must be 1-1024 datagrams")
         if send_queue < 1:
             raise UsageError(f"invalid send_queue {send_queue!r}: must be 1 or more datagrams")
+        if not 0 <= busy_poll_us <= 1_000_000:
+            raise UsageError(
+                f"invalid busy_poll_us {busy_poll_us!r}: must be 0-1000000 microseconds"
+            )
         self._owner = sock
         raw = sock.sock if isinstance(sock, DatagramSocket) else sock
         if raw.type != socket.SOCK_DGRAM:
@@ -252,13 +263,22 @@ class _Core:
         self._flush_soon = False
         self._retried = False
         self._peers: dict[Any, Any] = {}
+        self._busy = busy_poll_us / 1e6
+        # Light load (the last read found one datagram): read the next with one
+        # recvfrom_into, which costs less than a batch call, and batch again once
+        # datagrams queue up.
+        self._light = True
         if self._fast:
             self._rx = MsgArray(batch, bufsize)
             self._tmpl = memoryview(self._rx.template)
+            self._one = bytearray(bufsize)
+            self._oneview = memoryview(self._one)
         else:
             size = bufsize if _LINUX else max(bufsize, 65536)
             self._buf = bytearray(size)
             self._bufview = memoryview(self._buf)
+            self._one, self._oneview = self._buf, self._bufview
+        self._onesize = len(self._one)
         self._resume()
 
     # -- properties ----------------------------------------------------------------
@@ -346,7 +366,7 @@ class _Core:
             return self._recv_portable(vlen)
         rx = self._rx
         rx.hdr_view[: vlen * MM] = self._tmpl[: vlen * MM]
-        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, MSG_TRUNC | MSG_DONTWAIT, None)
+        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, _RECV_FLAGS, None)
         if n <= 0:
             return [] if n == 0 else self._recv_failed(ctypes.get_errno())
         st = self._st
@@ -368,6 +388,39 @@ class _Core:
             st.truncated += ln > bs
             out.append(_new(Datagram, (dv[i * bs : i * bs + kept].tobytes(), peers[i], ln)))
         return out
+
+    def _recv_one(self) -> Datagram | None:
+        """One datagram by ``recvfrom_into``; None when none waits, or on an error.
+
+        A soft error is counted; a fatal one stops reading, as for a batch.
+        """
+        try:
+            ln, peer = self._sock.recvfrom_into(self._one, self._onesize, _ONE_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            self._recv_failed(exc.errno or errno.EIO)
+            return None
+        st = self._st
+        st.received += 1
+        st.received_bytes += ln
+        st.batches += 1
+        bs = self._bufsize
+        if ln > bs:
+            st.truncated += 1
+            return _new(Datagram, (self._oneview[:bs].tobytes(), peer, ln))
+        return _new(Datagram, (self._oneview[:ln].tobytes(), peer, ln))
+
+    def _spin(self, end: float) -> Datagram | None:
+        """Busy-poll: read one datagram without sleeping, until ``end`` (perf_counter)."""
+        clock = time.perf_counter
+        while not self._closed and self._fatal is None:
+            d = self._recv_one()
+            if d is not None:
+                return d
+            if clock() >= end:
+                break
+        return None
 
     def _peers_of(self, rx: MsgArray, n: int) -> list[Any]:
         # Decoding a sockaddr costs more than a dict lookup on its raw bytes.
@@ -562,6 +615,10 @@ class Endpoint(_Core):
         send_queue: queued sends at most before ``send`` waits for the kernel.
         fast: ``None`` uses recvmmsg where available, ``False`` forces the portable path.
         default_to: where ``send(data)`` goes on an unconnected socket.
+        busy_poll_us: when nothing is queued, ``recv`` first keeps reading without
+            sleeping for up to this many microseconds (0: off). It trades a busy
+            CPU for the wake-up latency of a round trip; the loop's other tasks
+            still get a turn at least every millisecond.
 
     Raises:
         UsageError: no running event loop, or a bad size.
@@ -578,6 +635,7 @@ class Endpoint(_Core):
         send_queue: int = 1024,
         fast: bool | None = None,
         default_to: Any = None,
+        busy_poll_us: int = 0,
     ) -> None:
         if queue_size < 1:
             sock.close()
@@ -588,8 +646,15 @@ class Endpoint(_Core):
         self._waiters: list[asyncio.Future[None]] = []
         self._send_waiters: list[asyncio.Future[None]] = []
         self._known: dict[Any, Any] = {}
+        self._follow = False
+        self._yielded = 0.0  # perf_counter when a busy-polling recv last let the loop run
         super().__init__(
-            sock, bufsize=bufsize, batch=min(batch, queue_size), send_queue=send_queue, fast=fast
+            sock,
+            bufsize=bufsize,
+            batch=min(batch, queue_size),
+            send_queue=send_queue,
+            fast=fast,
+            busy_poll_us=busy_poll_us,
         )
         # Where send(data) goes: None sends on the connected socket without an address.
         self._default: Any = None
@@ -612,8 +677,28 @@ class Endpoint(_Core):
         return len(self._queue)
 
     def _on_readable(self) -> None:
+        if self._light and self._waiters:
+            # Light load and a task waiting: hand it one datagram now and look for
+            # more after it has run (a batch call costs more than a lone recvfrom).
+            d = self._recv_one()
+            if d is not None:
+                self._queue.append(d)
+                self._wake()
+                if not self._follow:
+                    self._follow = True
+                    self._loop.call_soon(self._follow_up)
+                return
+        self._read_batches()
+
+    def _follow_up(self) -> None:
+        self._follow = False
+        if self._reading:
+            self._read_batches()
+
+    def _read_batches(self) -> None:
         q = self._queue
         room = self._max - len(q)
+        got_total = 0
         while room > 0:
             got = self._recv_batch(min(self._batch, room))
             if got is None:
@@ -622,8 +707,10 @@ class Endpoint(_Core):
                 break
             q.extend(got)
             room -= len(got)
+            got_total += len(got)
             if len(got) < self._batch:
                 break  # a short read emptied the socket: skip the EAGAIN call
+        self._light = self._fast and got_total <= 1
         if room <= 0:
             self._pause()  # backpressure: the kernel queue fills and counts its drops
         if self._waiters:
@@ -658,6 +745,7 @@ class Endpoint(_Core):
         try:
             await fut
         finally:
+            self._yielded = time.perf_counter()
             if handle is not None:
                 handle.cancel()
 
@@ -684,6 +772,10 @@ class Endpoint(_Core):
         if self._queue:
             return self._take()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._busy:
+            d = await self._busy_recv(timeout)
+            if d is not None:
+                return d
         while True:
             if self._queue:
                 return self._take()
@@ -694,6 +786,38 @@ class Endpoint(_Core):
             if left is not None and left <= 0:
                 raise Timeout(f"no datagram on {self.local_address!r} within {timeout:g} s")
             await self._wait(left)
+
+    async def _busy_recv(self, timeout: float | None) -> Datagram | None:
+        """Busy-poll up to ``busy_poll_us`` (and ``timeout``): a datagram, or None to sleep."""
+        clock = time.perf_counter
+        now = clock()
+        end = now + (self._busy if timeout is None else min(self._busy, timeout))
+        while self._reading:  # paused means queued datagrams; closed or failed: sleep path
+            if now - self._yielded >= _BUSY_SLICE:
+                await asyncio.sleep(0)  # the loop's other tasks get their turn
+                self._yielded = now = clock()
+                if self._queue:
+                    return self._take()
+                if not self._reading:
+                    break
+            if self._out_data and not self._writing:
+                self._flush()  # what this task queued goes out before the spin
+            if not self._light:
+                self._read_batches()  # datagrams were queuing up: read them in one call
+                if self._queue:
+                    return self._take()
+            else:
+                d = self._recv_one()
+                if d is not None:
+                    self._light = False  # it was waiting already: the next read takes a batch
+                    return d
+            d = self._spin(min(end, self._yielded + _BUSY_SLICE))
+            if d is not None:
+                return d
+            now = clock()
+            if now >= end:
+                break
+        return None
 
     def __aiter__(self) -> Self:
         return self
@@ -887,8 +1011,11 @@ class Server(_Core):
     """Serve a datagram socket from the event loop with an engine handler.
 
     Each readable event reads batches (up to 16 of ``batch`` datagrams), calls
-    ``handler`` for every datagram, and sends the replies together. When the
-    kernel's send buffer is full, reading stops until it drains.
+    ``handler`` for every datagram, and sends the replies together. Under light
+    load (one datagram per event) the first datagram is read with one plain
+    ``recvfrom_into`` and answered before the batch call, which keeps a lone
+    request's round trip short. When the kernel's send buffer is full, reading
+    stops until it drains.
 
     Args:
         sock: a bound datagram socket; the server owns it.
@@ -900,6 +1027,10 @@ class Server(_Core):
         policy: admission and reply rules, as for :class:`udpkit.DatagramServer`;
             by default loopback is trusted and every other source is held to the
             anti-amplification budget (replies never exceed the bytes it sent).
+        busy_poll_us: after serving, keep reading without sleeping until this many
+            microseconds pass with no datagram, answering each one as it arrives
+            (0: off). It trades a busy CPU for the wake-up latency of a round trip;
+            the loop's other tasks still get a turn at least every millisecond.
 
     Raises:
         UsageError: no running event loop, or a bad size.
@@ -914,56 +1045,113 @@ class Server(_Core):
         batch: int = 64,
         fast: bool | None = None,
         policy: Policy | None = None,
+        busy_poll_us: int = 0,
     ) -> None:
         self._handler = handler
         self._done: asyncio.Future[None] | None = None
-        super().__init__(sock, bufsize=bufsize, batch=batch, fast=fast)
+        self._seen = 0.0  # perf_counter of the last datagram, for busy polling
+        self._spin_soon = False
+        super().__init__(sock, bufsize=bufsize, batch=batch, fast=fast, busy_poll_us=busy_poll_us)
         raw = self.sock
         if policy is None and raw.family in (socket.AF_INET, socket.AF_INET6):
             policy = Policy(local=raw.getsockname())
         self.policy = policy
 
     def _on_readable(self) -> None:
-        handler = self._handler
+        served = self._serve_ready()
+        if self._busy and served >= 0:
+            self._busy_serve(served > 0)
+
+    def _busy_serve(self, fresh: bool) -> None:
+        """Keep answering without sleeping until ``busy_poll_us`` passes with no datagram.
+
+        The loop gets control back every ``_BUSY_SLICE``; the spin then goes on
+        from a ``call_soon`` callback while the budget lasts.
+        """
+        clock = time.perf_counter
+        now = clock()
+        if fresh:
+            self._seen = now
+        slice_end = now + _BUSY_SLICE
+        while True:
+            d = self._spin(min(self._seen + self._busy, slice_end))
+            if d is None:
+                break
+            self._seen = clock()
+            if not self._answer([d]) or self._serve_ready() < 0:
+                return
+        if (
+            clock() < self._seen + self._busy
+            and self._reading
+            and not self._closed
+            and not self._spin_soon
+        ):
+            self._spin_soon = True
+            self._loop.call_soon(self._spin_on)
+
+    def _spin_on(self) -> None:
+        self._spin_soon = False
+        if self._reading and not self._closed:
+            self._on_readable()
+
+    def _serve_ready(self) -> int:
+        """Serve what is queued in the socket; the count, or -1 when reading paused or failed."""
+        served = 0
+        if self._light:
+            d = self._recv_one()
+            if d is not None:
+                served = 1
+                if not self._answer([d]):
+                    return -1
         for _ in range(_SERVER_BATCHES):
             got = self._recv_batch(self._batch)
             if got is None:
                 continue
             if not got:
                 break
-            short = len(got) < self._batch  # the socket is empty: no EAGAIN call needed
-            policy = self.policy
-            now = time.monotonic()  # one clock read per batch, for every policy decision
-            if handler is None:
-                if policy is not None and policy.screens_arrivals:
-                    for d in got:
-                        policy.admit(d.peer, d.length, now)  # counted, nothing to answer
+            served += len(got)
+            if not self._answer(got):
+                return -1
+            if len(got) < self._batch:
+                break  # the socket is empty: no EAGAIN call needed
+        self._light = self._fast and served <= 1
+        return -1 if self._fatal is not None or self._closed else served
+
+    def _answer(self, got: list[Datagram]) -> bool:
+        """Run the handler on ``got`` and send the replies; False when the send buffer is full."""
+        handler = self._handler
+        policy = self.policy
+        now = time.monotonic()  # one clock read per batch, for every policy decision
+        if handler is None:
+            if policy is not None and policy.screens_arrivals:
+                for d in got:
+                    policy.admit(d.peer, d.length, now)  # counted, nothing to answer
+            return True
+        out_data, out_to = self._out_data, self._out_to
+        for d in got:
+            if policy is not None and policy.admit(d.peer, d.length, now) is not ADMIT:
+                continue  # refused and counted by the policy: never answered
+            try:
+                r = handler(d)
+            except Exception:
+                self._st.handler_errors += 1
                 continue
-            for d in got:
-                if policy is not None and policy.admit(d.peer, d.length, now) is not ADMIT:
-                    continue  # refused and counted by the policy: never answered
-                try:
-                    r = handler(d)
-                except Exception:
-                    self._st.handler_errors += 1
-                    continue
-                if r is None:
-                    continue
-                try:
-                    for x in [r] if isinstance(r, bytes | bytearray | memoryview) else r:
-                        if not isinstance(x, bytes | bytearray | memoryview):
-                            raise TypeError(f"reply {x!r}: must be bytes")
-                        if policy is not None and not policy.may_reply(d.peer, len(x), now):
-                            continue  # over budget or never-reply: counted by the policy
-                        self._out_data.append(bytes(x))
-                        self._out_to.append(d.peer)
-                except Exception:
-                    self._st.handler_errors += 1  # the replies before the bad one still go
-            if self._out_data and not self._flush():
-                self._pause()  # the send buffer is full: read again once it drains
-                break
-            if short:
-                break
+            if r is None:
+                continue
+            try:
+                for x in [r] if isinstance(r, bytes | bytearray | memoryview) else r:
+                    if not isinstance(x, bytes | bytearray | memoryview):
+                        raise TypeError(f"reply {x!r}: must be bytes")
+                    if policy is not None and not policy.may_reply(d.peer, len(x), now):
+                        continue  # over budget or never-reply: counted by the policy
+                    out_data.append(x if type(x) is bytes else bytes(x))
+                    out_to.append(d.peer)
+            except Exception:
+                self._st.handler_errors += 1  # the replies before the bad one still go
+        if out_data and not self._flush():
+            self._pause()  # the send buffer is full: read again once it drains
+            return False
+        return True
 
     def _drained(self) -> None:
         self._resume()
@@ -1022,6 +1210,7 @@ def open_udp(
     family: int = socket.AF_UNSPEC,
     queue_size: int = 512,
     bufsize: int = 65535,
+    busy_poll_us: int = 0,
 ) -> _Opening[Endpoint]:
     """Open an endpoint that talks to ``host``:``port``.
 
@@ -1039,6 +1228,7 @@ def open_udp(
         family: AF_UNSPEC, AF_INET or AF_INET6.
         queue_size: datagrams read ahead at most (see :class:`Endpoint`).
         bufsize: bytes kept per datagram.
+        busy_poll_us: spin this long before sleeping in ``recv`` (see :class:`Endpoint`).
 
     Returns:
         An awaitable (``await open_udp(...)`` gives the :class:`Endpoint`) that
@@ -1062,10 +1252,21 @@ def open_udp(
             sock = udp_bind(local[0], local[1], family=dest.family, broadcast=broadcast)
             return _guard(
                 sock,
-                lambda: Endpoint(sock, queue_size=queue_size, bufsize=bufsize, default_to=dest),
+                lambda: Endpoint(
+                    sock,
+                    queue_size=queue_size,
+                    bufsize=bufsize,
+                    default_to=dest,
+                    busy_poll_us=busy_poll_us,
+                ),
             )
         sock = udp_connect(dest.host, dest.port, bind=bind, family=dest.family, broadcast=broadcast)
-        return _guard(sock, lambda: Endpoint(sock, queue_size=queue_size, bufsize=bufsize))
+        return _guard(
+            sock,
+            lambda: Endpoint(
+                sock, queue_size=queue_size, bufsize=bufsize, busy_poll_us=busy_poll_us
+            ),
+        )
 
     return _Opening(make)
 
@@ -1079,6 +1280,7 @@ def bind_udp(
     reuse_port: bool = False,
     queue_size: int = 512,
     bufsize: int = 65535,
+    busy_poll_us: int = 0,
 ) -> _Opening[Endpoint]:
     """Open an endpoint bound to ``host``:``port`` that sends anywhere (``send(data, to=...)``).
 
@@ -1090,6 +1292,7 @@ def bind_udp(
         reuse_port: set SO_REUSEPORT.
         queue_size: datagrams read ahead at most (see :class:`Endpoint`).
         bufsize: bytes kept per datagram.
+        busy_poll_us: spin this long before sleeping in ``recv`` (see :class:`Endpoint`).
 
     Returns:
         An awaitable giving the :class:`Endpoint`, usable in ``async with`` directly too.
@@ -1102,7 +1305,12 @@ def bind_udp(
 
     async def make() -> Endpoint:
         sock = udp_bind(host, port, family=family, broadcast=broadcast, reuse_port=reuse_port)
-        return _guard(sock, lambda: Endpoint(sock, queue_size=queue_size, bufsize=bufsize))
+        return _guard(
+            sock,
+            lambda: Endpoint(
+                sock, queue_size=queue_size, bufsize=bufsize, busy_poll_us=busy_poll_us
+            ),
+        )
 
     return _Opening(make)
 
@@ -1117,6 +1325,8 @@ def serve(
     reuse_port: bool = False,
     bufsize: int = 65535,
     batch: int = 64,
+    policy: Policy | None = None,
+    busy_poll_us: int = 0,
 ) -> _Opening[Server]:
     """Start a :class:`Server` that answers with ``handler``; it serves until closed.
 
@@ -1129,6 +1339,8 @@ def serve(
         reuse_port: set SO_REUSEPORT, when a host is given.
         bufsize: bytes kept per datagram.
         batch: datagrams per receive call.
+        policy: admission and reply rules (see :class:`Server`; ``None``: the default).
+        busy_poll_us: keep answering without sleeping this long (see :class:`Server`).
 
     Returns:
         An awaitable giving the running :class:`Server` (``async with`` closes it).
@@ -1147,6 +1359,16 @@ def serve(
             sock = udp_bind(
                 sock_or_host, port, family=family, broadcast=broadcast, reuse_port=reuse_port
             )
-        return _guard(sock, lambda: Server(sock, handler, bufsize=bufsize, batch=batch))
+        return _guard(
+            sock,
+            lambda: Server(
+                sock,
+                handler,
+                bufsize=bufsize,
+                batch=batch,
+                policy=policy,
+                busy_poll_us=busy_poll_us,
+            ),
+        )
 
     return _Opening(make)
