@@ -277,7 +277,13 @@ class Engine:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._poll: Any = None
-        if hasattr(select, "poll"):
+        self._epoll: Any = None
+        if hasattr(select, "epoll"):
+            # epoll keeps the wait registered between sleeps: cheaper per wake-up than poll.
+            self._epoll = select.epoll(2)
+            self._epoll.register(self._fd, select.EPOLLIN)
+            self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
+        elif hasattr(select, "poll"):
             self._poll = select.poll()
             self._poll.register(self._fd, select.POLLIN)
             self._poll.register(self._wake_r.fileno(), select.POLLIN)
@@ -323,6 +329,8 @@ class Engine:
         """Release the wake-up socketpair.  The served socket stays open: the caller owns it."""
         self._wake_r.close()
         self._wake_w.close()
+        if self._epoll is not None:
+            self._epoll.close()
 
     def read_kernel_drops(self) -> int | None:
         """Refresh ``stats.kernel_drops`` from /proc/net/udp{,6} and the last SO_RXQ_OVFL seen.
@@ -459,7 +467,9 @@ class Engine:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 return False
-        if self._poll is not None:
+        if self._epoll is not None:
+            events = self._epoll.poll(-1 if timeout is None else max(timeout, 0.001))
+        elif self._poll is not None:
             ms = None if timeout is None else max(1, int(timeout * 1000 + 0.999))
             events = self._poll.poll(ms)
         else:

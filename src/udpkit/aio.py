@@ -42,6 +42,9 @@ How it differs from ``loop.create_datagram_endpoint``:
 * zero-length datagrams are sent, and every udpkit host form works, including
   ``"<broadcast>"`` (with ``broadcast=True``); an endpoint opened to a broadcast
   or multicast address is never connected, so replies from any host arrive;
+* under light load a lone datagram is read with one ``recvfrom_into`` (cheaper
+  than a batch call) and batches resume as soon as datagrams queue up;
+  ``busy_poll_us`` trades a busy core for the wake-up latency of each round trip;
 * ICMP errors (ECONNREFUSED, EHOSTUNREACH, ...) are soft: counted in
   ``stats.icmp_errors`` and kept in ``last_error``; ``recv`` keeps working.
   Only :meth:`Endpoint.request` on a connected endpoint raises
