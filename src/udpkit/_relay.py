@@ -294,7 +294,9 @@ class Relay:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._poll = select.poll()
+        # epoll keeps each wait registered between sleeps: cheaper per wake-up than poll.
+        self._epoll = hasattr(select, "epoll")
+        self._poll: Any = select.epoll() if self._epoll else select.poll()
         self._poll.register(self._lfd, select.POLLIN)
         self._poll.register(self._wake_r.fileno(), select.POLLIN)
 
@@ -344,6 +346,8 @@ class Relay:
             self.table.remove(flow)
         self._wake_r.close()
         self._wake_w.close()
+        if self._epoll:
+            self._poll.close()
 
     def __enter__(self) -> Relay:
         return self
@@ -418,7 +422,10 @@ class Relay:
                 if end is not None and now >= end:
                     break
                 timeout = 0.0 if busy or now < spin_until else self._timeout(now, end)
-                events = self._poll.poll(None if timeout is None else math.ceil(timeout * 1000))
+                if self._epoll:
+                    events = self._poll.poll(-1 if timeout is None else timeout)
+                else:
+                    events = self._poll.poll(None if timeout is None else math.ceil(timeout * 1000))
                 now = clock()
                 busy = False
                 if spin and events:
@@ -503,7 +510,7 @@ class Relay:
         up: _Up | None = flow.handle
         if up is not None:
             self._by_fd.pop(up.fd, None)
-            with contextlib.suppress(KeyError, ValueError):
+            with contextlib.suppress(KeyError, ValueError, OSError):
                 self._poll.unregister(up.fd)
             up.sock.close()
             flow.handle = None
