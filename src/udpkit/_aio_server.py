@@ -1,0 +1,184 @@
+"""udpkit.aio.Server: engine handlers served from the event loop's readiness callbacks."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable, Sequence
+
+from ._aio_core import BUSY_SLICE, SERVER_BATCHES, Core
+from ._policy import ADMIT, Policy
+from ._sockets import Datagram, DatagramSocket
+
+__all__ = ["Handler", "Server"]
+
+Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
+"""The engine's handler type: given a datagram, the reply (or replies) for its peer, or None."""
+
+
+class Server(Core):
+    """Serve a datagram socket from the event loop with an engine handler.
+
+    Each readable event reads batches (up to 16 of ``batch`` datagrams), calls
+    ``handler`` for every datagram, and sends the replies together. Under light
+    load (one datagram per event) the first datagram is read with one plain
+    ``recvfrom_into`` and answered before the batch call, which keeps a lone
+    request's round trip short. When the kernel's send buffer is full, reading
+    stops until it drains.
+
+    Args:
+        sock: a bound datagram socket; the server owns it.
+        handler: ``(Datagram) -> bytes | Sequence[bytes] | None`` as for the engine;
+            ``None`` only counts. A handler that raises is counted, not fatal.
+        bufsize: bytes kept per datagram; longer ones reach the handler truncated.
+        batch: datagrams per receive call.
+        fast: ``None`` uses recvmmsg where available, ``False`` the portable path.
+        policy: admission and reply rules, as for :class:`udpkit.DatagramServer`;
+            by default loopback is trusted and every other source is held to the
+            anti-amplification budget (replies never exceed the bytes it sent).
+        busy_poll_us: after serving, keep reading without sleeping until this many
+            microseconds pass with no datagram, answering each one as it arrives
+            (0: off). It trades a busy CPU for the wake-up latency of a round trip;
+            the loop's other tasks still get a turn at least every millisecond.
+
+    Raises:
+        UsageError: no running event loop, or a bad size.
+    """
+
+    def __init__(
+        self,
+        sock: DatagramSocket | socket.socket,
+        handler: Handler | None,
+        *,
+        bufsize: int = 65535,
+        batch: int = 64,
+        fast: bool | None = None,
+        policy: Policy | None = None,
+        busy_poll_us: int = 0,
+    ) -> None:
+        self._handler = handler
+        self._done: asyncio.Future[None] | None = None
+        self._seen = 0.0  # perf_counter of the last datagram, for busy polling
+        self._spin_soon = False
+        super().__init__(sock, bufsize=bufsize, batch=batch, fast=fast, busy_poll_us=busy_poll_us)
+        raw = self.sock
+        if policy is None and raw.family in (socket.AF_INET, socket.AF_INET6):
+            policy = Policy(local=raw.getsockname())
+        self.policy = policy
+
+    def _on_readable(self) -> None:
+        served = self._serve_ready()
+        if self._busy and served >= 0:
+            self._busy_serve(served > 0)
+
+    def _busy_serve(self, fresh: bool) -> None:
+        """Keep answering without sleeping until ``busy_poll_us`` passes with no datagram.
+
+        The loop gets control back every ``BUSY_SLICE``; the spin then goes on
+        from a ``call_soon`` callback while the budget lasts.
+        """
+        clock = time.perf_counter
+        now = clock()
+        if fresh:
+            self._seen = now
+        slice_end = now + BUSY_SLICE
+        while True:
+            d = self._spin(min(self._seen + self._busy, slice_end))
+            if d is None:
+                break
+            self._seen = clock()
+            if not self._answer([d]) or self._serve_ready() < 0:
+                return
+        if (
+            clock() < self._seen + self._busy
+            and self._reading
+            and not self._closed
+            and not self._spin_soon
+        ):
+            self._spin_soon = True
+            self._loop.call_soon(self._spin_on)
+
+    def _spin_on(self) -> None:
+        self._spin_soon = False
+        if self._reading and not self._closed:
+            self._on_readable()
+
+    def _serve_ready(self) -> int:
+        """Serve what is queued in the socket; the count, or -1 when reading paused or failed."""
+        served = 0
+        if self._light:
+            d = self._recv_one()
+            if d is not None:
+                served = 1
+                if not self._answer([d]):
+                    return -1
+        for _ in range(SERVER_BATCHES):
+            got = self._recv_batch(self._batch)
+            if got is None:
+                continue
+            if not got:
+                break
+            served += len(got)
+            if not self._answer(got):
+                return -1
+            if len(got) < self._batch:
+                break  # the socket is empty: no EAGAIN call needed
+        self._light = self._fast and served <= 1
+        return -1 if self._fatal is not None or self._closed else served
+
+    def _answer(self, got: list[Datagram]) -> bool:
+        """Run the handler on ``got`` and send the replies; False when the send buffer is full."""
+        handler = self._handler
+        policy = self.policy
+        now = time.monotonic()  # one clock read per batch, for every policy decision
+        if handler is None:
+            if policy is not None and policy.screens_arrivals:
+                for d in got:
+                    policy.admit(d.peer, d.length, now)  # counted, nothing to answer
+            return True
+        out_data, out_to = self._out_data, self._out_to
+        for d in got:
+            if policy is not None and policy.admit(d.peer, d.length, now) is not ADMIT:
+                continue  # refused and counted by the policy: never answered
+            try:
+                r = handler(d)
+            except Exception:
+                self._st.handler_errors += 1
+                continue
+            if r is None:
+                continue
+            try:
+                for x in [r] if isinstance(r, bytes | bytearray | memoryview) else r:
+                    if not isinstance(x, bytes | bytearray | memoryview):
+                        raise TypeError(f"reply {x!r}: must be bytes")
+                    if policy is not None and not policy.may_reply(d.peer, len(x), now):
+                        continue  # over budget or never-reply: counted by the policy
+                    out_data.append(x if type(x) is bytes else bytes(x))
+                    out_to.append(d.peer)
+            except Exception:
+                self._st.handler_errors += 1  # the replies before the bad one still go
+        if out_data and not self._flush():
+            self._pause()  # the send buffer is full: read again once it drains
+            return False
+        return True
+
+    def _drained(self) -> None:
+        self._resume()
+
+    def _on_close(self) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    async def serve_forever(self) -> None:
+        """Wait until :meth:`close` is called (the serving itself runs in the loop's callbacks).
+
+        Raises:
+            NetworkError: the socket failed.
+        """
+        if not self._closed:
+            if self._done is None:
+                self._done = self._loop.create_future()
+            await self._done
+        if self._fatal is not None:
+            raise self._fatal
