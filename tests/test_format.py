@@ -380,7 +380,8 @@ def test_json_lines_parse_and_round_trip(peer: object) -> None:
     [
         (V4, "127.0.0.1", 51696),
         (("::1", 5005, 0, 0), "::1", 5005),
-        (("fe80::1", 5005, 0, 3), "fe80::1%3", 5005),
+        (("fe80::1", 5005, 0, 99999), "fe80::1%99999", 5005),  # no such interface
+        (("fe80::1", 5005, 0, socket.if_nametoindex("lo")), "fe80::1%lo", 5005),
         (("fe80::1%eth0", 5005, 0, 3), "fe80::1%eth0", 5005),
         (HOSTILE_PATH, HOSTILE_PATH, None),
         ("", None, None),

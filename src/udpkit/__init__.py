@@ -51,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     )
     from ._escape import escape_bytes, escape_text
     from ._generic import IPPROTO_UDPLITE, open_socket, parse_domain, parse_protocol, parse_type
+    from ._mcast import join_group, leave_group, set_multicast_send
     from ._policy import Policy, Verdict
     from ._record import Record, Recorder, RecordError, RecordStats, read_records_untrusted
     from ._relay import Relay, RelayStats
@@ -126,6 +127,8 @@ __all__ = [
     "format_sockaddr",
     "is_broadcast",
     "is_multicast",
+    "join_group",
+    "leave_group",
     "open_socket",
     "parse_domain",
     "parse_host",
@@ -139,6 +142,7 @@ __all__ = [
     "resolve_one",
     "run_bench",
     "send_batch",
+    "set_multicast_send",
     "set_receive_buffer",
     "split_hostport",
     "stream_request",
@@ -173,6 +177,9 @@ _LAZY: dict[str, str] = {
     "format_sockaddr": "_addr",
     "is_broadcast": "_addr",
     "is_multicast": "_addr",
+    "join_group": "_mcast",
+    "leave_group": "_mcast",
+    "set_multicast_send": "_mcast",
     "parse_host": "_addr",
     "parse_port": "_addr",
     "resolve": "_addr",

@@ -483,11 +483,12 @@ def split_hostport(text: str, *, default_host: str = "") -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=256)
-def _scope_text(scope_id: int) -> str:
+def scope_text(scope_id: int) -> str:
+    """An IPv6 scope id as text: the interface name where one has that index, else the number."""
     # Cached: printing a link-local peer must not cost a system call per datagram.
     try:
         return socket.if_indextoname(scope_id)
-    except OSError:
+    except (OSError, OverflowError, ValueError):
         return str(scope_id)
 
 
@@ -514,7 +515,7 @@ def format_sockaddr(sockaddr: object) -> str:
             return f"{host}:{port}"
         scope = sockaddr[3] if len(sockaddr) >= 4 else 0
         if isinstance(scope, int) and scope and "%" not in host:
-            host = f"{host}%{_scope_text(scope)}"
+            host = f"{host}%{scope_text(scope)}"
         return f"[{host}]:{port}"
     if isinstance(sockaddr, bytes):
         if sockaddr.startswith(b"\0"):

@@ -15,6 +15,7 @@ from typing import Any, Self
 
 from ._addr import MAX_UDP_PAYLOAD
 from ._errors import NetworkError, Unsupported, UsageError, map_oserror
+from ._mcast import join_group, leave_group, set_multicast_send
 from ._mmsg import (
     MM,
     MSG_DONTWAIT,
@@ -249,6 +250,47 @@ class Core:
             if drops is not None:
                 self._st.kernel_drops = drops
         return self._st
+
+    # -- multicast ---------------------------------------------------------------------
+
+    def join_group(
+        self, group: str, *, iface: str | None = None, source: str | None = None
+    ) -> None:
+        """Join multicast ``group`` (source-specific with ``source``): :func:`udpkit.join_group`.
+
+        The socket must be bound to the group's port, on the wildcard address
+        (``bind_udp("", PORT)``) or the group itself.
+
+        Raises:
+            AddressError: not a multicast group of the socket's family, or no such ``iface``.
+            NetworkError: the kernel refused (with no multicast route, name ``iface``).
+        """
+        self._check_open()
+        join_group(self._sock, group, iface=iface, source=source)
+
+    def leave_group(
+        self, group: str, *, iface: str | None = None, source: str | None = None
+    ) -> None:
+        """Leave a group joined with :meth:`join_group` (the same arguments).
+
+        Raises:
+            NetworkError: the endpoint was not a member, or the kernel refused.
+        """
+        self._check_open()
+        leave_group(self._sock, group, iface=iface, source=source)
+
+    def set_multicast(
+        self, *, ttl: int | None = None, loop: bool | None = None, iface: str | None = None
+    ) -> None:
+        """Set the hop limit, own-host loopback and outgoing interface for multicast sends.
+
+        Raises:
+            UsageError: ``ttl`` outside 0-255.
+            AddressError: no such ``iface``.
+            NetworkError: the kernel refused.
+        """
+        self._check_open()
+        set_multicast_send(self._sock, ttl=ttl, loop=loop, iface=iface)
 
     # -- reading -----------------------------------------------------------------------
 

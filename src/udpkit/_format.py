@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from udpkit._addr import format_sockaddr
+from udpkit._addr import format_sockaddr, scope_text
 from udpkit._errors import UsageError
 from udpkit._escape import escape_bytes, escape_controls, escape_text, safe_repr
 
@@ -80,10 +80,11 @@ def _ip_host_port(addr: object) -> tuple[str, int] | None:
         and isinstance(addr[1], int)
     ):
         host: str = addr[0]
-        # Since Python 3.7 the host omits "%scope"; put it back, or a
-        # link-local peer would be unreachable from what we print.
-        if len(addr) == 4 and addr[3] and "%" not in host:
-            host = f"{host}%{addr[3]}"
+        # Since Python 3.7 the host omits "%scope"; put it back (by interface name
+        # where the index names one), or a link-local peer would be unreachable
+        # from what we print.
+        if len(addr) == 4 and addr[3] and "%" not in host and isinstance(addr[3], int):
+            host = f"{host}%{escape_text(scope_text(addr[3]))}"
         return host, addr[1]
     return None
 

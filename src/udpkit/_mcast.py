@@ -12,15 +12,18 @@ from __future__ import annotations
 import socket
 import struct
 import sys
+from typing import Any
 
 from ._addr import resolve_one
 from ._errors import AddressError, UsageError, map_oserror
 
-__all__ = ["join_group", "parse_group", "set_dual_stack", "set_multicast_send"]
+__all__ = ["join_group", "leave_group", "parse_group", "set_dual_stack", "set_multicast_send"]
 
 _LINUX = sys.platform.startswith("linux")
 MCAST_JOIN_GROUP = 42
+MCAST_LEAVE_GROUP = 45
 MCAST_JOIN_SOURCE_GROUP = 46
+MCAST_LEAVE_SOURCE_GROUP = 47
 IP_MULTICAST_ALL = 49
 IPV6_MULTICAST_ALL = 29
 _SS_SIZE = 128  # sizeof(struct sockaddr_storage)
@@ -64,18 +67,55 @@ def parse_group(text: str) -> tuple[str, str | None]:
     return group, iface or None
 
 
+def _raw(sock: Any) -> socket.socket:
+    """The plain socket of a socket.socket, a DatagramSocket or an udpkit.aio endpoint."""
+    raw = sock if isinstance(sock, socket.socket) else getattr(sock, "sock", None)
+    if not isinstance(raw, socket.socket) or raw.family not in (socket.AF_INET, socket.AF_INET6):
+        raise UsageError(f"multicast needs an IPv4 or IPv6 datagram socket, not {sock!r}")
+    return raw
+
+
 def join_group(
-    sock: socket.socket, group: str, *, iface: str | None = None, source: str | None = None
+    sock: Any, group: str, *, iface: str | None = None, source: str | None = None
 ) -> None:
     """Join multicast ``group`` on ``iface`` (any-source, or source-specific with ``source``).
 
     Also turns off IP_MULTICAST_ALL, so the socket receives only the groups it
     joined (Linux otherwise delivers every group any socket joined on the port).
+    The socket must be bound to the group's port (on the wildcard address, or
+    on the group itself) to receive.
+
+    Args:
+        sock: a ``socket.socket``, a :class:`~udpkit.DatagramSocket` or an
+            :mod:`udpkit.aio` endpoint or server, of the group's family.
+        group: the group: ``"239.1.2.3"``, ``"ff02::1234"`` (a scope as in
+            ``"ff02::1234%eth0"`` names the interface too).
+        iface: the interface name or index; ``None`` lets the kernel pick by route.
+        source: for a source-specific join (SSM), the one sender to hear.
 
     Raises:
-        AddressError: ``group`` is not a multicast address of the socket's family.
-        NetworkError: the kernel refused (no such interface, no multicast route).
+        AddressError: ``group`` is not a multicast address of the socket's family,
+            or ``iface`` does not exist.
+        NetworkError: the kernel refused (no multicast route: name the interface).
     """
+    _membership(_raw(sock), group, iface, source, join=True)
+
+
+def leave_group(
+    sock: Any, group: str, *, iface: str | None = None, source: str | None = None
+) -> None:
+    """Leave a group joined with :func:`join_group` (the same arguments).
+
+    Raises:
+        AddressError: as for :func:`join_group`.
+        NetworkError: the socket was not a member (EADDRNOTAVAIL), or the kernel refused.
+    """
+    _membership(_raw(sock), group, iface, source, join=False)
+
+
+def _membership(
+    sock: socket.socket, group: str, iface: str | None, source: str | None, *, join: bool
+) -> None:
     family = sock.family
     addr = resolve_one(group, 0, family=family)
     packed = socket.inet_pton(family, addr.host.split("%", 1)[0])
@@ -89,27 +129,28 @@ def join_group(
     index = _ifindex(iface) or scope
     level = socket.IPPROTO_IP if family == socket.AF_INET else socket.IPPROTO_IPV6
     head = struct.pack("=I", index).ljust(_ALIGN, b"\0")
-    what = f"cannot join {group}" + (f" on {iface}" if iface else "")
+    verb = "join" if join else "leave"
+    what = f"cannot {verb} {group}" + (f" on {iface}" if iface else "")
     try:
         if source is None:
-            sock.setsockopt(level, MCAST_JOIN_GROUP, head + _storage(family, addr.sockaddr))
+            opt = MCAST_JOIN_GROUP if join else MCAST_LEAVE_GROUP
+            sock.setsockopt(level, opt, head + _storage(family, addr.sockaddr))
         else:
             src = resolve_one(source, 0, family=family)
+            opt = MCAST_JOIN_SOURCE_GROUP if join else MCAST_LEAVE_SOURCE_GROUP
             sock.setsockopt(
-                level,
-                MCAST_JOIN_SOURCE_GROUP,
-                head + _storage(family, addr.sockaddr) + _storage(family, src.sockaddr),
+                level, opt, head + _storage(family, addr.sockaddr) + _storage(family, src.sockaddr)
             )
-        if _LINUX:
+        if _LINUX and join:
             opt = IP_MULTICAST_ALL if family == socket.AF_INET else IPV6_MULTICAST_ALL
             sock.setsockopt(level, opt, 0)
     except OSError as exc:
-        hint = "name the interface: GROUP@IFACE" if not index else ""
+        hint = "name the interface: GROUP@IFACE" if join and not index else ""
         raise map_oserror(exc, what, hint) from exc
 
 
 def set_multicast_send(
-    sock: socket.socket,
+    sock: Any,
     *,
     ttl: int | None = None,
     loop: bool | None = None,
@@ -117,10 +158,18 @@ def set_multicast_send(
 ) -> None:
     """Set the hop limit, loopback and outgoing interface for multicast sends.
 
+    Args:
+        sock: as for :func:`join_group`.
+        ttl: the hop limit (0-255; the kernel's default is 1: the local link).
+        loop: whether this host's own members hear what the socket sends.
+        iface: the interface name or index to send from.
+
     Raises:
         UsageError: ``ttl`` outside 0-255.
+        AddressError: ``iface`` does not exist.
         NetworkError: the kernel refused.
     """
+    sock = _raw(sock)
     v4 = sock.family == socket.AF_INET
     level = socket.IPPROTO_IP if v4 else socket.IPPROTO_IPV6
     try:

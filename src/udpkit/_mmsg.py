@@ -344,11 +344,9 @@ def decode_sockaddr(raw: bytes) -> Any:
         port = (raw[2] << 8) | raw[3]
         (flow,) = struct.unpack_from("!I", raw, 4)
         (scope,) = _UINT.unpack_from(raw, 24)
-        host = socket.inet_ntop(socket.AF_INET6, raw[8:24])
-        if scope:
-            # Python's recvfrom reports a scoped address as "fe80::1%eth0" (getnameinfo).
-            host = socket.getnameinfo((host, port, flow, scope), socket.NI_NUMERICHOST)[0]
-        return (host, port, flow, scope)
+        # As recvfrom gives it since Python 3.7: the scope only as the index, never
+        # as "%eth0" in the host, so every receive path reports a peer alike.
+        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flow, scope)
     return raw
 
 

@@ -1,0 +1,115 @@
+"""udpkit.aio and the multicast API across real test hosts (network namespaces).
+
+Host b runs a small asyncio program that joins a group, hears one datagram,
+leaves and then must hear nothing; host a sends with udpkit.aio too. Skipped
+where namespaces cannot be made.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from tests._netns import Host, hosts, needs_netns
+
+STEP = 10.0
+
+RECEIVER = textwrap.dedent(
+    """
+    import asyncio, socket, sys
+    import udpkit, udpkit.aio
+
+    async def main(group, port, family):
+        async with udpkit.aio.bind_udp("", port, family=family) as ep:
+            ep.join_group(group, iface="eth0")
+            print("READY", flush=True)
+            d = await ep.recv(timeout=5)
+            print("GOT", d.data.decode(), d.peer[0], d.peer[-1] if ":" in group else "", flush=True)
+            ep.leave_group(group, iface="eth0")
+            try:
+                ep.leave_group(group, iface="eth0")
+            except udpkit.NetworkError as exc:
+                print("LEAVE-AGAIN", type(exc).__name__, flush=True)
+            print("LEFT", flush=True)
+            try:
+                d = await ep.recv(timeout=1.0)
+                print("GOT-AFTER-LEAVE", d.data.decode(), flush=True)
+            except udpkit.Timeout:
+                print("NOTHING", flush=True)
+
+    fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), fam))
+    """
+)
+
+SENDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import udpkit.aio
+
+    async def main(group, port, text):
+        async with udpkit.aio.open_udp(group, port) as ep:
+            ep.set_multicast(iface="eth0", ttl=1, loop=False)
+            await ep.send(text.encode())
+            print("SENT", ep.stats.sent, flush=True)
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
+    """
+)
+
+
+def _line(proc: subprocess.Popen[str], want: str) -> str:
+    """The next stdout line of ``proc``, which must start with ``want``."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + STEP
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(want):
+            return line.strip()
+    assert proc.stderr is not None
+    raise AssertionError(f"no {want!r} line; stderr: {proc.stderr.read()[-800:]}")
+
+
+def _send(host: Host, group: str, port: int, text: str) -> None:
+    res = host.run(sys.executable, "-c", SENDER, group, str(port), text, timeout=STEP)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.decode().strip() == "SENT 1"
+
+
+@needs_netns
+@pytest.mark.parametrize("group", ["239.5.6.7", "ff12::5:6:7"])
+def test_aio_endpoint_joins_hears_and_leaves(group: str) -> None:
+    port = 5031
+    with hosts(2) as (a, b):
+        proc = subprocess.Popen(
+            b.cmd(sys.executable, "-c", RECEIVER, group, str(port)),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _line(proc, "READY")
+            _send(a, group, port, "to-the-group")
+            got = _line(proc, "GOT").split()
+            if ":" in group:
+                # A link-scope group: the source is a's link-local address, and the
+                # peer carries the scope as an index, as recvfrom gives it.
+                scope = int(b.run("cat", "/sys/class/net/eth0/ifindex").stdout)
+                assert got == ["GOT", "to-the-group", a.link_local(), str(scope)]
+            else:
+                assert got == ["GOT", "to-the-group", a.v4]
+            assert _line(proc, "LEAVE-AGAIN") == "LEAVE-AGAIN NetworkError"
+            _line(proc, "LEFT")
+            _send(a, group, port, "after-leave")
+            assert _line(proc, "NOTHING") == "NOTHING"
+            assert proc.wait(timeout=STEP) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=STEP)
