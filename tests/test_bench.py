@@ -34,10 +34,11 @@ from tests._proc import (
 )
 from tests.conftest import needs_tool
 
-from udpkit._bench import BenchConfig, Reflector, parse_rate, run_bench
+from udpkit._bench import BenchConfig, parse_rate, run_bench
 from udpkit._cmd_bench import bench_document
 from udpkit._errors import UsageError
 from udpkit._probe import HEADER_SIZE, Kind, build_probe, build_report_request
+from udpkit._reflect import Reflector
 from udpkit._sockets import set_receive_buffer, udp_bind
 
 Family = tuple[socket.AddressFamily, str]

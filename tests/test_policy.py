@@ -1,6 +1,7 @@
 """Tests for udpkit._policy: allow/deny, rate limits, amplification budget, never-reply rules.
 
 The policy never reads the clock, so every test drives ``now`` by hand: no sleeps.
+The parsers live in ``_policy_rules``; they are imported here through ``_policy``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ def _nonzero(policy: Policy) -> dict[str, int]:
 
 
 # -- parsers ---------------------------------------------------------------------
+
+
+def test_rule_names_stay_importable_from_policy() -> None:
+    """The parsers moved to _policy_rules; _policy re-exports every public one."""
+    from udpkit import _policy, _policy_rules
+
+    for name in _policy_rules.__all__:
+        assert name in _policy.__all__
+        assert getattr(_policy, name) is getattr(_policy_rules, name)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for udpkit._sockets: the seed's domain/type/protocol vocabulary and the transports.
+"""Tests for udpkit._sockets and _stream: the seed's domain/type/protocol vocabulary, transports.
 
 Real sockets on 127.0.0.1 and ::1 only, port 0, every receive bounded by a timeout.
 """
@@ -9,6 +9,7 @@ import errno
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,12 +32,10 @@ from udpkit._generic import IPPROTO_UDPLITE, open_socket, parse_domain, parse_pr
 from udpkit._sockets import (
     Datagram,
     DatagramSocket,
-    StreamSocket,
-    tcp_connect,
-    tcp_listen,
     udp_bind,
     udp_connect,
 )
+from udpkit._stream import StreamSocket, tcp_connect, tcp_listen
 from udpkit._unix import (
     unix_datagram_bind,
     unix_datagram_connect,
@@ -570,3 +569,15 @@ def test_context_managers_close(sock_dir: str) -> None:
 
 def test_kernel_length_default_matches_platform() -> None:
     assert DatagramSocket._kernel_length == (LINUX and hasattr(socket, "MSG_TRUNC"))
+
+
+def test_udp_does_not_load_the_stream_code() -> None:
+    """The TCP side lives in _stream; the UDP send path never imports it."""
+    code = (
+        "import sys, udpkit._sockets, udpkit._client, udpkit._unix; "
+        "print('udpkit._stream' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.strip() == "False"

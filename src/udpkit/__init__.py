@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         resolve_one,
         split_hostport,
     )
-    from ._bench import BenchConfig, Reflector, run_bench
+    from ._bench import BenchConfig, run_bench
     from ._client import request, stream_request
     from ._engine import Engine, EngineStats, fast_path_available, send_batch
     from ._errors import (
@@ -54,7 +54,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     from ._mcast import join_group, leave_group, set_multicast_send
     from ._policy import Policy, Verdict
     from ._record import Record, Recorder, RecordError, RecordStats, read_records_untrusted
-    from ._relay import Relay, RelayStats
+    from ._reflect import Reflector
+    from ._relay import Relay
+    from ._relaystats import RelayStats
     from ._server import (
         BatchObserver,
         DatagramServer,
@@ -66,14 +68,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     from ._sockets import (
         Datagram,
         DatagramSocket,
-        StreamListener,
-        StreamSocket,
         set_receive_buffer,
-        tcp_connect,
-        tcp_listen,
         udp_bind,
         udp_connect,
     )
+    from ._stream import StreamListener, StreamSocket, tcp_connect, tcp_listen
     from ._unix import (
         unix_datagram_bind,
         unix_datagram_connect,
@@ -167,10 +166,10 @@ _LAZY: dict[str, str] = {
     "RecordError": "_record",
     "read_records_untrusted": "_record",
     "Relay": "_relay",
-    "RelayStats": "_relay",
+    "RelayStats": "_relaystats",
     "BenchConfig": "_bench",
     "run_bench": "_bench",
-    "Reflector": "_bench",
+    "Reflector": "_reflect",
     "BROADCAST": "_addr",
     "MAX_UDP_PAYLOAD": "_addr",
     "Address": "_addr",
@@ -213,14 +212,14 @@ _LAZY: dict[str, str] = {
     "IPPROTO_UDPLITE": "_generic",
     "Datagram": "_sockets",
     "DatagramSocket": "_sockets",
-    "StreamListener": "_sockets",
-    "StreamSocket": "_sockets",
+    "StreamListener": "_stream",
+    "StreamSocket": "_stream",
     "open_socket": "_generic",
     "parse_domain": "_generic",
     "parse_protocol": "_generic",
     "parse_type": "_generic",
-    "tcp_connect": "_sockets",
-    "tcp_listen": "_sockets",
+    "tcp_connect": "_stream",
+    "tcp_listen": "_stream",
     "udp_bind": "_sockets",
     "udp_connect": "_sockets",
     "unix_datagram_bind": "_unix",

@@ -1,4 +1,4 @@
-"""``udpkit bench`` and ``udpkit reflect``: the I/O around :mod:`._stats` and :mod:`._probe`.
+"""``udpkit bench``: the I/O around :mod:`._stats` and :mod:`._probe`.
 
 The bench client is one thread and one loop: send what the schedule (``rate``)
 or the window allows, read every reply that is queued (``recvmmsg`` batches on
@@ -7,10 +7,9 @@ an interval ends.  ``select`` sleeps with microsecond resolution, so pacing is
 exact on average and probes due in the same wake-up (about 60 us of timer
 slack) leave together in one ``sendmmsg``.
 
-The reflector is an :class:`~udpkit._engine.Engine` with a handler: it tracks
-every run's probes (:class:`~udpkit._stats.SequenceTracker`), echoes ``PROBE``
-with its own return sequence number, and answers ``REPORT_REQUEST`` with what
-it saw, so loss, duplicates and reordering are known per direction.
+The far end, ``udpkit reflect``, is :class:`~udpkit._reflect.Reflector`: it
+echoes probes with a return sequence number and reports what it saw, so loss,
+duplicates and reordering are known per direction.
 
 Loss is split by where it happened (:func:`~udpkit._stats.split_loss`):
 *sender* (numbered probes the sending kernel refused), *receiver kernel* (the
@@ -34,7 +33,6 @@ from typing import Any
 
 from . import _mmsg
 from ._addr import is_multicast, resolve_one
-from ._engine import Engine
 from ._errors import ConnectionRefused, NetworkError, Timeout, UsageError, map_oserror
 from ._mcast import set_multicast_send
 from ._probe import (
@@ -47,21 +45,19 @@ from ._probe import (
     Kind,
     ProbeError,
     Report,
-    build_report,
     build_report_request,
     parse_report_untrusted,
 )
-from ._sockets import Datagram, DatagramSocket, set_receive_buffer, udp_bind, udp_connect
+from ._sockets import DatagramSocket, set_receive_buffer, udp_bind, udp_connect
 from ._stats import IntervalMeter, IntervalRow, Jitter, LatencyHistogram, SequenceTracker
 
-__all__ = ["BenchConfig", "BenchResult", "FlowResult", "Reflector", "parse_rate", "run_bench"]
+__all__ = ["BenchConfig", "BenchResult", "FlowResult", "parse_rate", "run_bench"]
 
 _BATCH = 64
 _MAX_BURST = 1024  # most probes one flow sends per loop turn (the loop must still read)
 _RCVBUF = 4 << 20
 _HELLO_TRIES = 5
 _HELLO_WAIT = 0.3
-_RSEQ_OFF = 24
 _SI = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}  # no "m": milli or mega?
 _now = time.monotonic_ns
 
@@ -669,230 +665,3 @@ def run_bench(
         )
     finally:
         run.close()
-
-
-# -- the reflector ----------------------------------------------------------------------
-
-
-@dataclass
-class _RunState:
-    tracker: SequenceTracker = field(default_factory=SequenceTracker)
-    jitter: Jitter = field(default_factory=Jitter)
-    bytes: int = 0
-    echoed: int = 0
-    first_ns: int = 0
-    last_ns: int = 0
-    drops_start: int | None = None
-    errors_start: int = 0
-    transit: int | None = None  # the last arrival's transit time, for the jitter
-
-
-class Reflector:
-    """Echo bench probes, count every run, and answer report requests.
-
-    Args:
-        sock: a bound UDP socket (the caller keeps ownership).
-        fast: as for :class:`~udpkit._engine.Engine`.
-        busy_poll_us: as for :class:`~udpkit._engine.Engine`.
-        max_runs: runs remembered at once; the oldest is forgotten past this.
-    """
-
-    def __init__(
-        self,
-        sock: DatagramSocket,
-        *,
-        fast: bool | None = None,
-        busy_poll_us: int = 0,
-        max_runs: int = 4096,
-    ) -> None:
-        self.runs: dict[int, _RunState] = {}
-        self.max_runs = max_runs
-        self.malformed = 0
-        self.ignored = 0
-        self.refused_small = 0
-        self.reports = 0
-        self._batch: Sequence[Datagram] = ()
-        self._answers: list[bytes | None] = []
-        self._i = 0
-        self.engine = Engine(
-            sock.sock,
-            self._handle,
-            bufsize=65535,
-            fast=fast,
-            gro=False,
-            gso=False,
-            on_batch=self._on_batch,
-            busy_poll_us=busy_poll_us,
-        )
-
-    def _on_batch(self, batch: Sequence[Datagram]) -> None:
-        """Account a whole batch at once and line up each datagram's answer.
-
-        The engine calls the handler once per datagram of this batch, in order,
-        right after this: the handler only hands out what was decided here.
-        Doing the work per batch keeps the per-datagram Python small (one
-        arrival time per batch, consecutive numbers tracked in one step).
-        """
-        now = _now()  # one arrival time per batch, as read by the application
-        self._batch = batch
-        self._i = 0
-        answers: list[bytes | None] = []
-        self._answers = answers
-        unpack = HEADER.unpack_from
-        cur = -1
-        st: _RunState | None = None
-        seqs: list[int] = []
-        nbytes = 0
-        transit: int | None = None
-        jit = 0.0
-        for d in batch:
-            data = d[0]
-            ln = len(data)
-            if ln < HEADER_SIZE or d[2] != ln:
-                self.malformed += 1
-                answers.append(None)
-                continue
-            magic, ver, kind, run_id, seq, ts, _ = unpack(data)
-            if magic != MAGIC or ver != VERSION:
-                self.malformed += 1
-                answers.append(None)
-                continue
-            if kind != Kind.PROBE and kind != Kind.PROBE_ONEWAY:  # noqa: PLR1714 - hot path
-                answers.append(self._control(kind, run_id, seq, ln))
-                continue
-            if run_id != cur or st is None:
-                if st is not None:
-                    self._flush(st, seqs, nbytes, transit, jit, now)
-                st = self.runs.get(run_id) or self._run(run_id)
-                cur, seqs, nbytes = run_id, [], 0
-                transit, jit = st.transit, st.jitter.jitter_ns
-            seqs.append(seq)
-            nbytes += ln
-            # RFC 3550 jitter, inline (see _stats.Jitter): the per-datagram cost matters here.
-            t = now - ts
-            if transit is not None:
-                dt = t - transit
-                jit += ((dt if dt >= 0 else -dt) - jit) / 16.0
-            transit = t
-            if kind == Kind.PROBE:
-                rseq = st.echoed
-                st.echoed = rseq + 1
-                # The same bytes, marked REFLECTED and carrying the return path's number.
-                answers.append(
-                    b"%b%c%b%b%b" % (
-                        data[:3], Kind.REFLECTED, data[4:_RSEQ_OFF], rseq.to_bytes(8, "big"),
-                        data[_RSEQ_OFF + 8 :],
-                    )
-                )  # fmt: skip
-            else:
-                answers.append(None)
-        if st is not None:
-            self._flush(st, seqs, nbytes, transit, jit, now)
-
-    def _flush(  # noqa: PLR0917 - the batch loop's locals, handed back
-        self, st: _RunState, seqs: list[int], nbytes: int, transit: int | None, jit: float, now: int
-    ) -> None:
-        st.tracker.observe_many(seqs)
-        st.jitter.samples += len(seqs)
-        st.jitter.jitter_ns = jit
-        st.transit = transit
-        st.bytes += nbytes
-        if not st.first_ns:
-            st.first_ns = now
-        st.last_ns = now
-
-    def _send_errors(self) -> int:
-        return sum(self.engine.stats.send_errors.values())
-
-    def _run(self, run_id: int) -> _RunState:
-        st = self.runs.get(run_id)
-        if st is None:
-            if len(self.runs) >= self.max_runs:
-                del self.runs[next(iter(self.runs))]
-            st = _RunState(
-                drops_start=self.engine.read_kernel_drops(), errors_start=self._send_errors()
-            )
-            self.runs[run_id] = st
-        return st
-
-    def _handle(self, d: Datagram) -> bytes | None:
-        i = self._i
-        self._i = i + 1
-        if i < len(self._batch) and self._batch[i] is d:
-            return self._answers[i]
-        # Not the batch on_batch saw (never, with the engine as written): account it alone.
-        self._on_batch([d])
-        return self._answers[0]
-
-    def _control(self, kind: int, run_id: int, nonce: int, length: int) -> bytes | None:
-        if kind == Kind.REPORT_REQUEST:
-            return self._report(run_id, nonce, length)
-        self.ignored += 1  # REFLECTED/REPORT: never answered, so reflectors cannot ping-pong
-        return None
-
-    def report(self, run_id: int) -> Report:
-        """What the reflector saw of ``run_id`` so far (a new, empty run if unknown)."""
-        st = self._run(run_id)
-        t = st.tracker
-        drops = self.engine.read_kernel_drops()
-        return Report(
-            received=t.received,
-            unique=t.unique,
-            duplicates=t.duplicates,
-            reordered=t.reordered,
-            reorder_extent_max=t.extent_max,
-            out_of_window=t.out_of_window,
-            highest_seq=t.highest,
-            bytes=st.bytes,
-            echoed=st.echoed,
-            jitter_ns=st.jitter.jitter_ns,
-            first_ns=st.first_ns,
-            last_ns=st.last_ns,
-            kernel_drops=drops,
-            kernel_drops_run=None
-            if drops is None or st.drops_start is None
-            else drops - st.drops_start,
-            send_errors=self._send_errors() - st.errors_start,
-        )
-
-    def _report(self, run_id: int, nonce: int, request_len: int) -> bytes | None:
-        out = build_report(run_id, nonce, _now(), self.report(run_id))
-        if len(out) > request_len:
-            self.refused_small += 1  # never answer with more bytes than were sent
-            return None
-        self.reports += 1
-        return out
-
-    def run(self, *, duration: float | None = None) -> None:
-        """Serve until :meth:`stop` (or ``duration`` seconds)."""
-        self.engine.run(duration=duration)
-
-    def stop(self) -> None:
-        """End :meth:`run`; safe from signal handlers and other threads."""
-        self.engine.stop()
-
-    def close(self) -> None:
-        """Release the engine's wake-up sockets (the served socket is the caller's)."""
-        self.engine.close()
-
-
-def open_reflector_socket(host: str, port: int | str, family: int, rcvbuf: int | None) -> Any:
-    """Bind the reflector's socket and size its receive buffer.
-
-    Returns:
-        ``(DatagramSocket, receive buffer granted in bytes)``.
-
-    Raises:
-        AddressError, AddressInUse, NetworkError: as for ``udp_bind``.
-    """
-    from ._sockets import udp_bind
-
-    sock = udp_bind(host, port, family=family)
-    try:
-        got = set_receive_buffer(sock.sock, rcvbuf or _RCVBUF)
-    except NetworkError:
-        got = 0
-    except BaseException:
-        sock.close()
-        raise
-    return sock, got

@@ -7,10 +7,13 @@ One monotonic deadline per attempt, computed once and passed to every wait;
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ConnectionRefused, Timeout, UsageError
-from ._sockets import Datagram, DatagramSocket, StreamSocket
+from ._sockets import Datagram, DatagramSocket
+
+if TYPE_CHECKING:
+    from ._stream import StreamSocket
 
 __all__ = ["request", "stream_request"]
 

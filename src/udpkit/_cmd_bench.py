@@ -558,7 +558,7 @@ def run_reflect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     Returns:
         0.
     """
-    from . import _bench
+    from . import _reflect
     from ._addr import format_sockaddr
 
     rcvbuf = _whole(args.rcvbuf, "--rcvbuf", 1, 2**31 - 1, "bytes")
@@ -570,11 +570,13 @@ def run_reflect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     if groups and host == "127.0.0.1":
         # Group traffic is addressed to the group: listen on the wildcard.
         host = "::" if ":" in groups[0][0] else "0.0.0.0"
-    sock, got = _bench.open_reflector_socket(host, args.port, _family(args), rcvbuf)
+    sock, got = _reflect.open_reflector_socket(host, args.port, _family(args), rcvbuf)
     try:
         for group, iface in groups:
             join_group(sock.sock, group, iface=iface, source=args.source)
-        refl = _bench.Reflector(sock, fast=False if args.no_batch else None, busy_poll_us=busy or 0)
+        refl = _reflect.Reflector(
+            sock, fast=False if args.no_batch else None, busy_poll_us=busy or 0
+        )
         stops = {signal.SIGINT, signal.SIGTERM}
         stopped: list[int] = []
 

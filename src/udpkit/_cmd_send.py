@@ -81,7 +81,9 @@ def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             addr = resolve_one(
                 host, port, family=_family(args), type=socket.SOCK_STREAM, proto="tcp"
             )
-            conn = _sockets.tcp_connect(
+            from . import _stream  # TCP code loads only for --tcp
+
+            conn = _stream.tcp_connect(
                 addr.host, addr.port, family=addr.family, timeout=args.timeout, bind=bind
             )
         with conn:
@@ -142,7 +144,7 @@ def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     import threading
 
-    from . import _client, _format, _server, _sockets
+    from . import _client, _format, _server, _sockets, _stream
     from ._addr import format_sockaddr
     from ._escape import safe_repr
 
@@ -161,8 +163,8 @@ def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     message = DEFAULT_MESSAGE.encode()
     server: _server.DatagramServer | _server.StreamServer
     if args.tcp:
-        listener = _sockets.tcp_listen(DEFAULT_HOST, 0)
-        endpoint: _sockets.DatagramSocket | _sockets.StreamListener = listener
+        listener = _stream.tcp_listen(DEFAULT_HOST, 0)
+        endpoint: _sockets.DatagramSocket | _stream.StreamListener = listener
         server = _server.StreamServer(listener, handler, count=1, observer=observe)
         transport = "TCP"
     else:
@@ -182,7 +184,7 @@ def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         try:
             say("client", f"sending {safe_repr(message)} to {DEFAULT_HOST}:{port}")
             if args.tcp:
-                with _sockets.tcp_connect(DEFAULT_HOST, port, timeout=2.0) as conn:
+                with _stream.tcp_connect(DEFAULT_HOST, port, timeout=2.0) as conn:
                     reply = _client.stream_request(conn, message, timeout=2.0)
             else:
                 with _sockets.udp_connect(DEFAULT_HOST, port) as csock:

@@ -58,7 +58,9 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
     endpoints: list[Any] = []
     try:
         if stream:
-            endpoints.append(_sockets.tcp_listen(addr.host, addr.port, family=addr.family))
+            from . import _stream  # TCP code loads only for --tcp
+
+            endpoints.append(_stream.tcp_listen(addr.host, addr.port, family=addr.family))
         else:
             # An IPv6 wildcard serves IPv4 too (dual stack) unless -6 asks for IPv6 only.
             v6only = bool(args.ipv6) if addr.family == socket.AF_INET6 else None

@@ -21,7 +21,8 @@ from ._engine import Engine, EngineStats
 from ._errors import NetworkError, Timeout
 from ._mmsg import errno_name
 from ._policy import ADMIT, Policy
-from ._sockets import Datagram, DatagramSocket, StreamListener, StreamSocket
+from ._sockets import Datagram, DatagramSocket
+from ._stream import StreamListener, StreamSocket
 
 __all__ = [
     "BatchObserver",

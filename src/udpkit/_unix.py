@@ -13,13 +13,12 @@ import errno
 import os
 import socket
 import stat
+from typing import TYPE_CHECKING
 
 from udpkit._errors import AddressInUse, map_oserror
 from udpkit._generic import _LINUX, _new_socket
 from udpkit._sockets import (
     DatagramSocket,
-    StreamListener,
-    StreamSocket,
     _bind,
     _check_timeout,
     _close_on_error,
@@ -29,6 +28,9 @@ from udpkit._sockets import (
     _remove_own_file,
     _unix_sockaddr,
 )
+
+if TYPE_CHECKING:
+    from udpkit._stream import StreamListener, StreamSocket
 
 __all__ = [
     "unix_datagram_bind",
@@ -169,6 +171,8 @@ def unix_stream_listen(path: str, *, backlog: int = 128) -> StreamListener:
     """
     sock = _new_socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
 
+    from udpkit._stream import StreamListener  # TCP and stream code load only when used
+
     def build() -> StreamListener:
         token = _bind_unix(sock, path, socket.SOCK_STREAM)
         try:
@@ -203,6 +207,8 @@ def unix_stream_connect(path: str, *, timeout: float | None = None) -> StreamSoc
     _check_timeout(timeout)
     sockaddr = _unix_sockaddr(path)
     sock = _new_socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+
+    from udpkit._stream import StreamSocket  # TCP and stream code load only when used
 
     def build() -> StreamSocket:
         _connect(sock, sockaddr, path, timeout)
