@@ -113,3 +113,51 @@ def test_aio_endpoint_joins_hears_and_leaves(group: str) -> None:
             if proc.poll() is None:
                 proc.kill()
             proc.communicate(timeout=STEP)
+
+
+@needs_netns
+def test_send_all_prints_every_responder() -> None:
+    """`send --all` to a broadcast or a group collects every responder's reply, each
+    with its source; the default shows the first one only."""
+    from tests.test_netns_reach import UDPKIT, serving
+
+    with (
+        hosts(3) as (a, b, c),
+        serving(b, "", "5032", "--echo"),
+        serving(c, "", "5032", "--echo"),
+    ):
+        res = a.run(
+            *UDPKIT,
+            "send",
+            "10.77.0.255",
+            "5032",
+            "roll call",
+            "--broadcast",
+            "--all",
+            "--timeout",
+            "0.7",
+            timeout=STEP,
+        )
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == b"Message from Server\nb'roll call'\n" * 2
+        err = res.stderr.decode()
+        assert sorted(line for line in err.splitlines() if "reply from" in line) == [
+            f"udpkit: reply from {b.v4}:5032",
+            f"udpkit: reply from {c.v4}:5032",
+        ]
+        assert err.splitlines()[-1] == "udpkit: 2 replies"
+        # Nobody on that port: exit 3 (timeout), after the whole --timeout.
+        none = a.run(
+            *UDPKIT,
+            "send",
+            "10.77.0.255",
+            "5033",
+            "anyone",
+            "--broadcast",
+            "--all",
+            "--timeout",
+            "0.3",
+            timeout=STEP,
+        )
+        assert none.returncode == 3
+        assert none.stderr.decode().count("\n") == 1

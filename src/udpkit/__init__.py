@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         split_hostport,
     )
     from ._bench import BenchConfig, run_bench
-    from ._client import request, stream_request
+    from ._client import request, request_all, stream_request
     from ._engine import Engine, EngineStats, fast_path_available, send_batch
     from ._errors import (
         AddressError,
@@ -137,6 +137,7 @@ __all__ = [
     "read_records_untrusted",
     "reply_handler",
     "request",
+    "request_all",
     "resolve",
     "resolve_one",
     "run_bench",
@@ -185,6 +186,7 @@ _LAZY: dict[str, str] = {
     "resolve_one": "_addr",
     "split_hostport": "_addr",
     "request": "_client",
+    "request_all": "_client",
     "stream_request": "_client",
     "AddressError": "_errors",
     "AddressInUse": "_errors",

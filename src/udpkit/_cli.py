@@ -365,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow broadcast (SO_BROADCAST); needed for '<broadcast>'",
     )
+    send.add_argument(
+        "--all",
+        action="store_true",
+        help="collect for the whole --timeout and print every reply (for a broadcast "
+        "address or group, one per responder); default: the first reply",
+    )
     mcs = send.add_argument_group("multicast")
     mcs.add_argument("--ttl", type=_nonneg_int, metavar="N", help="multicast hop limit (0-255)")
     loop = mcs.add_mutually_exclusive_group()

@@ -15,7 +15,7 @@ from ._sockets import Datagram, DatagramSocket
 if TYPE_CHECKING:
     from ._stream import StreamSocket
 
-__all__ = ["request", "stream_request"]
+__all__ = ["request", "request_all", "stream_request"]
 
 # After a stream reply starts, a pause this long with nothing more means the
 # server has said all it will say to this message (it may keep the connection).
@@ -85,6 +85,54 @@ def request(
         raise refused
     tries = "attempt" if retries == 0 else "attempts"
     raise Timeout(f"no reply within {timeout:g} s ({retries + 1} {tries})")
+
+
+def request_all(
+    sock: DatagramSocket,
+    message: bytes,
+    to: Any = None,
+    *,
+    timeout: float = 2.0,
+    bufsize: int = 65535,
+    limit: int = 4096,
+) -> list[Datagram]:
+    """Send ``message`` once and collect every datagram that comes back within ``timeout``.
+
+    For discovery: a request to a broadcast address or a multicast group is
+    answered by every responder, each from its own address (use an unconnected
+    socket, as :func:`udpkit.udp_bind` makes, and pass ``to``).
+
+    Args:
+        sock: the socket to use; connected (``to`` is ``None``) or not.
+        message: the payload (zero-length is allowed).
+        to: the destination for an unconnected socket.
+        timeout: seconds to collect for, from the send.
+        bufsize: receive buffer; a longer answer comes back marked truncated.
+        limit: stop after this many replies.
+
+    Returns:
+        The replies in arrival order (empty when none came).
+
+    Raises:
+        UsageError: a negative ``timeout`` or a ``limit`` below 1.
+    """
+    _check_timing(timeout, 0)
+    if limit < 1:
+        raise UsageError(f"invalid limit {limit!r}: must be 1 or more replies")
+    deadline = time.monotonic() + timeout
+    sock.send(message, to)
+    replies: list[Datagram] = []
+    while len(replies) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            replies.append(sock.recv(bufsize, timeout=left))
+        except Timeout:
+            break
+        except ConnectionRefused:
+            continue  # one responder's port was closed: the others may still answer
+    return replies
 
 
 def stream_request(

@@ -20,7 +20,7 @@ from ._cli import (
     _Out,
     _transport,
 )
-from ._errors import UsageError
+from ._errors import Timeout, UsageError
 
 
 def _read_message(text: str, as_hex: bool) -> bytes:
@@ -44,7 +44,7 @@ def _read_message(text: str, as_hex: bool) -> bytes:
 
 def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from . import _client, _sockets, _unix
-    from ._addr import format_sockaddr, is_broadcast, is_multicast, resolve_one, split_hostport
+    from ._addr import is_broadcast, is_multicast, resolve_one, split_hostport
     from ._escape import safe_repr
 
     transport = _transport(args)
@@ -130,15 +130,32 @@ def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         if args.no_wait:
             sock.send(message, to)
             return EXIT_OK
+        if args.all:
+            replies = _client.request_all(
+                sock, message, to, timeout=args.timeout, bufsize=args.buffer_size
+            )
+            for dgram in replies:
+                _show_reply(dgram, to is not None, out, err)
+            if not replies:
+                raise Timeout(f"no reply within {args.timeout:g} s")
+            err.write(f"udpkit: {len(replies)} {'reply' if len(replies) == 1 else 'replies'}\n")
+            return EXIT_OK
         dgram, _attempts = _client.request(
             sock, message, to, timeout=args.timeout, retries=args.retries, bufsize=args.buffer_size
         )
+    _show_reply(dgram, to is not None, out, err)
+    return EXIT_OK
+
+
+def _show_reply(dgram: Any, unconnected: bool, out: _Out, err: _Out) -> None:
+    from ._addr import format_sockaddr
+    from ._escape import safe_repr
+
     out.write(f"Message from Server\n{safe_repr(dgram.data)}\n")
     if dgram.truncated:
         out.write(f"(truncated: {dgram.length} bytes, {len(dgram.data)} kept)\n")
-    if to is not None:
+    if unconnected:
         err.write(f"udpkit: reply from {format_sockaddr(dgram.peer)}\n")
-    return EXIT_OK
 
 
 def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
