@@ -655,3 +655,22 @@ def test_busy_poll_us_checked() -> None:
                 await udpkit.aio.bind_udp("127.0.0.1", 0, busy_poll_us=bad)
 
     run(main)
+
+
+def test_request_all_collects_every_answer(family: Family) -> None:
+    _fam, host = family
+
+    async def main() -> None:
+        async with (
+            await udpkit.aio.serve(host, 0, lambda d: [d.data + b"1", d.data + b"2"]) as srv,
+            await udpkit.aio.open_udp(*srv.local_address[:2]) as ep,
+        ):
+            t0 = time.monotonic()
+            got = await ep.request_all(b"q", timeout=0.3)
+            assert 0.25 <= time.monotonic() - t0 < 3
+            assert [d.data for d in got] == [b"q1", b"q2"]
+            assert [d.data for d in await ep.request_all(b"r", timeout=2, limit=1)] == [b"r1"]
+            with pytest.raises(udpkit.UsageError, match="invalid limit 0"):
+                await ep.request_all(b"s", limit=0)
+
+    run(main)

@@ -436,3 +436,45 @@ class Endpoint(Core):
                 await self._wait(left)
         tries = "attempt" if retries == 0 else "attempts"
         raise Timeout(f"no reply to the request within {timeout:g} s ({retries + 1} {tries})")
+
+    async def request_all(
+        self,
+        data: bytes | bytearray | memoryview,
+        to: Any = None,
+        *,
+        timeout: float = 2.0,
+        limit: int = 4096,
+    ) -> list[Datagram]:
+        """Send ``data`` once and collect every datagram that arrives within ``timeout``.
+
+        For discovery: a request to a broadcast address or a group (an endpoint
+        opened to one is not connected) is answered by every responder.
+
+        Args:
+            data: the request payload.
+            to: as for :meth:`send`.
+            timeout: seconds to collect for, from the send.
+            limit: stop after this many datagrams.
+
+        Returns:
+            The datagrams in arrival order (empty when none came).
+
+        Raises:
+            UsageError: a negative ``timeout``, a ``limit`` below 1, or a closed endpoint.
+        """
+        if not timeout >= 0:
+            raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
+        if limit < 1:
+            raise UsageError(f"invalid limit {limit!r}: must be 1 or more datagrams")
+        deadline = time.monotonic() + timeout
+        await self.send(data, to)
+        out: list[Datagram] = []
+        while len(out) < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                out.append(await self.recv(timeout=left))
+            except Timeout:
+                break
+        return out
