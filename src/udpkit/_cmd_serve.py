@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from ._cli import (
     _Out,
     _transport,
 )
-from ._errors import NetworkError, UdpkitError, UsageError
+from ._errors import AddressError, NetworkError, UdpkitError, UsageError
 
 
 def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[Any], str]:
@@ -40,21 +41,32 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
         raise UsageError("--join is for UDP: multicast has no streams")
     if args.source and not groups:
         raise UsageError("--source goes with --join GROUP")
-    host = DEFAULT_HOST if args.host is None else args.host
-    if args.host is None and groups:
-        # Group traffic is addressed to the group, not to 127.0.0.1: bind the wildcard.
-        host = "::" if ":" in groups[0][0] else "0.0.0.0"
+    family = _family(args)
+    host = args.host
+    if host is None:
+        # The default follows the family: -6 alone means ::1, never 127.0.0.1.
+        v6 = family == socket.AF_INET6
+        if groups:
+            # Group traffic is addressed to the group, not to loopback: bind the
+            # wildcard of -4/-6, or else of the first group's family.
+            if family == socket.AF_UNSPEC:
+                v6 = _group_family(groups[0][0]) == socket.AF_INET6
+            host = "::" if v6 else "0.0.0.0"
+        else:
+            host = "::1" if v6 else DEFAULT_HOST
     port = args.port
     if port is None:
         port = DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT
     addr = resolve_one(
         host,
         port,
-        family=_family(args),
+        family=family,
         passive=True,
         proto="tcp" if stream else "udp",
         type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM,
     )
+    for group, _iface in groups:
+        _check_group(group, addr.host, addr.family)
     endpoints: list[Any] = []
     try:
         if stream:
@@ -76,9 +88,17 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
                         addr.host, bound_port, family=addr.family, reuse_port=True, v6only=v6only
                     )
                 )
-            for ep in endpoints:
-                for group, iface in groups:
-                    join_group(ep.sock, group, iface=iface, source=args.source)
+            if len(endpoints) > 1:
+                # SO_REUSEPORT spreads unicast only: the kernel gives each socket of
+                # the port its own copy of a group datagram.  So only the first
+                # socket joins, and the others opt out of every group (with
+                # IP_MULTICAST_ALL on, a wildcard socket hears any group another
+                # socket on the host joined).  The first keeps the default without
+                # --join, like a single socket; join_group turns it off with --join.
+                for ep in endpoints[0 if groups else 1 :]:
+                    _multicast_all_off(ep.sock)
+            for group, iface in groups:
+                join_group(endpoints[0].sock, group, iface=iface, source=args.source)
     except UdpkitError as exc:
         for ep in endpoints:
             ep.close()
@@ -93,6 +113,99 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
             ) from exc
         raise
     return endpoints, format_sockaddr(endpoints[0].sock.getsockname())
+
+
+def _group_family(group: str) -> int | None:
+    """The family of a literal group address (``None`` for a name)."""
+    literal = group.split("%", 1)[0].strip("[]")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, literal)
+        except (OSError, ValueError):
+            continue
+        return family
+    return None
+
+
+def _check_group(group: str, bound: str, family: int) -> None:
+    """Refuse a --join that the socket bound to ``bound`` could never hear.
+
+    Raises:
+        AddressError: ``group`` is an address but not a multicast group.
+        UsageError: the group is of the other family (an IPv4 group on an IPv6
+            socket, or the reverse), or ``bound`` is a unicast address (or
+            another group): Linux delivers a group's datagrams only to sockets
+            bound to the wildcard or to the group itself.
+    """
+    group_family = _group_family(group)
+    if group_family is None:
+        return  # a name: join_group resolves it and reports what is wrong
+    literal = group.split("%", 1)[0].strip("[]")
+    first = socket.inet_pton(group_family, literal)[0]
+    if not (224 <= first <= 239 if group_family == socket.AF_INET else first == 0xFF):
+        raise AddressError(
+            f"{group!r} is not a multicast group: use 224.0.0.0/4 (IPv4) or ff00::/8 (IPv6)"
+        )
+    if group_family != family:
+        if group_family == socket.AF_INET:
+            raise UsageError(
+                f"cannot join IPv4 group {group} on an IPv6 socket (serving on {bound}): "
+                f"serve on an IPv4 address (-4, or HOST 0.0.0.0) to join {group}, "
+                "or join an IPv6 group (ff00::/8)"
+            )
+        raise UsageError(
+            f"cannot join IPv6 group {group} on an IPv4 socket (serving on {bound}): "
+            f"serve on an IPv6 address (-6, or HOST '::') to join {group}, "
+            "or join an IPv4 group (224.0.0.0/4)"
+        )
+    packed = socket.inet_pton(family, bound.split("%", 1)[0])
+    if not any(packed) or packed == socket.inet_pton(family, literal):
+        return
+    wildcard = "''" if family == socket.AF_INET else "'::'"
+    raise UsageError(
+        f"serving on {bound}, udpkit would never receive group {group}: Linux delivers group "
+        f"datagrams only to sockets bound to the wildcard or to the group; bind {wildcard} "
+        f"(or give no HOST) or {group}"
+    )
+
+
+def _multicast_all_off(sock: socket.socket) -> None:
+    """IP_MULTICAST_ALL (and IPV6_MULTICAST_ALL) off: hear only the groups joined here.
+
+    Raises:
+        NetworkError: the kernel refused.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    from ._errors import map_oserror
+    from ._mcast import IP_MULTICAST_ALL, IPV6_MULTICAST_ALL
+
+    try:
+        # A dual-stack IPv6 socket hears IPv4 groups too: both levels.
+        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
+    except OSError as exc:
+        raise map_oserror(
+            exc, "cannot turn off IP_MULTICAST_ALL for --workers", "use --workers 1"
+        ) from exc
+
+
+def _broadcast_warning(sock: socket.socket, workers: int) -> str | None:
+    """The warning for ``--workers`` > 1 on a wildcard that hears broadcasts, else None."""
+    if workers < 2 or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    host = str(sock.getsockname()[0]).split("%", 1)[0]
+    if any(socket.inet_pton(sock.family, host)):
+        return None  # a unicast address: broadcasts to the subnet do not reach it
+    if sock.family == socket.AF_INET6 and sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        return None  # IPv6 only: IPv6 has no broadcast
+    shown = "0.0.0.0" if sock.family == socket.AF_INET else "::"
+    return (
+        f"warning: with --workers {workers} on wildcard address {shown!r} every worker "
+        "receives its own copy of each broadcast datagram (the kernel copies a broadcast to "
+        "every socket); bind a unicast address, or use --workers 1, to answer broadcasts once"
+    )
 
 
 def _summary(st: Any, stopped_by: int | None) -> str:
@@ -239,9 +352,14 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             note = f", {workers} workers" if workers > 1 else ""
             err.write(f"udpkit: listening on {where} ({transport}{note})\n")
             if args.unix is None:
-                warning = wildcard_warning(args.host, handler is not None)
-                if warning:
-                    err.write(f"udpkit: {warning.rstrip()}\n")
+                # The address actually bound (the default follows -4/-6 and --join).
+                bound = str(endpoints[0].sock.getsockname()[0])
+                for warning in (
+                    wildcard_warning(bound, handler is not None),
+                    _broadcast_warning(endpoints[0].sock, workers),
+                ):
+                    if warning:
+                        err.write(f"udpkit: {warning.rstrip()}\n")
 
             if workers > 1:
                 stats = _workers.run_workers(
