@@ -24,6 +24,13 @@ from udpkit._addr import (
 )
 from udpkit._errors import AddressError
 
+try:
+    from tests._proc import one_line_error
+    from tests._proc import run as run_udpkit
+except ModuleNotFoundError:  # plain `pytest` puts tests/, not the repo, on sys.path
+    from _proc import one_line_error  # type: ignore[import-not-found,no-redef]
+    from _proc import run as run_udpkit  # type: ignore[no-redef]
+
 V4 = socket.AF_INET
 V6 = socket.AF_INET6
 ANY = socket.AF_UNSPEC
@@ -122,9 +129,11 @@ INVALID_TABLE: list[Any] = [
     ("4294967296", 5005, ANY, "invalid host '4294967296'"),
     (True, 5005, ANY, "invalid host True of type bool"),
     (1.5, 5005, ANY, "of type float"),
-    ("::1", 5005, V4, "IPv6 address but the family is AF_INET"),
-    ("127.0.0.1", 5005, V6, "use '::ffff:127.0.0.1'"),
-    (BROADCAST, 5005, V6, "IPv4 address but the family is AF_INET6"),
+    ("::1", 5005, V4, "IPv6 address but IPv4 was asked for (-4 / family=AF_INET)"),
+    ("127.0.0.1", 5005, V6, "'::ffff:127.0.0.1', IPv4-mapped"),
+    (BROADCAST, 5005, V6, "IPv4 broadcast address but IPv6 was asked for (-6"),
+    ("[fe80::1%lo]:5005", 5005, ANY, "give the port separately"),
+    ("fe80::1", 5005, ANY, "link-local address 'fe80::1' needs a scope"),
     ("no-such-host.invalid", 5005, ANY, "cannot resolve host 'no-such-host.invalid'"),
     ("a" * 64 + ".example", 5005, ANY, "not a valid host name"),
     ("127.0.0.1", 70000, ANY, "invalid port '70000': must be 0-65535 or a service name"),
@@ -421,3 +430,167 @@ def test_max_udp_payload_fits_and_one_more_does_not(
         assert len(s.recv(limit + 1)) == limit
         with pytest.raises(OSError):
             s.sendto(b"x" * (limit + 1), me)
+
+
+# --------------------------------------------------------------- messages a user can act on
+
+
+@pytest.mark.parametrize(
+    ("host", "family", "expected"),
+    [
+        (
+            "ff02::1234",
+            V4,
+            "host 'ff02::1234' is an IPv6 address but IPv4 was asked for (-4 / family=AF_INET): "
+            "give an IPv4 address, or drop -4 (family=AF_INET6 or AF_UNSPEC) to use IPv6",
+        ),
+        (
+            "192.0.2.1",
+            V6,
+            "host '192.0.2.1' is an IPv4 address but IPv6 was asked for (-6 / family=AF_INET6): "
+            "give an IPv6 address (or '::ffff:192.0.2.1', IPv4-mapped), "
+            "or drop -6 (family=AF_INET or AF_UNSPEC) to use IPv4",
+        ),
+        (
+            "239.1.2.3",
+            V6,
+            "host '239.1.2.3' is an IPv4 multicast group but IPv6 was asked for "
+            "(-6 / family=AF_INET6): use an IPv6 group (ff00::/8, e.g. ff12::1234), "
+            "or drop -6 (family=AF_INET or AF_UNSPEC) to use IPv4",
+        ),
+    ],
+)
+def test_family_mismatch_says_what_to_do(host: str, family: int, expected: str) -> None:
+    """`udpkit send ff02::1234 5005 x -4` said "the family is AF_INET: use ... family
+    AF_INET6 or AF_UNSPEC", which a command-line user cannot act on; and a v4 group
+    asked for as IPv6 was told to use '::ffff:<group>', which fails."""
+    with pytest.raises(AddressError) as info:
+        resolve(host, 5005, family=family)
+    assert str(info.value) == expected
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("answer", ["empty", "gaierror"])
+def test_name_without_an_address_of_the_family_names_the_flag(
+    monkeypatch: pytest.MonkeyPatch, answer: str
+) -> None:
+    """A name with no address of the family asked for said "with family AF_INET6"
+    (or only the resolver's reason), not which option asked for it."""
+
+    def no_v6(host: str, port: int, family: int, *args: Any) -> list[Any]:
+        if family != V6:
+            return [(V4, socket.SOCK_DGRAM, 17, "", ("192.0.2.7", port))]
+        if answer == "empty":
+            return [(socket.AF_UNIX, socket.SOCK_DGRAM, 0, "", "/x")]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_v6)
+    with pytest.raises(AddressError) as info:
+        resolve("v4only.example", 5005, family=V6)
+    msg = str(info.value)
+    assert msg.startswith("cannot resolve host 'v4only.example': "), msg
+    assert msg.endswith(
+        "IPv6 was asked for (-6 / family=AF_INET6): drop -6 or give a host that has one"
+    ), msg
+
+
+@pytest.mark.parametrize(
+    ("host", "shown", "bare"),
+    [
+        ("fe80::1004:76ff:fe25:162d", "fe80::1004:76ff:fe25:162d", "fe80::1004:76ff:fe25:162d"),
+        ("[fe80::1]", "[fe80::1]", "fe80::1"),
+        ("FEBF::1", "FEBF::1", "FEBF::1"),  # the top of fe80::/10
+    ],
+)
+@pytest.mark.parametrize("passive", [False, True])
+def test_link_local_without_a_scope_is_an_address_error(
+    host: str, shown: str, bare: str, passive: bool
+) -> None:
+    """`udpkit send fe80::... 5107 x` (and `serve fe80::...`) failed with the kernel's
+    bare "invalid argument", exit 1: the scope is what is missing."""
+    with pytest.raises(AddressError) as info:
+        resolve(host, 5107, passive=passive)
+    msg = str(info.value)
+    assert msg.startswith(
+        f"link-local address '{shown}' needs a scope: write '{bare}%IFACE' (e.g. %"
+    )
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "host", ["fe80::1%1", "fec0::1", "ff02::1", "ff12::6", "fe7f::1", "2001:db8::1", "::1"]
+)
+def test_scoped_link_local_and_other_ipv6_need_no_scope(host: str) -> None:
+    """The scope check is for fe80::/10 unicast only: link-scope groups (ff02::/16) are
+    fine without one when an interface is given separately."""
+    (addr,) = resolve(host, 5005)
+    assert addr.family == V6
+
+
+def test_policy_cidrs_for_link_local_still_parse() -> None:
+    """CIDRs are parsed by the policy rules, not resolve: fe80::/10 stays valid there."""
+    from udpkit._policy_rules import parse_cidr
+
+    assert parse_cidr("fe80::/10").prefixlen == 10
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (
+            "[fe80::1%eth0]:5107",
+            "invalid host '[fe80::1%eth0]:5107': it has the port 5107 inside it; give the port "
+            "separately, as an argument of its own: fe80::1%eth0 5107",
+        ),
+        (
+            "[::1]:5005",
+            "invalid host '[::1]:5005': it has the port 5005 inside it; give the port "
+            "separately, as an argument of its own: ::1 5005",
+        ),
+    ],
+)
+def test_bracketed_host_with_a_port_says_the_port_goes_separately(host: str, expected: str) -> None:
+    """`udpkit send '[fe80::...%eth0]:5107' x` said "brackets must enclose an IPv6
+    address", though they do: the port inside the host argument is the problem."""
+    with pytest.raises(AddressError) as info:
+        parse_host(host)
+    assert str(info.value) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (
+            ["send", "fe80::1004:76ff:fe25:162d", "5107", "x", "--no-wait"],
+            "link-local address 'fe80::1004:76ff:fe25:162d' needs a scope: "
+            "write 'fe80::1004:76ff:fe25:162d%IFACE'",
+        ),
+        (
+            ["serve", "fe80::1004:76ff:fe25:162d", "5107"],
+            "link-local address 'fe80::1004:76ff:fe25:162d' needs a scope",
+        ),
+        (
+            ["send", "ff02::1234", "5005", "x", "-4", "--no-wait"],
+            "host 'ff02::1234' is an IPv6 address but IPv4 was asked for (-4",
+        ),
+        (
+            ["send", "239.1.2.3", "5005", "x", "-6", "--no-wait"],
+            "use an IPv6 group (ff00::/8, e.g. ff12::1234), or drop -6",
+        ),
+        (
+            ["send", "[fe80::1%lo]:5107"],
+            "give the port separately, as an argument of its own: fe80::1%lo 5107",
+        ),
+        (
+            ["serve", "[::1]:5005"],
+            "give the port separately, as an argument of its own: ::1 5005",
+        ),
+    ],
+)
+def test_cli_address_mistakes_are_one_line_exit_2(argv: list[str], needle: str) -> None:
+    """These exited 1 with the kernel's "invalid argument" (link-local without a
+    scope), or with advice in AF_* terms or about brackets that were fine."""
+    res = run_udpkit(*argv)
+    assert res.returncode == 2, res.stderr
+    line = one_line_error(res.stderr)
+    assert line.startswith(f"udpkit {argv[0]}: error: ") and needle in line, line

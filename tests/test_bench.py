@@ -36,7 +36,7 @@ from tests.conftest import needs_tool
 
 from udpkit._bench import BenchConfig, parse_rate, run_bench
 from udpkit._cmd_bench import bench_document
-from udpkit._errors import UsageError
+from udpkit._errors import NetworkError, UsageError
 from udpkit._probe import HEADER_SIZE, Kind, build_probe, build_report_request
 from udpkit._reflect import Reflector
 from udpkit._sockets import set_receive_buffer, udp_bind
@@ -294,6 +294,46 @@ def test_cli_one_way_needs_a_reflector() -> None:
         res = run("bench", "127.0.0.1", str(srv.port), "-n", "5", "--one-way")
     assert res.returncode == 2, res
     assert "reflect" in one_line_error(res.stderr)
+
+
+@pytest.mark.parametrize("group", ["239.1.2.6", "ff12::6"])
+def test_group_send_options_come_before_connect(
+    group: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`bench ff12::6 5202 --one-way --iface eth0` failed "connect to [ff12::6]:5202:
+    invalid argument": the probe socket was connected before IPV6_MULTICAST_IF was set."""
+    from udpkit import _bench
+    from udpkit._mcast import set_multicast_send as real
+
+    unconnected: list[bool] = []
+
+    def spy(sock: socket.socket, **kw: Any) -> None:
+        try:
+            sock.getpeername()
+            unconnected.append(False)
+        except OSError:
+            unconnected.append(True)
+        real(sock, **kw)
+
+    monkeypatch.setattr(_bench, "set_multicast_send", spy)
+    cfg = BenchConfig(group, 5202, one_way=True, count=1, iface="lo")
+    try:
+        _bench._Flow(cfg, False).close()
+    except NetworkError as exc:
+        # lo has no IPv6 multicast route: connect fails, but with the interface known,
+        # never with EINVAL, and only after the options were set.
+        assert ":" in group and "invalid argument" not in str(exc), exc
+        assert unconnected == [True]
+    else:
+        assert unconnected == [True, True]  # the probe socket, then the control socket
+
+
+def test_cli_link_scope_group_without_an_interface_is_exit_2() -> None:
+    """Without --iface (or a %scope) a link-scope group cannot be sent to: say so up front."""
+    res = run("bench", "ff02::6", "5202", "--one-way", "-n", "1")
+    assert res.returncode == 2, res
+    line = one_line_error(res.stderr)
+    assert "ff02::6 is link-scope" in line and "--iface IFACE" in line, line
 
 
 def test_reflect_bad_port_exits_2() -> None:

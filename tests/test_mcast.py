@@ -16,6 +16,13 @@ import pytest
 import udpkit
 import udpkit.aio
 
+try:
+    from tests._proc import one_line_error
+    from tests._proc import run as run_udpkit
+except ModuleNotFoundError:  # plain `pytest` puts tests/, not the repo, on sys.path
+    from _proc import one_line_error  # type: ignore[import-not-found,no-redef]
+    from _proc import run as run_udpkit  # type: ignore[no-redef]
+
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options")
 
 
@@ -95,3 +102,68 @@ def test_aio_endpoint_methods() -> None:
             ep.join_group("239.9.9.8", iface="lo")
 
     asyncio.run(asyncio.wait_for(main(), 10))
+
+
+def _unused_index() -> int:
+    """An interface index no interface has here."""
+    return max((i for i, _ in socket.if_nameindex()), default=0) + 1000
+
+
+def test_unknown_interface_index_is_an_address_error() -> None:
+    """An index no interface has (`--iface 99`) was passed on unchecked: the kernel then
+    refused with "cannot assign requested address" or "no such device", exit 1."""
+    index = str(_unused_index())
+    with udpkit.udp_bind("127.0.0.1", 0) as ds:
+        with pytest.raises(udpkit.AddressError) as info:
+            udpkit.set_multicast_send(ds, iface=index)
+        assert str(info.value) == (
+            f"unknown interface '{index}': no interface has index {index}; "
+            "use a name or index from 'ip link'"
+        )
+        with pytest.raises(udpkit.AddressError, match=f"unknown interface '{index}'"):
+            udpkit.join_group(ds, "239.9.9.7", iface=index)
+
+
+@linux_only
+def test_a_known_interface_index_still_works() -> None:
+    lo = str(socket.if_nametoindex("lo"))
+    with udpkit.udp_bind("", 0, family=socket.AF_INET) as ds:
+        udpkit.set_multicast_send(ds, iface=lo)
+        udpkit.join_group(ds, "239.9.9.6", iface=lo)
+        udpkit.leave_group(ds, "239.9.9.6", iface="lo")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["send", "239.1.2.3", "5005", "x", "--iface", "{index}", "--no-wait"],
+        ["serve", "--join", "239.1.2.3@{index}", "-p", "0"],
+    ],
+)
+def test_cli_unknown_interface_index_is_exit_2(argv: list[str]) -> None:
+    """`udpkit send 239.1.2.3 5005 x --iface 99` and `serve --join 239.1.2.3@99` exited 1
+    with messages that did not say the interface was the problem."""
+    index = str(_unused_index())
+    res = run_udpkit(*(a.replace("{index}", index) for a in argv))
+    assert res.returncode == 2, res.stderr
+    line = one_line_error(res.stderr)
+    assert f"unknown interface '{index}'" in line and "ip link" in line, line
+
+
+def test_link_local_address_is_no_group() -> None:
+    """A fe80:: address is refused as no group, not for its missing scope."""
+    with (
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s,
+        pytest.raises(udpkit.AddressError, match="'fe80::1' is not a multicast group"),
+    ):
+        udpkit.join_group(s, "fe80::1", iface="lo")
+
+
+@linux_only
+def test_link_local_source_takes_the_interface_of_the_join() -> None:
+    """A source-specific join with a link-local source and no scope: the source is on
+    the join's interface (the scope check of resolve does not refuse it)."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind(("::", 0))
+        udpkit.join_group(s, "ff32::8000:9", iface="lo", source="fe80::1")
+        udpkit.leave_group(s, "ff32::8000:9", iface="lo", source="fe80::1")

@@ -78,6 +78,10 @@ def test_dotted_quad_round_trips(ip: ipaddress.IPv4Address, port: int) -> None:
 
 @given(st.ip_addresses(v=6), st.integers(0, 65535))
 def test_ipv6_round_trips(ip: ipaddress.IPv6Address, port: int) -> None:
+    if ip.is_link_local:  # fe80::/10 means nothing without an interface
+        with pytest.raises(AddressError, match="needs a scope"):
+            resolve(str(ip), port)
+        return
     for text in (str(ip), ip.exploded, f"[{ip}]"):
         (addr,) = resolve(text, port)
         assert addr.family == socket.AF_INET6 and addr.port == port

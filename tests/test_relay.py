@@ -14,6 +14,7 @@ import pytest
 
 from udpkit._relay import Relay, RelayStats
 from udpkit._relaycore import ImpairConfig
+from udpkit._relaystats import _show, format_stats
 
 try:
     from tests._proc import (
@@ -168,6 +169,50 @@ def test_ipv4_clients_to_ipv6_target() -> None:
             relay.stop()
             t.join(STEP)
         ls.close()
+
+
+def test_ipv4_clients_of_a_dual_stack_relay_are_shown_as_ipv4() -> None:
+    """A relay on '::' labelled an IPv4 client `flow [::ffff:10.77.0.1]:P` while bench
+    calls the same flow `10.77.0.1:P`: show v4-mapped clients as IPv4, as serve does."""
+    if not HAVE_IPV6:
+        pytest.skip("::1 cannot be bound here")
+    with upstream((socket.AF_INET6, "::1")) as up:
+        ls = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        ls.bind(("::", 0))
+        port = ls.getsockname()[1]
+        with Relay(ls, ("::1", up.port, 0, 0)) as relay:
+            t = threading.Thread(target=relay.run, daemon=True)
+            t.start()
+            try:
+                with client((socket.AF_INET, "127.0.0.1")) as c:
+                    c.sendto(b"hi", ("127.0.0.1", port))
+                    assert c.recv(10) == b"hi"
+                    mine = f"127.0.0.1:{c.getsockname()[1]}"
+                wait_for(lambda: relay.stats.counts["down_out"] == 1)
+                st = relay.stats
+            finally:
+                relay.stop()
+                t.join(STEP)
+        ls.close()
+    assert [r["peer"] for r in st.per_flow] == [mine]
+    assert f"udpkit relay:   flow {mine} up in=1 out=1 " in format_stats(st)
+    assert "::ffff:" not in format_stats(st)
+
+
+@pytest.mark.parametrize(
+    ("peer", "shown"),
+    [
+        (("::ffff:10.77.0.1", 40000, 0, 0), "10.77.0.1:40000"),
+        (("::ffff:a4d:1", 40000, 0, 0), "10.77.0.1:40000"),
+        (("10.77.0.1", 40000), "10.77.0.1:40000"),
+        (("fd77::1", 40000, 0, 0), "[fd77::1]:40000"),
+        (("::1", 9, 0, 0), "[::1]:9"),
+        (("not an address", 9, 0, 0), "not an address:9"),  # left to format_sockaddr
+    ],
+)
+def test_flow_labels(peer: tuple[object, ...], shown: str) -> None:
+    assert _show(peer) == shown
 
 
 @pytest.mark.parametrize("fast", [None, False], ids=["batched", "portable"])

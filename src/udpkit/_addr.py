@@ -15,7 +15,8 @@ for sending alike:
 Numeric hosts never go through DNS: they are checked with ``inet_pton`` and
 turned into a socket address directly, because every ``sendto`` may come
 through here. Malformed numeric-looking hosts (``"256.1.1.1"``, ``"1.2.3"``,
-``"::1::2"``) are errors, not DNS lookups that fail slowly later.
+``"::1::2"``) are errors, not DNS lookups that fail slowly later, and so is a
+link-local address (fe80::/10) without the ``%scope`` that says which link.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ _FAMILY_NAMES: dict[int, str] = {
     socket.AF_INET: "AF_INET",
     socket.AF_INET6: "AF_INET6",
 }
+_KIND: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+_FLAG: dict[int, str] = {socket.AF_INET: "-4", socket.AF_INET6: "-6"}
 _PORT_HELP = "must be 0-65535 or a service name"
 _V6_HELP = "write it like '2001:db8::1' or 'fe80::1%eth0', and pass the port separately"
 # Service names in /etc/services are letters, digits, '-', '_', '+', '.', '/'.
@@ -244,6 +247,13 @@ def parse_host(host: str | int | None) -> str:
     if host.isascii() and host.isdigit():
         return _int_host(int(host), host)
     if host.startswith("[") or host.endswith("]"):
+        in_brackets, close, after = host[1:].partition("]")
+        if host.startswith("[") and close and after.startswith(":") and after[1:] and in_brackets:
+            # '[HOST]:PORT' where only the host belongs: the port is an argument of its own.
+            raise AddressError(
+                f"invalid host '{host}': it has the port {after[1:]} inside it; give the "
+                f"port separately, as an argument of its own: {in_brackets} {after[1:]}"
+            )
         inner = host[1:-1]
         if not (host.startswith("[") and host.endswith("]") and len(host) > 2):
             raise AddressError(
@@ -279,15 +289,69 @@ def _family_name(family: int) -> str:
     return _FAMILY_NAMES.get(family, str(family))
 
 
+# How a family is asked for, in words for the command line and for the API alike.
+_ASKED: dict[int, str] = {
+    socket.AF_INET: "IPv4 was asked for (-4 / family=AF_INET)",
+    socket.AF_INET6: "IPv6 was asked for (-6 / family=AF_INET6)",
+}
+
+
 def _mismatch(shown: object, text: str, family: int) -> AddressError:
+    """The error for a numeric host of the other family than the one asked for."""
+    asked = _ASKED.get(family, f"the family is {_family_name(family)}")
     if ":" in text:
-        hint = "use an IPv4 address, or family AF_INET6 or AF_UNSPEC"
-        kind = "IPv6"
-    else:
-        hint = f"use '::ffff:{text}' (IPv4-mapped), or family AF_INET or AF_UNSPEC"
-        kind = "IPv4"
+        return AddressError(
+            f"host '{shown}' is an IPv6 address but {asked}: give an IPv4 address, "
+            "or drop -4 (family=AF_INET6 or AF_UNSPEC) to use IPv6"
+        )
+    packed = socket.inet_pton(socket.AF_INET, text)
+    drop = "or drop -6 (family=AF_INET or AF_UNSPEC) to use IPv4"
+    if 224 <= packed[0] <= 239:
+        # '::ffff:239.1.2.3' is no group an IPv6 socket can send to or join.
+        return AddressError(
+            f"host '{shown}' is an IPv4 multicast group but {asked}: use an IPv6 group "
+            f"(ff00::/8, e.g. ff12::1234), {drop}"
+        )
+    if packed == b"\xff\xff\xff\xff":
+        return AddressError(
+            f"host '{shown}' is the IPv4 broadcast address but {asked}: IPv6 has no "
+            f"broadcast, use a multicast group (e.g. ff02::1%IFACE), {drop}"
+        )
     return AddressError(
-        f"host '{shown}' is an {kind} address but the family is {_family_name(family)}: {hint}"
+        f"host '{shown}' is an IPv4 address but {asked}: give an IPv6 address "
+        f"(or '::ffff:{text}', IPv4-mapped), {drop}"
+    )
+
+
+def _is_link_local(packed: bytes) -> bool:
+    """fe80::/10: unicast that means something only on one link (an interface)."""
+    return packed[0] == 0xFE and packed[1] & 0xC0 == 0x80
+
+
+def link_local_without_scope(text: str) -> bool:
+    """Whether ``text`` (as :func:`parse_host` returns it) is fe80::/10 with no ``%scope``."""
+    addr, sep, _ = text.partition("%")
+    if sep or ":" not in addr:
+        return False
+    try:
+        return _is_link_local(socket.inet_pton(socket.AF_INET6, addr))
+    except OSError:
+        return False
+
+
+def _example_iface() -> str:
+    """An interface name to show in advice: the first that is not loopback, else eth0."""
+    try:
+        names = [name for _, name in socket.if_nameindex() if name != "lo"]
+    except OSError:
+        names = []
+    return names[0] if names else "eth0"
+
+
+def _needs_scope(shown: object, addr: str) -> AddressError:
+    return AddressError(
+        f"link-local address '{shown}' needs a scope: write '{addr}%IFACE' "
+        f"(e.g. %{_example_iface()}), naming the interface it is on"
     )
 
 
@@ -317,6 +381,9 @@ def _numeric(text: str, port: int, family: int, shown: object) -> Address | None
     else:
         if family == socket.AF_INET:
             raise _mismatch(shown, text, family)
+        if not scope and _is_link_local(packed):
+            # The kernel refuses it with a bare EINVAL (connect, bind): say what is missing.
+            raise _needs_scope(shown, addr)
         scope_id = _scope_index(scope, shown) if scope else 0
         canonical = socket.inet_ntop(socket.AF_INET6, packed)
         return Address(socket.AF_INET6, (canonical, port, 0, scope_id))
@@ -327,6 +394,14 @@ def _numeric(text: str, port: int, family: int, shown: object) -> Address | None
     if family == socket.AF_INET6:
         raise _mismatch(shown, text, family)
     return Address(socket.AF_INET, (text, port))
+
+
+def _resolves_at_all(text: str, port: int, type: int, flags: int) -> bool:
+    """Whether a name that failed for one family has an address of any (error path only)."""
+    try:
+        return bool(socket.getaddrinfo(text, port, socket.AF_UNSPEC, type, 0, flags))
+    except (OSError, UnicodeError):
+        return False
 
 
 def resolve(
@@ -363,7 +438,8 @@ def resolve(
 
     Raises:
         AddressError: a malformed host or port, an address of the wrong family,
-            an unknown scope interface, or a name that does not resolve.
+            a link-local address (fe80::/10) without a scope, an unknown scope
+            interface, or a name that does not resolve.
     """
     if family not in _FAMILIES:
         raise AddressError(
@@ -384,7 +460,10 @@ def resolve(
     try:
         infos = socket.getaddrinfo(text, number, family, type, 0, flags)
     except socket.gaierror as exc:
-        raise AddressError(f"cannot resolve host '{text}': {exc.strerror or exc}") from exc
+        hint = ""
+        if family in _ASKED and _resolves_at_all(text, number, type, flags):
+            hint = f", and {_ASKED[family]}: drop {_FLAG[family]} or give a host that has one"
+        raise AddressError(f"cannot resolve host '{text}': {exc.strerror or exc}{hint}") from exc
     except UnicodeError as exc:
         # IDNA encoding refuses labels that are empty or over 63 characters.
         raise AddressError(f"cannot resolve host '{text}': not a valid host name ({exc})") from exc
@@ -403,10 +482,12 @@ def resolve(
         else:
             out.append(Address(socket.AF_INET, (str(sockaddr[0]), int(sockaddr[1]))))
     if not out:
-        raise AddressError(
-            f"cannot resolve host '{text}': no IPv4 or IPv6 address for it"
-            f" with family {_family_name(family)}"
-        )
+        if family in _ASKED:
+            raise AddressError(
+                f"cannot resolve host '{text}': it has no {_KIND[family]} address and "
+                f"{_ASKED[family]}: drop {_FLAG[family]} or give a host that has one"
+            )
+        raise AddressError(f"cannot resolve host '{text}': no IPv4 or IPv6 address for it")
     return out
 
 

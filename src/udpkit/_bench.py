@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _mmsg
-from ._addr import is_multicast, resolve_one
+from ._addr import Address, is_multicast, resolve_one
 from ._errors import ConnectionRefused, NetworkError, Timeout, UsageError, map_oserror
 from ._mcast import set_multicast_send
 from ._probe import (
@@ -204,6 +204,36 @@ class BenchResult:
     intervals: list[IntervalRow]
 
 
+def _group_socket(target: Address, cfg: BenchConfig, *, connect: bool) -> DatagramSocket:
+    """A socket that sends to the group ``target``, connected to it if ``connect``.
+
+    The multicast options come first: connecting to a link-scope IPv6 group
+    (ff02::/16, ff12::/16) with no scope id takes the interface from
+    IPV6_MULTICAST_IF, and the kernel refuses it (EINVAL) while that is unset.
+    """
+    sa = target.sockaddr
+    if target.family == socket.AF_INET6 and isinstance(sa, tuple) and not cfg.iface:
+        packed = socket.inet_pton(socket.AF_INET6, str(sa[0]))
+        if packed[1] & 0x0F in (1, 2) and not (len(sa) > 3 and sa[3]):
+            raise UsageError(
+                f"the group {target.host} is link-scope: name the interface to send it "
+                f"on with --iface IFACE (or write {target.host}%IFACE)"
+            )
+    wild = "::" if target.family == socket.AF_INET6 else "0.0.0.0"
+    sock = udp_bind(wild, 0, family=target.family)
+    try:
+        set_multicast_send(sock.sock, ttl=cfg.ttl, iface=cfg.iface)
+        if connect:
+            try:
+                sock.sock.connect(sa)
+            except OSError as exc:
+                raise map_oserror(exc, f"connect to {target}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class _Flow:
     """One socket and run id, with its receive buffers."""
 
@@ -211,27 +241,28 @@ class _Flow:
         # Resolved once: probe and control sockets must reach the same address even
         # where a name resolves to several.
         target = resolve_one(cfg.host, cfg.port, family=cfg.family)
-        self.sock: DatagramSocket = udp_connect(target.host, target.port, family=target.family)
+        self.multicast = is_multicast(target)
+        if self.multicast and not cfg.one_way:
+            raise UsageError(
+                f"bench to the multicast group {cfg.host} needs --one-way: every "
+                "member would echo each probe"
+            )
+        self.sock: DatagramSocket = (
+            _group_socket(target, cfg, connect=True)
+            if self.multicast
+            else udp_connect(target.host, target.port, family=target.family)
+        )
         # The opening exchange and report requests use a socket of their own, so they
         # form a flow of their own through a relay or NAT: whatever an impairing relay
         # does to them never mixes into the probe flow's counts.
         self.ctrl_sock: DatagramSocket | None = None
         try:
-            self.multicast = is_multicast(target)
             self.ctrl_to: Any = None
             if self.multicast:
                 # Every group member answers from its own address: an unconnected
                 # control socket hears them all.
-                if not cfg.one_way:
-                    raise UsageError(
-                        f"bench to the multicast group {cfg.host} needs --one-way: every "
-                        "member would echo each probe"
-                    )
-                wild = "::" if target.family == socket.AF_INET6 else "0.0.0.0"
-                self.ctrl_sock = udp_bind(wild, 0, family=target.family)
+                self.ctrl_sock = _group_socket(target, cfg, connect=False)
                 self.ctrl_to = target.sockaddr
-                for raw in (self.sock.sock, self.ctrl_sock.sock):
-                    set_multicast_send(raw, ttl=cfg.ttl, iface=cfg.iface)
             else:
                 self.ctrl_sock = udp_connect(target.host, target.port, family=target.family)
             self.ctrl = self.ctrl_sock.sock

@@ -14,7 +14,7 @@ import struct
 import sys
 from typing import Any
 
-from ._addr import resolve_one
+from ._addr import link_local_without_scope, parse_host, resolve_one
 from ._errors import AddressError, UsageError, map_oserror
 
 __all__ = ["join_group", "leave_group", "parse_group", "set_dual_stack", "set_multicast_send"]
@@ -49,14 +49,33 @@ def _storage(family: int, sockaddr: object) -> bytes:
 
 
 def _ifindex(iface: str | None) -> int:
+    """The index of interface ``iface`` (a name, or an index as digits); 0 for none given.
+
+    An index is checked like a name: the kernel would otherwise refuse an unknown
+    one later with an unrelated reason (EADDRNOTAVAIL, ENODEV).
+    """
     if not iface:
         return 0
-    if iface.isdigit():
-        return int(iface)
+    if iface.isascii() and iface.isdigit():
+        index = int(iface)
+        try:
+            socket.if_indextoname(index)
+        except (OSError, OverflowError, ValueError):
+            raise AddressError(
+                f"unknown interface {iface!r}: no interface has index {index}; "
+                "use a name or index from 'ip link'"
+            ) from None
+        return index
     try:
         return socket.if_nametoindex(iface)
     except OSError:
         raise AddressError(f"unknown interface {iface!r}: use a name from 'ip link'") from None
+
+
+def _not_a_group(group: str) -> AddressError:
+    return AddressError(
+        f"{group!r} is not a multicast group: use 224.0.0.0/4 (IPv4) or ff00::/8 (IPv6)"
+    )
 
 
 def parse_group(text: str) -> tuple[str, str | None]:
@@ -117,13 +136,13 @@ def _membership(
     sock: socket.socket, group: str, iface: str | None, source: str | None, *, join: bool
 ) -> None:
     family = sock.family
+    if link_local_without_scope(parse_host(group)):
+        raise _not_a_group(group)
     addr = resolve_one(group, 0, family=family)
     packed = socket.inet_pton(family, addr.host.split("%", 1)[0])
     is_mc = packed[0] >= 224 and packed[0] <= 239 if family == socket.AF_INET else packed[0] == 0xFF
     if not is_mc:
-        raise AddressError(
-            f"{group!r} is not a multicast group: use 224.0.0.0/4 (IPv4) or ff00::/8 (IPv6)"
-        )
+        raise _not_a_group(group)
     sa = addr.sockaddr
     scope = sa[3] if isinstance(sa, tuple) and len(sa) == 4 else 0
     index = _ifindex(iface) or scope
@@ -136,6 +155,9 @@ def _membership(
             opt = MCAST_JOIN_GROUP if join else MCAST_LEAVE_GROUP
             sock.setsockopt(level, opt, head + _storage(family, addr.sockaddr))
         else:
+            if index and link_local_without_scope(parse_host(source)):
+                # A link-local source is on the interface of the join.
+                source = f"{parse_host(source)}%{index}"
             src = resolve_one(source, 0, family=family)
             opt = MCAST_JOIN_SOURCE_GROUP if join else MCAST_LEAVE_SOURCE_GROUP
             sock.setsockopt(

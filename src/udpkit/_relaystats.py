@@ -6,12 +6,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._relaycore import ImpairStats
 
 __all__ = ["RelayStats", "format_stats"]
+
+_V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, IPv4 on a dual-stack socket
 
 
 @dataclass
@@ -130,8 +134,18 @@ def _proc_drops_by_inode() -> dict[int, int]:
 
 
 def _show(peer: Any) -> str:
+    """A flow's client as text; an IPv4 client of a dual-stack listener reads as IPv4.
+
+    ``('::ffff:10.77.0.1', 40000, 0, 0)`` is shown ``10.77.0.1:40000``, as bench
+    (and ``serve``) name that same peer, so the two can be matched.
+    """
     from ._addr import format_sockaddr
 
+    if isinstance(peer, tuple) and len(peer) == 4 and isinstance(peer[0], str):
+        with contextlib.suppress(OSError, ValueError):
+            packed = socket.inet_pton(socket.AF_INET6, peer[0])
+            if packed[:12] == _V4_MAPPED:
+                peer = (socket.inet_ntop(socket.AF_INET, packed[12:]), peer[1])
     try:
         return format_sockaddr(peer)
     except Exception:  # an unusual address is still shown, not fatal
