@@ -119,6 +119,8 @@ class Endpoint(Core):
                     self._follow = True
                     self._loop.call_soon(self._follow_up)
                 return
+            if self._fatal is not None:
+                return  # the socket failed: reading stopped and the waiters know
         self._read_batches()
 
     def _follow_up(self) -> None:
