@@ -674,3 +674,214 @@ def test_request_all_collects_every_answer(family: Family) -> None:
                 await ep.request_all(b"s", limit=0)
 
     run(main)
+
+
+# -- requests: turns, stale answers, match ---------------------------------------------------
+
+
+def _delayed_echo(delay: float) -> Callable[[], Awaitable[tuple[Any, asyncio.Task[None]]]]:
+    """A server (an Endpoint) that answers each request ``delay`` seconds later."""
+
+    async def start() -> tuple[Any, asyncio.Task[None]]:
+        srv = await udpkit.aio.bind_udp("127.0.0.1", 0)
+
+        async def answer(d: Datagram) -> None:
+            await asyncio.sleep(delay)
+            if not srv.closed:
+                await srv.send(b"re:" + d.data, d.peer)
+
+        async def loop() -> None:
+            async with asyncio.TaskGroup() as tg:
+                async for d in srv:
+                    tg.create_task(answer(d))
+
+        return srv, asyncio.create_task(loop())
+
+    return start
+
+
+def test_request_never_returns_an_earlier_requests_answer() -> None:
+    """A reply that came after its request timed out was handed to the next request,
+    and every later request stayed one answer behind."""
+
+    async def main() -> None:
+        srv, task = await _delayed_echo(0.15)()
+        try:
+            async with udpkit.aio.open_udp(*srv.local_address) as ep:
+                with pytest.raises(udpkit.Timeout):
+                    await ep.request(b"A", timeout=0.05)
+                await asyncio.sleep(0.2)  # A's late answer is now waiting
+                assert (await ep.request(b"B", timeout=1)).data == b"re:B"
+                assert ep.stats.stale == 1
+                # With match, an answer that crosses the send is skipped too.
+                with pytest.raises(udpkit.Timeout):
+                    await ep.request(b"C", timeout=0.05)
+                got = await ep.request(b"D", timeout=1, match=lambda d: d.data == b"re:D")
+                assert got.data == b"re:D"
+                assert ep.stats.stale == 2
+        finally:
+            srv.close()
+            await asyncio.wait_for(task, TIMEOUT)
+
+    run(main)
+
+
+def test_concurrent_requests_take_turns() -> None:
+    """50 requests gathered on one endpoint got each other's answers (1 in 50 right)."""
+
+    async def main() -> None:
+        srv, task = await _delayed_echo(0.002)()
+        try:
+            async with udpkit.aio.open_udp(*srv.local_address) as ep:
+                asks = [b"q%d" % i for i in range(50)]
+                answers = await asyncio.gather(*(ep.request(q, timeout=2) for q in asks))
+                assert [a.data for a in answers] == [b"re:" + q for q in asks]
+                found = await ep.request_all(b"all", timeout=0.1)
+                assert [d.data for d in found] == [b"re:all"]
+        finally:
+            srv.close()
+            await asyncio.wait_for(task, TIMEOUT)
+
+    run(main)
+
+
+def test_bad_timeouts_are_usage_errors() -> None:
+    async def main() -> None:
+        async with udpkit.aio.bind_udp("127.0.0.1", 0) as ep:
+            for bad in (-1, None, "1"):
+                with pytest.raises(udpkit.UsageError, match="invalid timeout"):
+                    await ep.request(b"x", ("127.0.0.1", 9), timeout=bad)  # type: ignore[arg-type]
+            with pytest.raises(udpkit.UsageError, match="invalid timeout -1"):
+                await ep.recv(timeout=-1)
+
+    run(main)
+
+
+def test_connected_endpoint_refuses_another_destination() -> None:
+    """send(to=other) on a connected endpoint went out, but every answer was filtered."""
+
+    async def main() -> None:
+        async with (
+            udpkit.aio.bind_udp("127.0.0.1", 0) as a,
+            udpkit.aio.bind_udp("127.0.0.1", 0) as b,
+            udpkit.aio.open_udp(*a.local_address) as ep,
+        ):
+            await ep.send(b"ok", a.local_address)  # its own peer, named: fine
+            with pytest.raises(udpkit.UsageError, match="connected to"):
+                await ep.send(b"x", b.local_address)
+
+    run(main)
+
+
+# -- closing accounts for everything ---------------------------------------------------------
+
+
+@linux_only
+def test_close_counts_what_was_never_taken() -> None:
+    """aclose() with datagrams queued and more in the kernel lost both uncounted:
+    sent != received + kernel_drops."""
+    sent = 3000
+
+    async def main() -> None:
+        ep = await udpkit.aio.bind_udp("127.0.0.1", 0, queue_size=16)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            for i in range(sent):
+                tx.sendto(b"%d" % i, ep.local_address)
+        await asyncio.sleep(0.05)  # the reader fills its queue, then stops
+        assert (await ep.recv()).data == b"0"
+        await ep.aclose()
+        st = ep.stats
+        if st.kernel_drops is None:
+            pytest.skip("/proc/net/udp shows no drop count here")
+        assert sent == st.received + st.kernel_drops
+        assert st.discarded == st.received - 1  # all but the one taken
+        with pytest.raises(udpkit.UsageError, match="closed"):
+            await ep.recv()
+
+    run(main)
+
+
+# -- server handlers ---------------------------------------------------------------------------
+
+
+def test_coroutine_handler_is_refused() -> None:
+    async def handler(d: Datagram) -> bytes:
+        return d.data
+
+    async def main() -> None:
+        sock = udpkit.udp_bind("127.0.0.1", 0)
+        with pytest.raises(udpkit.UsageError, match="coroutine function"):
+            udpkit.aio.Server(sock, handler)  # type: ignore[arg-type]
+        assert sock.closed
+
+    run(main)
+
+
+def test_handler_failure_is_counted_kept_and_reported_once() -> None:
+    async def main() -> None:
+        reported: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+
+        def handler(d: Datagram) -> bytes:
+            raise ValueError(f"bad {d.data!r}")
+
+        async with (
+            await udpkit.aio.serve("127.0.0.1", 0, handler) as srv,
+            await udpkit.aio.open_udp(*srv.local_address) as ep,
+        ):
+            for i in range(3):
+                await ep.send(b"%d" % i)
+            deadline = time.monotonic() + TIMEOUT
+            while srv.stats.handler_errors < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert srv.stats.handler_errors == 3
+            assert repr(srv.handler_error) == "ValueError(\"bad b'2'\")"
+        assert len(reported) == 1 and isinstance(reported[0]["exception"], ValueError)
+
+    run(main)
+
+
+def test_handler_that_closes_the_server_ends_it_cleanly(fast: bool | None) -> None:
+    """A handler calling close() made serve_forever() raise EBADF: the server read on
+    from its closed descriptor (and could read another socket's datagrams)."""
+
+    async def main() -> None:
+        seen: list[bytes] = []
+        srv: Any = None
+
+        def handler(d: Datagram) -> None:
+            seen.append(d.data)
+            srv.close()
+
+        srv = udpkit.aio.Server(udpkit.udp_bind("127.0.0.1", 0), handler, fast=fast)
+        where = srv.local_address
+        task = asyncio.create_task(srv.serve_forever())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            tx.sendto(b"first", where)
+            await asyncio.wait_for(task, TIMEOUT)  # returns: no error
+            # The descriptor number is free again; a new socket may get it.
+            async with udpkit.aio.bind_udp("127.0.0.1", 0) as other:
+                tx.sendto(b"for-the-new-socket", other.local_address)
+                assert (await other.recv(timeout=TIMEOUT)).data == b"for-the-new-socket"
+        assert seen == [b"first"]
+
+    run(main)
+
+
+@linux_only
+def test_busy_server_yields_even_when_it_cannot_keep_up() -> None:
+    """A busy-polling server whose handler is slower than the stream never returned to
+    the loop: the spin only looked at the clock when the socket was empty."""
+
+    def slow(d: Datagram) -> None:
+        end = time.perf_counter() + 50e-6
+        while time.perf_counter() < end:
+            pass
+
+    async def main() -> None:
+        async with await udpkit.aio.serve("127.0.0.1", 0, slow, busy_poll_us=1000) as server:
+            sender = asyncio.create_task(_flood(server.local_address, 0.4))
+            stall = await _longest_stall(sender, 0.4)
+        assert stall < 0.1
+
+    run(main)

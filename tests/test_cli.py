@@ -821,3 +821,25 @@ def test_send_prints_hostile_and_truncated_replies_safely() -> None:
         assert bad not in result.stdout
     assert result.stdout.startswith(b"Message from Server\nb'\\x1b[2J\\x9b")
     assert f"truncated: {len(hostile)} bytes, 8 kept".encode() in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("extra", "clash"),
+    [(("--tcp",), "--tcp"), (("--no-wait",), "--no-wait"), (("--retries", "2"), "--retries")],
+)
+def test_send_all_refuses_what_it_cannot_honour(extra: tuple[str, ...], clash: str) -> None:
+    """`send --all` silently ignored --tcp, --no-wait and --retries."""
+    res = run("send", "127.0.0.1", "9", "x", "--all", *extra)
+    assert res.returncode == 2
+    assert one_line_error(res.stderr) == (
+        f"udpkit send: error: --all cannot be combined with {clash}: it sends one datagram "
+        "and collects every reply within --timeout"
+    )
+
+
+def test_send_all_to_a_closed_port_says_refused() -> None:
+    """A refusal on a connected socket is final: `send --all` reported a timeout (exit 3)."""
+    port = free_port(socket.AF_INET, "127.0.0.1")
+    res = run("send", "127.0.0.1", str(port), "x", "--all", "--timeout", "2")
+    assert res.returncode == 1
+    assert b"connection refused" in res.stderr

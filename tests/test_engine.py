@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import struct
 import sys
@@ -443,3 +445,18 @@ def test_stats_merge(a: int | None, b: int | None, want: int | None) -> None:
 )
 def test_sockaddr_round_trip(fam: socket.AddressFamily, addr: tuple[Any, ...]) -> None:
     assert decode_sockaddr(encode_sockaddr(fam, addr)) == addr
+
+
+@pytest.mark.skipif(not hasattr(select, "poll"), reason="no poll() here")
+def test_waiting_for_room_works_on_a_high_descriptor() -> None:
+    """With epoll for reading, a full send buffer fell back to select(), which raises
+    ValueError for a descriptor >= 1024 (a busy server has many)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        try:
+            high = os.dup2(s.fileno(), 1500)
+        except OSError as exc:  # a descriptor limit below 1501
+            pytest.skip(f"cannot use descriptor 1500 here: {exc}")
+        with socket.socket(fileno=high) as dup, Engine(dup, None) as e:
+            waited = e._wait_writable(0.01)  # writable at once: no error, a short wait
+            assert 0 < waited < 1

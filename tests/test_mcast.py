@@ -167,3 +167,13 @@ def test_link_local_source_takes_the_interface_of_the_join() -> None:
         s.bind(("::", 0))
         udpkit.join_group(s, "ff32::8000:9", iface="lo", source="fe80::1")
         udpkit.leave_group(s, "ff32::8000:9", iface="lo", source="fe80::1")
+
+
+@linux_only
+def test_index_zero_means_no_interface() -> None:
+    """`GROUP@0` meant "any interface" before indexes were checked, and still does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("", 0))
+        udpkit.set_multicast_send(s, iface="0")
+        udpkit.join_group(s, "239.9.9.7", iface="lo")
+        udpkit.leave_group(s, "239.9.9.7", iface="lo")

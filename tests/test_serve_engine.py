@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import signal
 import socket
+import sys
+import time
 
 import pytest
 from tests._proc import serving
@@ -98,6 +102,41 @@ def test_workers_share_the_port_and_sum_their_counts() -> None:
     if drops == 0:  # a source all of whose datagrams the kernel dropped is never seen
         assert peers == 8
     assert peers is not None and 1 <= peers <= 8
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting to be reaped counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux")
+def test_workers_end_when_the_parent_is_killed() -> None:
+    """Killing `serve --workers 2` with SIGKILL left both workers serving (orphans
+    holding the port); now the kernel sends each one SIGTERM when the parent dies."""
+    with serving("127.0.0.1", "0", "--no-reply", "--workers", "2") as srv:
+        parent = srv.proc.pid
+        deadline = time.monotonic() + 5
+        workers: list[int] = []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            with open(f"/proc/{parent}/task/{parent}/children") as f:
+                workers = [int(p) for p in f.read().split()]
+            time.sleep(0.05)
+        assert len(workers) == 2, workers
+        try:
+            os.kill(parent, signal.SIGKILL)
+            srv.proc.wait(timeout=5)
+            deadline = time.monotonic() + 5
+            while any(map(_alive, workers)) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not any(map(_alive, workers))
+        finally:
+            for pid in workers:  # ours: never leave one behind, even when the test fails
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_quiet_prints_no_datagram_lines() -> None:

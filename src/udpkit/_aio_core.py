@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import os
 import socket
 import sys
 import time
@@ -68,6 +69,8 @@ PEER_CACHE_MAX = 4096
 SERVER_BATCHES = 16
 # With busy polling, a reader gives the loop's other tasks a turn at least this often (s).
 BUSY_SLICE = 0.001
+# Closing reads what the socket still holds for at most this long (s).
+DRAIN_LIMIT = 0.1
 _RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
 # recvfrom_into's flags: the real length where the kernel reports it (Linux), else none
 # (the portable buffer then holds 64 KiB, any datagram); the socket is non-blocking.
@@ -81,7 +84,8 @@ class EndpointStats:
 
     On one host, ``datagrams sent to it == received + kernel_drops``: every
     datagram is either read (and counted in ``received``, whole or truncated) or
-    dropped and counted by the kernel.
+    dropped and counted by the kernel. Of those read, ``stale`` and ``discarded``
+    ones never reached the application.
 
     Attributes:
         received: datagrams read from the socket (including ``truncated`` ones).
@@ -96,6 +100,10 @@ class EndpointStats:
         handler_errors: server handlers that raised or returned a non-bytes reply.
         pauses: how often reading stopped because the queue (or send buffer) was full.
         batches: receive calls that returned datagrams.
+        stale: datagrams a request discarded: already waiting when it sent (they
+            cannot be its answer), or rejected by its ``match``.
+        discarded: datagrams read but never handed over: still queued when the
+            endpoint closed, or read from the socket while closing.
     """
 
     received: int = 0
@@ -109,6 +117,8 @@ class EndpointStats:
     handler_errors: int = 0
     pauses: int = 0
     batches: int = 0
+    stale: int = 0
+    discarded: int = 0
 
     def as_dict(self) -> dict[str, object]:
         """Return the counters as a plain dict (ready for JSON)."""
@@ -128,6 +138,17 @@ def resolve_waiter(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+def _check_sizes(bufsize: int, batch: int, send_queue: int, busy_poll_us: int) -> None:
+    if not 1 <= bufsize <= 1 << 24:
+        raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-16777216 bytes")
+    if not 1 <= batch <= 1024:
+        raise UsageError(f"invalid batch {batch!r}: must be 1-1024 datagrams")
+    if send_queue < 1:
+        raise UsageError(f"invalid send_queue {send_queue!r}: must be 1 or more datagrams")
+    if not 0 <= busy_poll_us <= 1_000_000:
+        raise UsageError(f"invalid busy_poll_us {busy_poll_us!r}: must be 0-1000000 microseconds")
+
+
 class Core:
     """Socket, batched reads, queued batched sends and counters, shared by Endpoint and Server."""
 
@@ -144,19 +165,15 @@ class Core:
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:
+            sock.close()
             raise UsageError(
                 f"{type(self).__name__} needs a running event loop: create it inside a coroutine"
             ) from None
-        if not 1 <= bufsize <= 1 << 24:
-            raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-16777216 bytes")
-        if not 1 <= batch <= 1024:
-            raise UsageError(f"invalid batch {batch!r}: must be 1-1024 datagrams")
-        if send_queue < 1:
-            raise UsageError(f"invalid send_queue {send_queue!r}: must be 1 or more datagrams")
-        if not 0 <= busy_poll_us <= 1_000_000:
-            raise UsageError(
-                f"invalid busy_poll_us {busy_poll_us!r}: must be 0-1000000 microseconds"
-            )
+        try:
+            _check_sizes(bufsize, batch, send_queue, busy_poll_us)
+        except UsageError:
+            sock.close()  # the endpoint owns the socket from the start: never leak it
+            raise
         self._owner = sock
         raw = sock.sock if isinstance(sock, DatagramSocket) else sock
         if raw.type != socket.SOCK_DGRAM:
@@ -317,7 +334,7 @@ class Core:
 
     def _soft_error(self, code: int, what: str) -> None:
         _count(self._st.icmp_errors, code)
-        self.last_error = map_oserror(OSError(code, errno_name(code)), what)
+        self.last_error = map_oserror(OSError(code, os.strerror(code)), what)
         if code == errno.ECONNREFUSED:
             self._refusals += 1
 
@@ -331,7 +348,7 @@ class Core:
             self._soft_error(code, "receive")
             return None
         self._fatal = self.last_error = map_oserror(
-            OSError(code, errno_name(code)), "receive on the endpoint's socket"
+            OSError(code, os.strerror(code)), "receive on the endpoint's socket"
         )
         self._pause()
         self._on_close()  # wake every waiter: they raise the error
@@ -531,7 +548,10 @@ class Core:
     def close(self) -> None:
         """Close at once: queued sends get one non-blocking try, the rest count as EAGAIN.
 
-        Idempotent. The socket is closed (the endpoint owns it).
+        What the socket still holds is read first and counted (``received`` and
+        ``discarded``), with what was queued and never taken, so the counters
+        account for every datagram. Idempotent. The socket is closed (the
+        endpoint owns it).
         """
         if self._closed:
             return
@@ -541,6 +561,9 @@ class Core:
             _count(self._st.send_errors, errno.EAGAIN)
         self._out_data.clear()
         self._out_to.clear()
+        if self._fatal is None:
+            self._st.discarded += self._drain()
+        self._st.discarded += self._unconsumed()
         drops = proc_drops(self._fd)
         if drops is not None:
             self._st.kernel_drops = drops
@@ -553,6 +576,26 @@ class Core:
         self._closed = True
         self._on_close()
         self._owner.close()
+
+    def _drain(self) -> int:
+        """Read what the socket holds (for at most ``DRAIN_LIMIT``); how many datagrams.
+
+        A datagram left in the socket when it closes would vanish uncounted.
+        """
+        n = 0
+        end = time.monotonic() + DRAIN_LIMIT
+        while time.monotonic() < end:
+            got = self._recv_batch(self._batch)
+            if got is None:
+                continue
+            if not got:
+                break
+            n += len(got)
+        return n
+
+    def _unconsumed(self) -> int:
+        """Datagrams read and not yet taken by the application."""
+        return 0
 
     def _on_close(self) -> None:
         """Wake whatever waits on the endpoint."""

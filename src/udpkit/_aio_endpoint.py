@@ -7,6 +7,7 @@ import collections
 import errno
 import socket
 import time
+from collections.abc import Callable
 from typing import Any, Self
 
 from ._addr import Address, is_broadcast, resolve_one
@@ -31,6 +32,11 @@ from ._sockets import Datagram, DatagramSocket
 __all__ = ["Endpoint"]
 
 
+def _check_timeout(timeout: object) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
+
+
 class Endpoint(Core):
     """A UDP endpoint for asyncio: ``await recv()``, ``await send()``, ``async for``.
 
@@ -49,7 +55,10 @@ class Endpoint(Core):
         busy_poll_us: when nothing is queued, ``recv`` first keeps reading without
             sleeping for up to this many microseconds (0: off). It trades a busy
             CPU for the wake-up latency of a round trip; the loop's other tasks
-            still get a turn at least every millisecond.
+            still get a turn about every millisecond.
+
+    Attributes:
+        last_error: the latest soft error (an ICMP report, a datagram not sent), or None.
 
     Raises:
         UsageError: no running event loop, or a bad size.
@@ -78,6 +87,7 @@ class Endpoint(Core):
         self._send_waiters: list[asyncio.Future[None]] = []
         self._known: dict[Any, Any] = {}
         self._follow = False
+        self._requests: asyncio.Lock | None = None
         self._yielded = 0.0  # perf_counter when a busy-polling recv last let the loop run
         super().__init__(
             sock,
@@ -122,6 +132,11 @@ class Endpoint(Core):
             if self._fatal is not None:
                 return  # the socket failed: reading stopped and the waiters know
         self._read_batches()
+
+    def _unconsumed(self) -> int:
+        n = len(self._queue)
+        self._queue.clear()
+        return n
 
     def _follow_up(self) -> None:
         self._follow = False
@@ -202,6 +217,8 @@ class Endpoint(Core):
             UsageError: the endpoint is closed.
             NetworkError: the socket itself failed (not an ICMP report: those are soft).
         """
+        if timeout is not None:
+            _check_timeout(timeout)
         if self._queue:
             return self._take()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -290,6 +307,13 @@ class Endpoint(Core):
                 errno.EACCES,
                 f"send to {to!r}: broadcast needs SO_BROADCAST: open the endpoint with "
                 "broadcast=True",
+            )
+        peer = self._connected
+        if peer is not None and tuple(addr.sockaddr[:2]) != tuple(peer[:2]):
+            # The kernel would send it, but filters every answer out: say so now.
+            raise UsageError(
+                f"cannot send to {to!r}: this endpoint is connected to {peer!r}, and only "
+                "its datagrams arrive; use bind_udp() for an endpoint that talks to anyone"
             )
         if len(self._known) >= PEER_CACHE_MAX:
             self._known.clear()
@@ -387,37 +411,61 @@ class Endpoint(Core):
         *,
         timeout: float = 2.0,
         retries: int = 0,
+        match: Callable[[Datagram], bool] | None = None,
     ) -> Datagram:
-        """Send ``data`` and return the next datagram received, resending on silence.
+        """Send ``data`` and return its answer, resending on silence.
 
-        Each attempt gets its own monotonic deadline, ``timeout`` seconds after its send.
+        Each attempt gets its own monotonic deadline, ``timeout`` seconds after its
+        send. Requests on one endpoint take turns: a concurrent call waits until
+        the one before it has its answer (or gives up), so answers never cross.
+        Datagrams already waiting when a request is sent cannot be its answer:
+        they are discarded and counted in ``stats.stale``. UDP carries no request
+        ids, so without ``match`` the first datagram after the send is the answer;
+        where the protocol can tell (an id, a source), pass ``match`` so a late
+        answer to an earlier request (or a second answer to a resent one) is
+        skipped and counted as stale instead.
 
         Args:
             data: the request payload.
             to: as for :meth:`send`.
             timeout: seconds each attempt waits for an answer.
             retries: how many times to resend after an attempt's deadline passes.
+            match: ``(Datagram) -> bool``: whether a datagram answers this request.
 
         Returns:
-            The first datagram that arrives (any peer, for a broadcast or multicast request).
+            The answer (from any peer, for a broadcast or multicast request).
 
         Raises:
             Timeout: no answer after ``retries + 1`` attempts.
             ConnectionRefused: on a connected endpoint, nothing listens at the peer
                 (ICMP port unreachable) on the last attempt.
-            UsageError: negative ``timeout`` or ``retries``, or a closed endpoint.
+            UsageError: a bad ``timeout`` or ``retries``, or a closed endpoint.
         """
-        if not timeout >= 0:
-            raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
-        if retries < 0:
+        _check_timeout(timeout)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise UsageError(f"invalid retries {retries!r}: must be a whole number >= 0")
+        async with self._turn():
+            return await self._request(data, to, timeout, retries, match)
+
+    async def _request(
+        self,
+        data: bytes | bytearray | memoryview,
+        to: Any,
+        timeout: float,
+        retries: int,
+        match: Callable[[Datagram], bool] | None,
+    ) -> Datagram:
+        self._discard_waiting()
         for attempt in range(retries + 1):
             seen = self._refusals
             deadline = time.monotonic() + timeout
             await self.send(data, to)
             while True:
-                if self._queue:
-                    return self._take()
+                while self._queue:
+                    d = self._take()
+                    if match is None or match(d):
+                        return d
+                    self._st.stale += 1
                 self._check_open()
                 if self._fatal is not None:
                     raise self._fatal
@@ -435,9 +483,38 @@ class Endpoint(Core):
                     break
                 if left <= 0:
                     break
+                if self._busy:
+                    spun = await self._busy_recv(left)
+                    if spun is not None:
+                        if match is None or match(spun):
+                            return spun
+                        self._st.stale += 1
+                        continue
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
                 await self._wait(left)
         tries = "attempt" if retries == 0 else "attempts"
         raise Timeout(f"no reply to the request within {timeout:g} s ({retries + 1} {tries})")
+
+    def _turn(self) -> asyncio.Lock:
+        """The lock requests take turns with (made on first use, in the running loop)."""
+        if self._requests is None:
+            self._requests = asyncio.Lock()
+        return self._requests
+
+    def _discard_waiting(self) -> None:
+        """Drop what arrived before a request is sent: it cannot be the answer (``stale``)."""
+        for _ in range(64):  # bounded: a flood must not keep the request from going out
+            if self._reading:
+                self._read_batches()  # what the kernel holds, into the queue
+            n = len(self._queue)
+            if not n:
+                return
+            self._queue.clear()
+            self._st.stale += n
+            if not self._reading and not self._closed and self._fatal is None:
+                self._resume()
 
     async def request_all(
         self,
@@ -450,7 +527,9 @@ class Endpoint(Core):
         """Send ``data`` once and collect every datagram that arrives within ``timeout``.
 
         For discovery: a request to a broadcast address or a group (an endpoint
-        opened to one is not connected) is answered by every responder.
+        opened to one is not connected) is answered by every responder. It takes
+        its turn with :meth:`request`, and discards (as ``stale``) what was
+        waiting before the send.
 
         Args:
             data: the request payload.
@@ -464,19 +543,20 @@ class Endpoint(Core):
         Raises:
             UsageError: a negative ``timeout``, a ``limit`` below 1, or a closed endpoint.
         """
-        if not timeout >= 0:
-            raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
-        if limit < 1:
+        _check_timeout(timeout)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise UsageError(f"invalid limit {limit!r}: must be 1 or more datagrams")
-        deadline = time.monotonic() + timeout
-        await self.send(data, to)
-        out: list[Datagram] = []
-        while len(out) < limit:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                out.append(await self.recv(timeout=left))
-            except Timeout:
-                break
-        return out
+        async with self._turn():
+            self._discard_waiting()
+            deadline = time.monotonic() + timeout
+            await self.send(data, to)
+            out: list[Datagram] = []
+            while len(out) < limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    out.append(await self.recv(timeout=left))
+                except Timeout:
+                    break
+            return out

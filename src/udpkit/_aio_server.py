@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 from collections.abc import Callable, Sequence
 
 from ._aio_core import BUSY_SLICE, SERVER_BATCHES, Core
+from ._errors import UsageError
 from ._policy import ADMIT, Policy
 from ._sockets import Datagram, DatagramSocket
 
@@ -40,10 +42,16 @@ class Server(Core):
         busy_poll_us: after serving, keep reading without sleeping until this many
             microseconds pass with no datagram, answering each one as it arrives
             (0: off). It trades a busy CPU for the wake-up latency of a round trip;
-            the loop's other tasks still get a turn at least every millisecond.
+            the loop's other tasks still get a turn about every millisecond.
+
+    Attributes:
+        handler_error: the latest exception a handler raised (``stats.handler_errors``
+            counts them all; the first also goes to the loop's exception handler).
+        last_error: the latest soft error (an ICMP report, a reply not sent), or None.
 
     Raises:
-        UsageError: no running event loop, or a bad size.
+        UsageError: no running event loop, a bad size, or a coroutine function
+            as the handler (the reply must come back at once).
     """
 
     def __init__(
@@ -57,7 +65,16 @@ class Server(Core):
         policy: Policy | None = None,
         busy_poll_us: int = 0,
     ) -> None:
+        if inspect.iscoroutinefunction(handler):
+            sock.close()
+            raise UsageError(
+                f"handler {getattr(handler, '__name__', handler)!r} is a coroutine function: "
+                "a Server handler must return its reply at once (bytes, a list of bytes or "
+                "None); for replies that await, read an Endpoint with async for"
+            )
         self._handler = handler
+        self.handler_error: Exception | None = None
+        """The latest exception a handler raised (``stats.handler_errors`` counts them all)."""
         self._done: asyncio.Future[None] | None = None
         self._seen = 0.0  # perf_counter of the last datagram, for busy polling
         self._spin_soon = False
@@ -68,27 +85,28 @@ class Server(Core):
         self.policy = policy
 
     def _on_readable(self) -> None:
-        served = self._serve_ready()
+        start = time.perf_counter()
+        served = self._serve_ready(start)
         if self._busy and served >= 0:
-            self._busy_serve(served > 0)
+            self._busy_serve(served > 0, start)
 
-    def _busy_serve(self, fresh: bool) -> None:
+    def _busy_serve(self, fresh: bool, start: float) -> None:
         """Keep answering without sleeping until ``busy_poll_us`` passes with no datagram.
 
-        The loop gets control back every ``BUSY_SLICE``; the spin then goes on
-        from a ``call_soon`` callback while the budget lasts.
+        The loop gets control back every ``BUSY_SLICE`` (counted from ``start``,
+        when this callback began), however fast datagrams come; the spin then
+        goes on from a ``call_soon`` callback while the budget lasts.
         """
         clock = time.perf_counter
-        now = clock()
         if fresh:
-            self._seen = now
-        slice_end = now + BUSY_SLICE
-        while True:
+            self._seen = clock()
+        slice_end = start + BUSY_SLICE
+        while clock() < slice_end:
             d = self._spin(min(self._seen + self._busy, slice_end))
             if d is None:
                 break
             self._seen = clock()
-            if not self._answer([d]) or self._serve_ready() < 0:
+            if not self._answer([d]) or self._closed or self._serve_ready(start) < 0:
                 return
         if (
             clock() < self._seen + self._busy
@@ -104,8 +122,13 @@ class Server(Core):
         if self._reading and not self._closed:
             self._on_readable()
 
-    def _serve_ready(self) -> int:
-        """Serve what is queued in the socket; the count, or -1 when reading paused or failed."""
+    def _serve_ready(self, start: float) -> int:
+        """Serve what is queued in the socket; the count, or -1 when reading paused or failed.
+
+        Batches stop after ``SERVER_BATCHES`` or once ``BUSY_SLICE`` has passed
+        since ``start``, so slow handlers cannot hold the loop; epoll is
+        level-triggered, so the rest is served on the loop's next turn.
+        """
         served = 0
         if self._light:
             d = self._recv_one()
@@ -113,6 +136,8 @@ class Server(Core):
                 served = 1
                 if not self._answer([d]):
                     return -1
+            if self._fatal is not None or self._closed:
+                return -1  # the socket failed, or the handler closed the server
         for _ in range(SERVER_BATCHES):
             got = self._recv_batch(self._batch)
             if got is None:
@@ -120,10 +145,12 @@ class Server(Core):
             if not got:
                 break
             served += len(got)
-            if not self._answer(got):
+            if not self._answer(got) or self._closed:
                 return -1
             if len(got) < self._batch:
                 break  # the socket is empty: no EAGAIN call needed
+            if time.perf_counter() - start >= BUSY_SLICE:
+                break
         self._light = self._fast and served <= 1
         return -1 if self._fatal is not None or self._closed else served
 
@@ -139,12 +166,15 @@ class Server(Core):
             return True
         out_data, out_to = self._out_data, self._out_to
         for d in got:
+            if self._closed:
+                self._st.discarded += 1  # the handler closed the server: never answered
+                continue
             if policy is not None and policy.admit(d.peer, d.length, now) is not ADMIT:
                 continue  # refused and counted by the policy: never answered
             try:
                 r = handler(d)
-            except Exception:
-                self._st.handler_errors += 1
+            except Exception as exc:
+                self._handler_failed(exc)
                 continue
             if r is None:
                 continue
@@ -156,12 +186,25 @@ class Server(Core):
                         continue  # over budget or never-reply: counted by the policy
                     out_data.append(x if type(x) is bytes else bytes(x))
                     out_to.append(d.peer)
-            except Exception:
-                self._st.handler_errors += 1  # the replies before the bad one still go
-        if out_data and not self._flush():
+            except Exception as exc:
+                self._handler_failed(exc)  # the replies before the bad one still go
+        if out_data and not self._closed and not self._flush():
             self._pause()  # the send buffer is full: read again once it drains
             return False
         return True
+
+    def _handler_failed(self, exc: Exception) -> None:
+        """Count a handler's failure; the first one also goes to the loop's exception handler."""
+        self._st.handler_errors += 1
+        self.handler_error = exc
+        if self._st.handler_errors == 1:
+            self._loop.call_exception_handler(
+                {
+                    "message": "udpkit.aio.Server handler failed (counted in "
+                    "stats.handler_errors; only the first failure is reported here)",
+                    "exception": exc,
+                }
+            )
 
     def _drained(self) -> None:
         self._resume()

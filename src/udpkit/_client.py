@@ -114,6 +114,7 @@ def request_all(
         The replies in arrival order (empty when none came).
 
     Raises:
+        ConnectionRefused: on a connected socket, nothing listens at the peer.
         UsageError: a negative ``timeout`` or a ``limit`` below 1.
     """
     _check_timing(timeout, 0)
@@ -131,6 +132,8 @@ def request_all(
         except Timeout:
             break
         except ConnectionRefused:
+            if to is None:
+                raise  # a connected socket has one peer, and nothing listens there
             continue  # one responder's port was closed: the others may still answer
     return replies
 

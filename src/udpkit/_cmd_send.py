@@ -65,6 +65,23 @@ def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         text = pos[2] if len(pos) > 2 else DEFAULT_MESSAGE
     message = _read_message(text, args.hex)
     stream = transport in ("TCP", "Unix stream")
+    if args.all:
+        clash = (
+            "--tcp"
+            if args.tcp
+            else "--stream"
+            if stream
+            else "--no-wait"
+            if args.no_wait
+            else "--retries"
+            if args.retries
+            else None
+        )
+        if clash:
+            raise UsageError(
+                f"--all cannot be combined with {clash}: it sends one datagram and collects "
+                "every reply within --timeout"
+            )
 
     bind: tuple[str, str] | None = None
     if args.bind is not None:

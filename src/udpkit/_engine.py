@@ -768,7 +768,7 @@ class Engine:
 
     def _wait_writable(self, limit: float) -> float:
         start = time.monotonic()
-        if self._poll is not None:
+        if hasattr(select, "poll"):  # select.select cannot take a descriptor >= 1024
             p = select.poll()
             p.register(self._fd, select.POLLOUT)
             p.poll(max(1, int(limit * 1000)))

@@ -51,6 +51,8 @@ def _storage(family: int, sockaddr: object) -> bytes:
 def _ifindex(iface: str | None) -> int:
     """The index of interface ``iface`` (a name, or an index as digits); 0 for none given.
 
+    ``"0"`` also means none: the kernel picks the interface by route.
+
     An index is checked like a name: the kernel would otherwise refuse an unknown
     one later with an unrelated reason (EADDRNOTAVAIL, ENODEV).
     """
@@ -58,6 +60,8 @@ def _ifindex(iface: str | None) -> int:
         return 0
     if iface.isascii() and iface.isdigit():
         index = int(iface)
+        if index == 0:
+            return 0  # index 0: no interface named, the kernel picks by route
         try:
             socket.if_indextoname(index)
         except (OSError, OverflowError, ValueError):

@@ -24,6 +24,7 @@ from ._sockets import DatagramSocket
 
 __all__ = ["cpu_count", "parse_workers", "run_workers"]
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _GRACE = 5.0  # seconds a worker gets to report after SIGTERM before SIGKILL
 
 
@@ -77,13 +78,14 @@ def run_workers(
     # a worker must never die to a stop that arrives while it starts.
     stops = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    parent = os.getpid()
     try:
         for i in range(len(servers)):
             r, w = os.pipe()
             pid = os.fork()
             if pid == 0:
                 os.close(r)
-                _worker(i, socks, servers, w)  # never returns
+                _worker(i, socks, servers, w, parent)  # never returns
             os.close(w)
             children[pid] = r
     finally:
@@ -137,8 +139,27 @@ def run_workers(
     return total
 
 
+def _die_with_parent(parent: int) -> None:
+    """Linux: have the kernel send SIGTERM when the parent dies, even by SIGKILL.
+
+    Otherwise a worker whose parent was killed would serve on, holding the port.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker(
-    i: int, socks: Sequence[DatagramSocket], servers: Sequence[DatagramServer], report: int
+    i: int,
+    socks: Sequence[DatagramSocket],
+    servers: Sequence[DatagramServer],
+    report: int,
+    parent: int,
 ) -> NoReturn:
     """A worker's whole life: serve socket ``i``, write its counters to ``report``, exit."""
     code = 0
@@ -164,6 +185,7 @@ def _worker(
         for s in (signal.SIGINT, signal.SIGTERM):
             signal.signal(s, on_signal)
         signal.signal(signal.SIGUSR1, on_usr1)
+        _die_with_parent(parent)  # its SIGTERM waits, blocked, for the handler above
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
         stats = server.serve()
         os.write(report, json.dumps(stats.as_dict()).encode())
