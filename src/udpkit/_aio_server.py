@@ -102,11 +102,16 @@ class Server(Core):
             self._seen = clock()
         slice_end = start + BUSY_SLICE
         while clock() < slice_end:
-            d = self._spin(min(self._seen + self._busy, slice_end))
+            d = self._recv_one()
+            backlog = d is not None  # it was waiting already: more may be, read in batches
             if d is None:
-                break
+                d = self._spin(min(self._seen + self._busy, slice_end))
+                if d is None:
+                    break
             self._seen = clock()
-            if not self._answer([d]) or self._closed or self._serve_ready(start) < 0:
+            if not self._answer([d]) or self._closed:
+                return
+            if backlog and self._serve_ready(start) < 0:
                 return
         if (
             clock() < self._seen + self._busy
