@@ -885,3 +885,33 @@ def test_busy_server_yields_even_when_it_cannot_keep_up() -> None:
         assert stall < 0.1
 
     run(main)
+
+
+def test_small_conveniences() -> None:
+    """From writing programs off the README: a str payload got a bare TypeError,
+    local_address raised after close, and cancelling serve_forever left the server open."""
+
+    async def main() -> None:
+        srv = await udpkit.aio.serve("127.0.0.1", 0, lambda d: d.data)
+        where = srv.local_address
+        task = asyncio.create_task(srv.serve_forever())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert srv.closed and srv.local_address == where
+        async with udpkit.aio.bind_udp("127.0.0.1", 0) as ep:
+            with pytest.raises(udpkit.UsageError, match=r"cannot send str 'hi': give bytes"):
+                await ep.send("hi", where)  # type: ignore[arg-type]
+
+    run(main)
+
+
+def test_datagram_repr_stays_short() -> None:
+    d = Datagram(b"x" * 2000, ("127.0.0.1", 5005), 3000)
+    text = repr(d)
+    assert text == (
+        "Datagram(data=b'" + "x" * 32 + "'... (2000 bytes), peer=('127.0.0.1', 5005), "
+        "length=3000, truncated)"
+    )
+    assert repr(Datagram(b"", None, 0)) == "Datagram(data=b'', peer=None, length=0)"

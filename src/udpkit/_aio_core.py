@@ -204,6 +204,7 @@ class Core:
         except OSError:
             self._connected = None
         self._st = EndpointStats()
+        self._last_local: Any = None
         self.last_error: NetworkError | None = None
         """The latest soft error (an ICMP report, a datagram not sent), or None."""
         self._refusals = 0  # bumped on every ECONNREFUSED seen, for request()
@@ -243,11 +244,14 @@ class Core:
 
     @property
     def local_address(self) -> Any:
-        """The local socket address, e.g. ``("127.0.0.1", 40123)``."""
+        """The local socket address, e.g. ``("127.0.0.1", 40123)`` (still known after close)."""
+        if self._closed:
+            return self._last_local
         try:
-            return self._sock.getsockname()
+            self._last_local = self._sock.getsockname()
         except OSError as exc:
             raise map_oserror(exc, "cannot read the local address") from exc
+        return self._last_local
 
     @property
     def closed(self) -> bool:
@@ -573,6 +577,8 @@ class Core:
         if self._writing:
             self._loop.remove_writer(self._fd)
             self._writing = False
+        with contextlib.suppress(OSError):
+            self._last_local = self._sock.getsockname()
         self._closed = True
         self._on_close()
         self._owner.close()

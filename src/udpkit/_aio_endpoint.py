@@ -371,16 +371,25 @@ class Endpoint(Core):
             MessageTooLarge: larger than the family's largest datagram, or refused (EMSGSIZE).
             PermissionDenied: a broadcast destination without ``broadcast=True``.
             AddressError: a destination that does not resolve.
-            UsageError: no destination on an unconnected endpoint, or the endpoint is closed.
+            UsageError: ``data`` that is not bytes, no destination on an unconnected
+                endpoint, or the endpoint is closed.
             NetworkError: the first send to a destination failed (e.g. no route).
         """
         self._check_open()
-        if self._limit is not None and len(data) > self._limit:
+        if type(data) is bytes:
+            payload = data
+        elif isinstance(data, bytes | bytearray | memoryview):
+            payload = bytes(data)
+        else:
+            raise UsageError(
+                f"cannot send {type(data).__name__} {data!r:.40}: give bytes "
+                "(encode text first, e.g. 'hello'.encode())"
+            )
+        if self._limit is not None and len(payload) > self._limit:
             raise MessageTooLarge(
-                f"message of {len(data)} bytes is too large: the largest datagram of this "
+                f"message of {len(payload)} bytes is too large: the largest datagram of this "
                 f"family carries {self._limit} bytes"
             )
-        payload = data if type(data) is bytes else bytes(data)
         if to is None:
             dest = self._default
             if not self._has_default:

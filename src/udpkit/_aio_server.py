@@ -221,12 +221,18 @@ class Server(Core):
     async def serve_forever(self) -> None:
         """Wait until :meth:`close` is called (the serving itself runs in the loop's callbacks).
 
+        Cancelling it closes the server, as with ``asyncio.Server.serve_forever``.
+
         Raises:
             NetworkError: the socket failed.
         """
         if not self._closed:
             if self._done is None:
                 self._done = self._loop.create_future()
-            await self._done
+            try:
+                await asyncio.shield(self._done)
+            except asyncio.CancelledError:
+                self.close()
+                raise
         if self._fatal is not None:
             raise self._fatal

@@ -120,6 +120,13 @@ class Datagram(NamedTuple):
         """Whether bytes were cut off because the buffer was too small."""
         return self.length > len(self.data)
 
+    def __repr__(self) -> str:
+        # A 64 KiB payload would bury the peer and length: show its start only.
+        data = self.data
+        shown = repr(data) if len(data) <= 32 else f"{data[:32]!r}... ({len(data)} bytes)"
+        cut = ", truncated" if self.truncated else ""
+        return f"Datagram(data={shown}, peer={self.peer!r}, length={self.length}{cut})"
+
 
 class _Wrapped:
     """What every socket wrapper shares: ownership, closing, local address."""
