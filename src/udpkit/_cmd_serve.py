@@ -22,7 +22,7 @@ from ._cli import (
     _Out,
     _transport,
 )
-from ._errors import AddressError, NetworkError, UdpkitError, UsageError
+from ._errors import NetworkError, UdpkitError, UsageError
 
 
 def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[Any], str]:
@@ -34,7 +34,7 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
         if stream:
             return [_unix.unix_stream_listen(args.unix)], args.unix
         return [_unix.unix_datagram_bind(args.unix)], args.unix
-    from ._mcast import join_group, parse_group
+    from ._mcast import group_family, join_group, parse_group
 
     groups = [parse_group(g) for g in args.join]
     if groups and stream:
@@ -50,7 +50,7 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
             # Group traffic is addressed to the group, not to loopback: bind the
             # wildcard of -4/-6, or else of the first group's family.
             if family == socket.AF_UNSPEC:
-                v6 = _group_family(groups[0][0]) == socket.AF_INET6
+                v6 = group_family(groups[0][0]) == socket.AF_INET6
             host = "::" if v6 else "0.0.0.0"
         else:
             host = "::1" if v6 else DEFAULT_HOST
@@ -115,18 +115,6 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
     return endpoints, format_sockaddr(endpoints[0].sock.getsockname())
 
 
-def _group_family(group: str) -> int | None:
-    """The family of a literal group address (``None`` for a name)."""
-    literal = group.split("%", 1)[0].strip("[]")
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, literal)
-        except (OSError, ValueError):
-            continue
-        return family
-    return None
-
-
 def _check_group(group: str, bound: str, family: int) -> None:
     """Refuse a --join that the socket bound to ``bound`` could never hear.
 
@@ -137,17 +125,13 @@ def _check_group(group: str, bound: str, family: int) -> None:
             another group): Linux delivers a group's datagrams only to sockets
             bound to the wildcard or to the group itself.
     """
-    group_family = _group_family(group)
-    if group_family is None:
+    from ._mcast import group_family
+
+    own = group_family(group)
+    if own is None:
         return  # a name: join_group resolves it and reports what is wrong
-    literal = group.split("%", 1)[0].strip("[]")
-    first = socket.inet_pton(group_family, literal)[0]
-    if not (224 <= first <= 239 if group_family == socket.AF_INET else first == 0xFF):
-        raise AddressError(
-            f"{group!r} is not a multicast group: use 224.0.0.0/4 (IPv4) or ff00::/8 (IPv6)"
-        )
-    if group_family != family:
-        if group_family == socket.AF_INET:
+    if own != family:
+        if own == socket.AF_INET:
             raise UsageError(
                 f"cannot join IPv4 group {group} on an IPv6 socket (serving on {bound}): "
                 f"serve on an IPv4 address (-4, or HOST 0.0.0.0) to join {group}, "
@@ -159,7 +143,7 @@ def _check_group(group: str, bound: str, family: int) -> None:
             "or join an IPv4 group (224.0.0.0/4)"
         )
     packed = socket.inet_pton(family, bound.split("%", 1)[0])
-    if not any(packed) or packed == socket.inet_pton(family, literal):
+    if not any(packed) or packed == socket.inet_pton(family, group.split("%", 1)[0].strip("[]")):
         return
     wildcard = "''" if family == socket.AF_INET else "'::'"
     raise UsageError(

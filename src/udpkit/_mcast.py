@@ -17,7 +17,14 @@ from typing import Any
 from ._addr import link_local_without_scope, parse_host, resolve_one
 from ._errors import AddressError, UsageError, map_oserror
 
-__all__ = ["join_group", "leave_group", "parse_group", "set_dual_stack", "set_multicast_send"]
+__all__ = [
+    "group_family",
+    "join_group",
+    "leave_group",
+    "parse_group",
+    "set_dual_stack",
+    "set_multicast_send",
+]
 
 _LINUX = sys.platform.startswith("linux")
 MCAST_JOIN_GROUP = 42
@@ -82,6 +89,28 @@ def _not_a_group(group: str) -> AddressError:
     )
 
 
+def _is_group(family: int, packed: bytes) -> bool:
+    return 224 <= packed[0] <= 239 if family == socket.AF_INET else packed[0] == 0xFF
+
+
+def group_family(group: str) -> int | None:
+    """The family of a group written as an address; ``None`` for a name (resolved on join).
+
+    Raises:
+        AddressError: an address that is not a multicast group.
+    """
+    literal = group.split("%", 1)[0].strip("[]")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            packed = socket.inet_pton(family, literal)
+        except (OSError, ValueError):
+            continue
+        if not _is_group(family, packed):
+            raise _not_a_group(group)
+        return family
+    return None
+
+
 def parse_group(text: str) -> tuple[str, str | None]:
     """Split ``GROUP[@IFACE]`` (``239.1.2.3@eth0``, ``ff02::1234@eth0``, ``ff02::1234%eth0``)."""
     group, _, iface = text.partition("@")
@@ -143,9 +172,7 @@ def _membership(
     if link_local_without_scope(parse_host(group)):
         raise _not_a_group(group)
     addr = resolve_one(group, 0, family=family)
-    packed = socket.inet_pton(family, addr.host.split("%", 1)[0])
-    is_mc = packed[0] >= 224 and packed[0] <= 239 if family == socket.AF_INET else packed[0] == 0xFF
-    if not is_mc:
+    if not _is_group(family, socket.inet_pton(family, addr.host.split("%", 1)[0])):
         raise _not_a_group(group)
     sa = addr.sockaddr
     scope = sa[3] if isinstance(sa, tuple) and len(sa) == 4 else 0
