@@ -13,22 +13,12 @@ import re
 import subprocess
 
 from tests._netns import Host, hosts, needs_netns
-from tests.test_netns_reach import STEP, UDPKIT, running
+from tests.test_netns_reach import UDPKIT, running
+from tests.test_netns_scenarios import _stop
 
 
 def _udpkit(host: Host, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[bytes]:
     return host.run(*UDPKIT, *args, timeout=timeout)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """End ``proc`` (ours, by PID) and return what it wrote after the banner."""
-    if proc.poll() is None:
-        proc.terminate()
-    try:
-        return proc.communicate(timeout=STEP)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate(timeout=STEP)
 
 
 def _one_line_error(res: subprocess.CompletedProcess[bytes], code: int = 2) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,19 +20,7 @@ from dataclasses import dataclass
 import pytest
 from tests._netns import Host, hosts, needs_netns
 from tests._proc import LISTENING, STEP, UDPKIT, LineReader, end_process, one_line_error, run
-
-
-def _can_bind_v6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _can_bind_v6(), reason="::1 cannot be bound here")
-linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux semantics")
+from tests.conftest import linux_only, needs_ipv6
 
 SUMMARY = re.compile(rb"udpkit: (\d+) datagrams?, .*")
 

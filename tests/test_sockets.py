@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.conftest import LINUX, linux_only, needs_ipv6
 
 from udpkit._addr import MAX_UDP_PAYLOAD, resolve_one
 from udpkit._errors import (
@@ -55,20 +56,7 @@ def _can_open(family: int, kind: int, proto: int) -> bool:
     return True
 
 
-def _can_bind_v6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-# The same probes as conftest.py (which mypy cannot import as a module).
-LINUX = sys.platform.startswith("linux")
 HAVE_UDPLITE = _can_open(socket.AF_INET, socket.SOCK_DGRAM, IPPROTO_UDPLITE)
-linux_only = pytest.mark.skipif(not LINUX, reason="Linux-only socket feature")
-needs_ipv6 = pytest.mark.skipif(not _can_bind_v6(), reason="::1 cannot be bound here")
 
 
 @pytest.fixture(params=["kernel-length", "portable"])
