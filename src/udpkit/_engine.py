@@ -45,6 +45,7 @@ from ._mmsg import (
     proc_drops,
     send_batch,
 )
+from ._sigwake import signals_wake
 from ._sockets import Datagram
 
 __all__ = ["Engine", "EngineStats", "Handler", "fast_path_available", "send_batch"]
@@ -374,7 +375,8 @@ class Engine:
             self._sock.setblocking(False)
         self.read_kernel_drops()
         try:
-            self._loop(count, deadline)
+            with signals_wake(self._wake_w.fileno()):
+                self._loop(count, deadline)
         finally:
             self._stop = False
             if changed:

@@ -39,6 +39,7 @@ from ._mmsg import (
 )
 from ._relaycore import Flow, FlowTable, ImpairConfig, Impairment, ImpairRng, ImpairStats
 from ._relaystats import RelayStats, _proc_drops_by_inode, _show, format_stats
+from ._sigwake import signals_wake
 
 __all__ = ["Relay", "RelayStats", "format_stats"]
 
@@ -302,42 +303,45 @@ class Relay:
         spin = self._spin
         spin_until = 0.0
         try:
-            while not self._stop:
-                now = clock()
-                if end is not None and now >= end:
-                    break
-                timeout = 0.0 if busy or now < spin_until else self._timeout(now, end)
-                if self._epoll:
-                    events = self._poll.poll(-1 if timeout is None else timeout)
-                else:
-                    events = self._poll.poll(None if timeout is None else math.ceil(timeout * 1000))
-                now = clock()
-                busy = False
-                if spin and events:
-                    # Traffic: keep polling without sleeping for a while, so the next
-                    # datagram does not pay for waking this process up.
-                    spin_until = now + spin
-                for fd, _ in events:
-                    if fd == lfd:
-                        busy |= from_clients(now)
-                    elif fd == wake:
-                        with contextlib.suppress(OSError):
-                            while self._wake_r.recv(256):
-                                pass
+            with signals_wake(self._wake_w.fileno()):
+                while not self._stop:
+                    now = clock()
+                    if end is not None and now >= end:
+                        break
+                    timeout = 0.0 if busy or now < spin_until else self._timeout(now, end)
+                    if self._epoll:
+                        events = self._poll.poll(-1 if timeout is None else timeout)
                     else:
-                        flow = by_fd.get(fd)
-                        if flow is not None:
-                            busy |= from_up(flow, now)
-                if self._pending:
-                    self._run_timers(now)
-                nxt = self.table.next_expiry()
-                if nxt is not None and nxt <= now:
-                    for flow in self.table.expire(now):
-                        self._end_flow(flow)
-                if self._report:
-                    self._report = False
-                    if self._on_report is not None:
-                        self._on_report(self.stats)
+                        events = self._poll.poll(
+                            None if timeout is None else math.ceil(timeout * 1000)
+                        )
+                    now = clock()
+                    busy = False
+                    if spin and events:
+                        # Traffic: keep polling without sleeping for a while, so the next
+                        # datagram does not pay for waking this process up.
+                        spin_until = now + spin
+                    for fd, _ in events:
+                        if fd == lfd:
+                            busy |= from_clients(now)
+                        elif fd == wake:
+                            with contextlib.suppress(OSError):
+                                while self._wake_r.recv(256):
+                                    pass
+                        else:
+                            flow = by_fd.get(fd)
+                            if flow is not None:
+                                busy |= from_up(flow, now)
+                    if self._pending:
+                        self._run_timers(now)
+                    nxt = self.table.next_expiry()
+                    if nxt is not None and nxt <= now:
+                        for flow in self.table.expire(now):
+                            self._end_flow(flow)
+                    if self._report:
+                        self._report = False
+                        if self._on_report is not None:
+                            self._on_report(self.stats)
         finally:
             self._stop = False
         return self.stats

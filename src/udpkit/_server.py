@@ -21,6 +21,7 @@ from ._engine import Engine, EngineStats
 from ._errors import NetworkError, Timeout
 from ._mmsg import errno_name
 from ._policy import ADMIT, Policy
+from ._sigwake import signals_wake
 from ._sockets import Datagram, DatagramSocket
 from ._stream import StreamListener, StreamSocket
 
@@ -402,25 +403,33 @@ class StreamServer:
             sel.register(self.listener.sock, selectors.EVENT_READ, "listen")
             sel.register(self._wake_r, selectors.EVENT_READ, "wake")
             try:
-                while not self._stopping and (self.count is None or stats.received < self.count):
-                    for key, _ in sel.select():
-                        if key.data == "wake":
-                            return stats
-                        if key.data == "listen":
-                            try:
-                                conn, peer = self.listener.accept(timeout=0)
-                            except (Timeout, NetworkError):
+                with signals_wake(self._wake_w.fileno()):
+                    while not self._stopping and (
+                        self.count is None or stats.received < self.count
+                    ):
+                        for key, _ in sel.select():
+                            if key.data == "wake":
+                                # stop() or a signal (SIGUSR1 asks for counters and
+                                # serving goes on): the loop's test decides.
+                                with contextlib.suppress(OSError):
+                                    while self._wake_r.recv(256):
+                                        pass
+                                break
+                            if key.data == "listen":
+                                try:
+                                    conn, peer = self.listener.accept(timeout=0)
+                                except (Timeout, NetworkError):
+                                    continue
+                                conns[conn.sock.fileno()] = (conn, peer)
+                                sel.register(conn.sock, selectors.EVENT_READ, "conn")
                                 continue
-                            conns[conn.sock.fileno()] = (conn, peer)
-                            sel.register(conn.sock, selectors.EVENT_READ, "conn")
-                            continue
-                        conn, peer = conns[key.fd]
-                        if not self._serve_chunk(conn, peer):
-                            sel.unregister(conn.sock)
-                            del conns[key.fd]
-                            conn.close()
-                        if self.count is not None and stats.received >= self.count:
-                            break
+                            conn, peer = conns[key.fd]
+                            if not self._serve_chunk(conn, peer):
+                                sel.unregister(conn.sock)
+                                del conns[key.fd]
+                                conn.close()
+                            if self.count is not None and stats.received >= self.count:
+                                break
             finally:
                 for conn, _ in conns.values():
                     conn.close()
