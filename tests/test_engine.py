@@ -119,6 +119,34 @@ class EngineContract:
         assert (st.tx_datagrams, st.tx_bytes) == (3, sum(map(len, msgs)))
         assert st.send_errors == {} and st.handler_errors == 0 and st.truncated == 0
 
+    def test_many_peers_each_answered_with_the_cache_bounded(
+        self, pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Twelve sources through a peer cache of four: every datagram keeps its own peer."""
+        from udpkit import _mmsg
+
+        monkeypatch.setattr(_mmsg, "PEER_CACHE_MAX", 4)
+        server, _ = pair
+        clients = [socket.socket(server.family, socket.SOCK_DGRAM) for _ in range(12)]
+        try:
+            for i, c in enumerate(clients):
+                c.bind((server.getsockname()[0], 0))
+                c.settimeout(2.0)
+                for k in range(2):
+                    c.sendto(b"%d.%d" % (i, k), server.getsockname())
+            seen: list[Datagram] = []
+            with self.engine(server, _echo, on_batch=seen.extend) as e:
+                st = e.run(count=24, duration=5)
+                assert len(e._peers.cache) <= 4
+            by_peer = {d.data: d.peer for d in seen}
+            for i, c in enumerate(clients):
+                assert sorted(_recv_n(c, 2)) == [b"%d.0" % i, b"%d.1" % i]
+                assert by_peer[b"%d.0" % i] == by_peer[b"%d.1" % i] == c.getsockname()
+            assert st.rx_datagrams == st.tx_datagrams == 24
+        finally:
+            for c in clients:
+                c.close()
+
     def test_several_replies_per_datagram(self, pair: tuple[socket.socket, socket.socket]) -> None:
         server, client = pair
         client.sendto(b"q", server.getsockname())

@@ -21,11 +21,11 @@ from ._mmsg import (
     MM,
     MSG_DONTWAIT,
     MSG_TRUNC,
-    NAME_SPACE,
+    PEER_CACHE_MAX,
     SOL_UDP,
     UDP_GRO,
     MsgArray,
-    decode_sockaddr,
+    PeerCache,
     errno_name,
     fast_path_available,
     libc_mmsg,
@@ -63,7 +63,6 @@ ICMP = frozenset(
 )
 # On a first send these can only be about an earlier datagram; others are this one's fault.
 EARLIER = frozenset({errno.ECONNREFUSED, errno.ECONNRESET})
-PEER_CACHE_MAX = 4096
 # A server reads at most this many batches per readiness, so one flooded socket
 # cannot starve the other tasks of the loop (epoll is level-triggered: it comes back).
 SERVER_BATCHES = 16
@@ -216,7 +215,7 @@ class Core:
         self._out_to: list[Any] = []
         self._flush_soon = False
         self._retried = False
-        self._peers: dict[Any, Any] = {}
+        self._peers = PeerCache(self._v4)
         self._busy = busy_poll_us / 1e6
         # Light load (the last read found one datagram): read the next with one
         # recvfrom_into, which costs less than a batch call, and batch again once
@@ -372,7 +371,7 @@ class Core:
         lens = rx.msg_lens(n)
         st.received += n
         st.received_bytes += sum(lens)
-        peers = self._peers_of(rx, n)
+        _, peers = self._peers.peers(rx, n)
         bs = self._bufsize
         dv = rx.data_view
         if max(lens) <= bs:
@@ -419,30 +418,6 @@ class Core:
             if clock() >= end:
                 break
         return None
-
-    def _peers_of(self, rx: MsgArray, n: int) -> list[Any]:
-        # Decoding a sockaddr costs more than a dict lookup on its raw bytes.
-        cache = self._peers
-        nv = rx.names_view
-        keys: list[Any]
-        if self._v4:
-            keys = rx.name_keys_v4(n)
-            width = 16
-        else:
-            blob = nv[: n * NAME_SPACE].tobytes()
-            keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
-            width = 28
-        out = []
-        for i, k in enumerate(keys):
-            p = cache.get(k)
-            if p is None:
-                if len(cache) >= PEER_CACHE_MAX:
-                    cache.clear()
-                p = cache[k] = decode_sockaddr(
-                    nv[i * NAME_SPACE : i * NAME_SPACE + width].tobytes()
-                )
-            out.append(p)
-        return out
 
     def _recv_portable(self, vlen: int) -> list[Datagram] | None:
         out: list[Datagram] = []

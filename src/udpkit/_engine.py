@@ -38,7 +38,7 @@ from ._mmsg import (
     UDP_GRO,
     UDP_MAX_SEGMENTS,
     MsgArray,
-    decode_sockaddr,
+    PeerCache,
     errno_name,
     fast_path_available,
     libc_mmsg,
@@ -69,7 +69,6 @@ _ASYNC = {
 }
 _GRO_BUFSIZE = 65535
 _SEND_WAIT = 1.0  # longest wait for a full send buffer to drain before counting EAGAIN
-_PEER_CACHE_MAX = 4096
 _SO_BUSY_POLL = 46
 _COUNTING_SLOT = 2048  # receive slot per datagram when only counting
 _BATCH = 64  # datagrams per receive call (the default)
@@ -136,22 +135,6 @@ class EngineStats:
     def count_error(self, code: int | None, n: int = 1) -> None:
         name = errno_name(code)
         self.send_errors[name] = self.send_errors.get(name, 0) + n
-
-
-class _Peers:
-    """Raw sockaddr -> the tuple recvfrom returns, bounded so spoofed sources cannot grow it."""
-
-    __slots__ = ("cache",)
-
-    def __init__(self) -> None:
-        self.cache: dict[Any, Any] = {}
-
-    def decode(self, key: Any, raw: bytes) -> Any:
-        peer = decode_sockaddr(raw)
-        if len(self.cache) >= _PEER_CACHE_MAX:
-            self.cache.clear()
-        self.cache[key] = peer
-        return peer
 
 
 class Engine:
@@ -225,7 +208,7 @@ class Engine:
         self.stats = EngineStats()
         self._stop = False
         self._cmsg_drops = 0
-        self._peers = _Peers()
+        self._peers = PeerCache(self._v4)
         self._keys: list[Any] = []
         self._rx: MsgArray | None = None
         self._tx: MsgArray | None = None
@@ -614,29 +597,8 @@ class Engine:
         return out, src
 
     def _peers_fast(self, rx: MsgArray, n: int) -> list[Any]:
-        cache = self._peers.cache
-        nv = rx.names_view
-        space = _mmsg.NAME_SPACE
-        if self._v4:
-            keys: list[Any] = rx.name_keys_v4(n)
-            self._keys = keys
-            out = []
-            for i, k in enumerate(keys):
-                p = cache.get(k)
-                if p is None:
-                    p = self._peers.decode(k, nv[i * space : i * space + 16].tobytes())
-                out.append(p)
-            return out
-        blob = nv[: n * space].tobytes()
-        keys = [blob[o : o + 28] for o in range(0, n * space, space)]
-        self._keys = keys
-        out = []
-        for k in keys:
-            p = cache.get(k)
-            if p is None:
-                p = self._peers.decode(k, k)
-            out.append(p)
-        return out
+        self._keys, peers = self._peers.peers(rx, n)  # the keys group GSO replies
+        return peers
 
     # -- replies ----------------------------------------------------------------
 

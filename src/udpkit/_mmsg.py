@@ -28,12 +28,14 @@ __all__ = [
     "MSG_DONTWAIT",
     "MSG_TRUNC",
     "OFFLOAD_REFUSED",
+    "PEER_CACHE_MAX",
     "SOL_UDP",
     "SO_RXQ_OVFL",
     "UDP_GRO",
     "UDP_MAX_SEGMENTS",
     "UDP_SEGMENT",
     "MsgArray",
+    "PeerCache",
     "decode_sockaddr",
     "encode_sockaddr",
     "fast_path_available",
@@ -348,6 +350,48 @@ def decode_sockaddr(raw: bytes) -> Any:
         # as "%eth0" in the host, so every receive path reports a peer alike.
         return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, flow, scope)
     return raw
+
+
+# Distinct peers remembered by a PeerCache before it starts over.
+PEER_CACHE_MAX = 4096
+
+
+class PeerCache:
+    """The peers of a received batch, decoded once per distinct source address.
+
+    Decoding a sockaddr costs more than a dict lookup on its raw bytes, and most
+    batches come from a few peers.  The cache is emptied when it reaches
+    :data:`PEER_CACHE_MAX` entries, so spoofed sources cannot grow it.
+    """
+
+    __slots__ = ("cache", "v4")
+
+    def __init__(self, v4: bool) -> None:
+        self.cache: dict[Any, Any] = {}
+        self.v4 = v4  # AF_INET: 8 bytes (family, port, address) are the whole key
+
+    def peers(self, rx: MsgArray, n: int) -> tuple[list[Any], list[Any]]:
+        """``(keys, peers)`` of the first ``n`` messages in ``rx``; equal keys, equal peers."""
+        cache = self.cache
+        nv = rx.names_view
+        keys: list[Any]
+        if self.v4:
+            keys = rx.name_keys_v4(n)
+            width = 16
+        else:
+            blob = nv[: n * NAME_SPACE].tobytes()
+            keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
+            width = 28
+        out = []
+        for i, k in enumerate(keys):
+            p = cache.get(k)
+            if p is None:
+                if len(cache) >= PEER_CACHE_MAX:
+                    cache.clear()
+                off = i * NAME_SPACE
+                p = cache[k] = decode_sockaddr(nv[off : off + width].tobytes())
+            out.append(p)
+        return keys, out
 
 
 def encode_sockaddr(family: int, addr: Any) -> bytes:
