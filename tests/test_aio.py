@@ -166,6 +166,34 @@ def test_broadcast_needs_broadcast_true() -> None:
     run(main)
 
 
+def test_subnet_broadcast_with_broadcast_true_hears_every_responder() -> None:
+    """open_udp("127.255.255.255", broadcast=True) connected its socket, so the answers,
+    which come from each responder's own address, were filtered out by the kernel."""
+
+    async def main() -> None:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listen,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as answer,
+        ):
+            listen.bind(("127.255.255.255", 0))  # hears the subnet broadcast
+            answer.bind(("127.0.0.2", 0))  # answers from an address of its own
+            listen.setblocking(False)
+            loop = asyncio.get_running_loop()
+            port = listen.getsockname()[1]
+            async with udpkit.aio.open_udp(
+                "127.255.255.255", port, broadcast=True, bind=("127.0.0.1", 0)
+            ) as ep:
+                assert ep.peer is None
+                await ep.send(b"who")
+                data, peer = await asyncio.wait_for(loop.sock_recvfrom(listen, 100), 2)
+                assert data == b"who"
+                answer.sendto(b"me", peer)
+                got = await ep.recv(timeout=2)
+            assert (got.data, got.peer) == (b"me", answer.getsockname())
+
+    run(main)
+
+
 @pytest.mark.parametrize(
     ("group", "fam"),
     [("239.255.10.1", socket.AF_INET), ("ff02::1", socket.AF_INET6)],
@@ -837,6 +865,37 @@ def test_handler_failure_is_counted_kept_and_reported_once() -> None:
             assert srv.stats.handler_errors == 3
             assert repr(srv.handler_error) == "ValueError(\"bad b'2'\")"
         assert len(reported) == 1 and isinstance(reported[0]["exception"], ValueError)
+
+    run(main)
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        ("not bytes", "handler returned str 'not bytes': return bytes, a list of bytes or None"),
+        (5, "handler returned int 5: return bytes"),
+        ([b"ok", "two"], "handler's reply list holds str 'two': every reply must be bytes"),
+    ],
+    ids=["str", "int", "list-with-str"],
+)
+def test_a_bad_handler_reply_is_named_whole(reply: object, message: str) -> None:
+    """A handler returning "text" was reported as TypeError("reply 'n': must be bytes"):
+    the str was taken for a list of replies and blamed on its first character."""
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, _ctx: None)
+        async with (
+            await udpkit.aio.serve("127.0.0.1", 0, lambda d: reply) as srv,  # type: ignore[arg-type,return-value]
+            await udpkit.aio.open_udp(*srv.local_address) as ep,
+        ):
+            await ep.send(b"q")
+            deadline = time.monotonic() + TIMEOUT
+            while srv.stats.handler_errors < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert isinstance(srv.handler_error, TypeError)
+            assert str(srv.handler_error).startswith(message)
+            if isinstance(reply, list):  # the replies before the bad one still go
+                assert (await ep.recv(timeout=TIMEOUT)).data == b"ok"
 
     run(main)
 

@@ -161,3 +161,51 @@ def test_send_all_prints_every_responder() -> None:
         )
         assert none.returncode == 3
         assert none.stderr.decode().count("\n") == 1
+
+
+NO_ROUTE = textwrap.dedent(
+    """
+    import asyncio, sys
+    import udpkit, udpkit.aio
+
+    async def main(dest):
+        async with udpkit.aio.bind_udp("", 0, family=udpkit.aio.socket.AF_INET6 if ":" in dest
+                                       else udpkit.aio.socket.AF_INET) as ep:
+            for _ in range(2):
+                try:
+                    await ep.send(b"probe", (dest, 9))
+                    print("SENT", flush=True)
+                except udpkit.NetworkError as exc:
+                    print("RAISED", type(exc).__name__, exc.errno, flush=True)
+            try:
+                got = await ep.request_all(b"who", (dest, 9), timeout=0.2)
+                print("ALL", len(got), flush=True)
+            except udpkit.NetworkError as exc:
+                print("ALL-RAISED", exc.errno, flush=True)
+            print("STATS", ep.stats.sent, sorted(ep.stats.icmp_errors), flush=True)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+@needs_netns
+@pytest.mark.parametrize("dest", ["198.51.100.1", "2001:db8::1"], ids=["ipv4", "ipv6"])
+def test_a_send_with_no_route_raises_and_is_not_called_icmp(dest: str) -> None:
+    """A datagram the kernel refused at once (ENETUNREACH on an unconnected endpoint)
+    was counted twice as an ICMP report and send() returned normally, so discovery
+    read "nobody answered" when nothing had been sent."""
+    import errno
+
+    with hosts(1) as (a,):
+        v6 = ["-6"] if ":" in dest else []
+        subprocess.run(["ip", "-n", a.ns, *v6, "route", "del", "default"], check=True, timeout=STEP)
+        res = a.run(sys.executable, "-c", NO_ROUTE, dest, timeout=STEP)
+    out = res.stdout.decode()
+    assert res.returncode == 0, res.stderr.decode()[-800:]
+    assert out.splitlines() == [
+        f"RAISED NetworkError {errno.ENETUNREACH}",
+        f"RAISED NetworkError {errno.ENETUNREACH}",
+        f"ALL-RAISED {errno.ENETUNREACH}",
+        "STATS 0 []",
+    ]

@@ -474,8 +474,9 @@ class Core:
                 k = send_batch(self._sock, data[i:j], to) if j - i > 1 else self._send1(data[i], to)
             except NetworkError as exc:
                 code = exc.errno
-                if code in ICMP and not self._retried:
+                if code in ICMP and not self._retried and self._connected is not None:
                     # Most likely an earlier datagram's ICMP report, consumed now: retry once.
+                    # (An unconnected socket hears no ICMP: its errors are its own.)
                     self._soft_error(code or 0, f"send to {to!r}")
                     self._retried = True
                     continue

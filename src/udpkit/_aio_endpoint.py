@@ -339,7 +339,9 @@ class Endpoint(Core):
                     f"message of {len(data)} bytes is too large for {dest!r}: the kernel "
                     "refused it (the path MTU or SO_SNDBUF may be smaller)"
                 ) from exc
-            if code in EARLIER or (code in ICMP and not new):
+            # Only a connected socket hears ICMP reports (Linux drops them for an
+            # unconnected one): there, an error may be an earlier datagram's.
+            if self._connected is not None and (code in EARLIER or (code in ICMP and not new)):
                 self._soft_error(code, f"send to {dest!r}")
                 return False  # queued: the flush resends it once
             if code == errno.EACCES:
@@ -373,7 +375,9 @@ class Endpoint(Core):
             AddressError: a destination that does not resolve.
             UsageError: ``data`` that is not bytes, no destination on an unconnected
                 endpoint, or the endpoint is closed.
-            NetworkError: the first send to a destination failed (e.g. no route).
+            NetworkError: the kernel refused this datagram (e.g. no route). A datagram
+                queued behind others is counted in ``stats.send_errors`` and
+                ``last_error`` instead, as one refused after an ICMP report is.
         """
         self._check_open()
         if type(data) is bytes:

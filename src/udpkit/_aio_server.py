@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ._aio_core import BUSY_SLICE, SERVER_BATCHES, Core
+from ._engine import reply_items
 from ._errors import UsageError
 from ._policy import ADMIT, Policy
 from ._sockets import Datagram, DatagramSocket
@@ -184,9 +185,7 @@ class Server(Core):
             if r is None:
                 continue
             try:
-                for x in [r] if isinstance(r, bytes | bytearray | memoryview) else r:
-                    if not isinstance(x, bytes | bytearray | memoryview):
-                        raise TypeError(f"reply {x!r}: must be bytes")
+                for x in [r] if isinstance(r, bytes | bytearray | memoryview) else reply_items(r):
                     if policy is not None and not policy.may_reply(d.peer, len(x), now):
                         continue  # over budget or never-reply: counted by the policy
                     out_data.append(x if type(x) is bytes else bytes(x))

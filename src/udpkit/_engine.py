@@ -20,7 +20,7 @@ import select
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +52,27 @@ __all__ = ["Engine", "EngineStats", "Handler", "fast_path_available", "send_batc
 
 Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
 """Given a datagram, return the reply (or replies) to send to its peer, or ``None``."""
+
+
+def reply_items(r: Any) -> Iterator[Any]:
+    """The datagrams a handler's non-bytes reply stands for; a bad one is a TypeError.
+
+    The message names what the handler returned: a ``str`` would otherwise be
+    taken for a sequence and blamed on its first character.
+    """
+    if isinstance(r, str) or not isinstance(r, Iterable):
+        raise TypeError(
+            f"handler returned {type(r).__name__} {r!r:.40}: return bytes, a list of bytes "
+            "or None (encode text first)"
+        )
+    for x in r:
+        if not isinstance(x, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"handler's reply list holds {type(x).__name__} {x!r:.40}: every reply must "
+                "be bytes"
+            )
+        yield x
+
 
 _RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
 _LINUX = sys.platform.startswith("linux")
@@ -623,9 +644,7 @@ class Engine:
                 replies.append(r)
             else:
                 try:
-                    for x in r:
-                        if not isinstance(x, bytes | bytearray | memoryview):
-                            raise TypeError(f"reply {x!r}: must be bytes")
+                    for x in reply_items(r):
                         rsrc.append(i)
                         replies.append(x)
                 except Exception:

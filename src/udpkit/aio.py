@@ -128,9 +128,11 @@ def open_udp(
     """Open an endpoint that talks to ``host``:``port``.
 
     A unicast destination is connected (only its datagrams arrive, and ICMP
-    reports are seen). A broadcast or multicast destination is not: the socket
-    is bound (to ``bind``, else the wildcard) and ``send(data)`` goes there, so
-    replies from every host arrive.
+    reports are seen). A multicast destination, ``"<broadcast>"``, and any
+    destination opened with ``broadcast=True`` (a subnet's broadcast such as
+    ``192.0.2.255`` looks like unicast) are not: the socket is bound (to
+    ``bind``, else the wildcard) and ``send(data)`` goes there, so replies from
+    every host arrive.
 
     Args:
         host: any udpkit host form: a name, ``"127.0.0.1"``, ``"::1"``,
@@ -160,7 +162,8 @@ def open_udp(
                 errno.EACCES,
                 f"cannot open {host!r} port {port}: a broadcast address needs broadcast=True",
             )
-        if is_broadcast(dest) or is_multicast(dest):
+        if broadcast or is_broadcast(dest) or is_multicast(dest):
+            # As `udpkit send --broadcast`: replies come from each responder's own address.
             local = bind if bind is not None else ("", 0)
             sock = udp_bind(local[0], local[1], family=dest.family, broadcast=broadcast)
             return _guard(
