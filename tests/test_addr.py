@@ -306,6 +306,9 @@ FORMAT_TABLE: list[tuple[object, str]] = [
     (("::1", 5005, 0, 0), "[::1]:5005"),
     (("::1", 5005), "[::1]:5005"),
     (("fe80::1", 5005, 0, 987654), "[fe80::1%987654]:5005"),
+    # A dual-stack socket's IPv4 peer reads as IPv4, as serve shows it.
+    (("::ffff:127.0.0.1", 5005, 0, 0), "127.0.0.1:5005"),
+    (("::ffff:7f00:1", 5005, 0, 0), "[::ffff:7f00:1]:5005"),
     ("/tmp/udpkit.sock", "/tmp/udpkit.sock"),
     (b"/tmp/udpkit.sock", "/tmp/udpkit.sock"),
     (b"\0udpkit", "@udpkit"),
@@ -380,6 +383,16 @@ def test_broadcast_and_multicast(host: Any, broadcast: bool, multicast: bool) ->
     addr = resolve_one(host, 1)
     assert is_broadcast(addr) is broadcast
     assert is_multicast(addr) is multicast
+    # Any host form works as well as an Address (a str raised AttributeError).
+    assert is_broadcast(host) is broadcast
+    assert is_multicast(host) is multicast
+
+
+def test_broadcast_and_multicast_name_a_bad_host() -> None:
+    with pytest.raises(AddressError, match=r"invalid host '\[::1'"):
+        is_broadcast("[::1")
+    with pytest.raises(AddressError, match="an integer host must be 0-4294967295"):
+        is_multicast(2**40)
 
 
 def test_unix_address_is_neither_broadcast_nor_multicast() -> None:

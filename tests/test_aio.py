@@ -512,6 +512,10 @@ def test_server_applies_the_policy() -> None:
                 with pytest.raises(udpkit.Timeout):
                     await ep.recv(timeout=0.3)
             assert policy.counters["denied"] == 1
+            # The verdicts show in the server's own stats, which an aio user reads.
+            assert server.stats.policy == {"denied": 1}
+            assert server.stats.as_dict()["policy"] == {"denied": 1}
+            assert (server.stats.received, server.stats.sent) == (1, 0)
         finally:
             server.close()
 

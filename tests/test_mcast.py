@@ -12,6 +12,7 @@ import socket
 import sys
 
 import pytest
+from tests.conftest import needs_ipv6
 
 import udpkit
 import udpkit.aio
@@ -67,6 +68,29 @@ def test_bad_groups_name_the_input(
 ) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, pytest.raises(error, match=match):
         udpkit.join_group(s, group, iface=iface)
+
+
+@needs_ipv6
+@pytest.mark.parametrize(
+    ("bind", "group", "match"),
+    [
+        (
+            "127.0.0.1",
+            "ff02::1",
+            r"cannot join IPv6 group 'ff02::1' on an IPv4 socket \(bound to '127.0.0.1'\): "
+            r"use a socket of the group's family \(bind '::' for IPv6\)",
+        ),
+        ("::1", "239.1.1.1", r"cannot join IPv4 group '239.1.1.1' on an IPv6 socket"),
+    ],
+)
+def test_a_group_of_the_other_family_names_the_socket(bind: str, group: str, match: str) -> None:
+    """bind_udp("", 0) then join_group("ff02::1") said "IPv4 was asked for (-4 ...)":
+    a library user never asked, the wildcard bind picked IPv4."""
+    fam = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.bind((bind, 0))
+        with pytest.raises(udpkit.AddressError, match=match):
+            udpkit.join_group(s, group)
 
 
 def test_needs_an_ip_datagram_socket() -> None:

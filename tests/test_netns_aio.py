@@ -13,7 +13,7 @@ import textwrap
 import time
 
 import pytest
-from tests._netns import Host, hosts, needs_netns
+from tests._netns import SUBNET4, Host, hosts, needs_netns
 
 STEP = 10.0
 
@@ -209,3 +209,72 @@ def test_a_send_with_no_route_raises_and_is_not_called_icmp(dest: str) -> None:
         f"ALL-RAISED {errno.ENETUNREACH}",
         "STATS 0 []",
     ]
+
+
+RESPONDERS = textwrap.dedent(
+    """
+    import asyncio, sys
+    import udpkit, udpkit.aio
+
+    ANSWER = b"I am host b, and this answer is longer than the probe"
+
+    async def main(lan):
+        strict = await udpkit.aio.serve("", 5040, lambda d: ANSWER)
+        trusting = await udpkit.aio.serve(
+            "", 5041, lambda d: ANSWER, policy=udpkit.Policy(trust=[lan])
+        )
+        print("READY", flush=True)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 8
+        while (strict.stats.received, trusting.stats.received) < (1, 1) and loop.time() < end:
+            await asyncio.sleep(0.02)
+        for name, srv in (("STRICT", strict), ("TRUSTING", trusting)):
+            st = srv.stats
+            print(name, st.sent, sorted(st.policy.items()), flush=True)
+            await srv.aclose()
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+DISCOVER = textwrap.dedent(
+    """
+    import asyncio, sys
+    import udpkit.aio
+
+    async def main(host):
+        async with udpkit.aio.bind_udp("", 0) as ep:
+            for port in (5040, 5041):
+                got = await ep.request_all(b"who?", (host, port), timeout=0.5)
+                print("ANSWERS", port, len(got), flush=True)
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+@needs_netns
+def test_discovery_answers_over_the_budget_are_counted_in_server_stats() -> None:
+    """On a LAN a responder whose answer outgrows the probe sends nothing by default
+    (anti-amplification), and server.stats said nothing about it; trusting the LAN
+    lets the answer go."""
+    with hosts(2) as (a, b):
+        proc = subprocess.Popen(
+            b.cmd(sys.executable, "-c", RESPONDERS, f"{SUBNET4}.0/24"),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            _line(proc, "READY")
+            res = a.run(sys.executable, "-c", DISCOVER, b.v4, timeout=STEP)
+            assert res.returncode == 0, res.stderr.decode()[-800:]
+            assert res.stdout.decode().splitlines() == ["ANSWERS 5040 0", "ANSWERS 5041 1"]
+            assert _line(proc, "STRICT") == "STRICT 0 [('admitted', 1), ('over_budget', 1)]"
+            assert _line(proc, "TRUSTING") == "TRUSTING 1 [('admitted', 1)]"
+            assert proc.wait(timeout=STEP) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate(timeout=STEP)

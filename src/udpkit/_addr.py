@@ -583,7 +583,8 @@ def format_sockaddr(sockaddr: object) -> str:
 
     Returns:
         ``"127.0.0.1:5005"``, ``"[::1]:5005"``, ``"[fe80::1%eth0]:5005"`` (scope
-        shown by interface name when known), a unix path, ``"@name"`` for a
+        shown by interface name when known; an IPv4-mapped ``::ffff:a.b.c.d``
+        as ``a.b.c.d``), a unix path, ``"@name"`` for a
         Linux abstract socket, or ``"(unnamed)"`` for an unbound unix peer.
     """
     if isinstance(sockaddr, Address):
@@ -592,6 +593,8 @@ def format_sockaddr(sockaddr: object) -> str:
         return "(unnamed)"
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
         host, port = str(sockaddr[0]), sockaddr[1]
+        if host.startswith("::ffff:") and host.count(".") == 3:
+            host = host[7:]  # a dual-stack socket's IPv4 peer, shown as IPv4 (as serve does)
         if ":" not in host:
             return f"{host}:{port}"
         scope = sockaddr[3] if len(sockaddr) >= 4 else 0
@@ -633,33 +636,46 @@ def _packed_v6(addr: Address) -> bytes | None:
 _V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
-def is_broadcast(addr: Address) -> bool:
+def _as_address(addr: Address | str | int) -> Address:
+    return addr if isinstance(addr, Address) else resolve_one(addr, 0)
+
+
+def is_broadcast(addr: Address | str | int) -> bool:
     """Whether ``addr`` is the limited broadcast address 255.255.255.255.
 
     A subnet's directed broadcast (e.g. 192.0.2.255) depends on the interface
     netmask and cannot be recognised from the address alone, so it is not.
 
     Args:
-        addr: the address to test.
+        addr: the address to test: an :class:`Address`, or a host in any udpkit
+            form (``"<broadcast>"``, an integer, a name).
 
     Returns:
         True for 255.255.255.255 (also as ``::ffff:255.255.255.255``).
+
+    Raises:
+        AddressError: a host that is not an address and does not resolve.
     """
+    addr = _as_address(addr)
     try:
         return _packed_v4(addr) == b"\xff\xff\xff\xff"
     except (OSError, ValueError):
         return False
 
 
-def is_multicast(addr: Address) -> bool:
+def is_multicast(addr: Address | str | int) -> bool:
     """Whether ``addr`` is a multicast group: 224.0.0.0/4 or ff00::/8.
 
     Args:
-        addr: the address to test.
+        addr: the address to test: an :class:`Address`, or a host in any udpkit form.
 
     Returns:
         True for a multicast address (an IPv4-mapped IPv4 group counts).
+
+    Raises:
+        AddressError: a host that is not an address and does not resolve.
     """
+    addr = _as_address(addr)
     try:
         v4 = _packed_v4(addr)
     except (OSError, ValueError):

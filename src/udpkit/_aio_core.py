@@ -103,6 +103,10 @@ class EndpointStats:
             cannot be its answer), or rejected by its ``match``.
         discarded: datagrams read but never handed over: still queued when the
             endpoint closed, or read from the socket while closing.
+        policy: a :class:`~udpkit.aio.Server`'s policy verdicts, the non-zero ones
+            by name (``{"admitted": 9, "over_budget": 3}``): datagrams ``denied`` or
+            ``rate_limited`` were never handled; replies ``over_budget`` (or to a
+            never-reply source) were never sent. Empty for an endpoint.
     """
 
     received: int = 0
@@ -118,12 +122,14 @@ class EndpointStats:
     batches: int = 0
     stale: int = 0
     discarded: int = 0
+    policy: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """Return the counters as a plain dict (ready for JSON)."""
         d = dict(self.__dict__)
         d["icmp_errors"] = dict(self.icmp_errors)
         d["send_errors"] = dict(self.send_errors)
+        d["policy"] = dict(self.policy)
         return d
 
 

@@ -8,7 +8,7 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from ._aio_core import BUSY_SLICE, SERVER_BATCHES, Core
+from ._aio_core import BUSY_SLICE, SERVER_BATCHES, Core, EndpointStats
 from ._engine import reply_items
 from ._errors import UsageError
 from ._policy import ADMIT, Policy
@@ -49,6 +49,8 @@ class Server(Core):
         handler_error: the latest exception a handler raised (``stats.handler_errors``
             counts them all; the first also goes to the loop's exception handler).
         last_error: the latest soft error (an ICMP report, a reply not sent), or None.
+        policy: the :class:`~udpkit.Policy` in force (None on a Unix socket); its
+            verdicts show in ``stats.policy``.
 
     Raises:
         UsageError: no running event loop, a bad size, or a coroutine function
@@ -84,6 +86,14 @@ class Server(Core):
         if policy is None and raw.family in (socket.AF_INET, socket.AF_INET6):
             policy = Policy(local=raw.getsockname())
         self.policy = policy
+
+    @property
+    def stats(self) -> EndpointStats:
+        """The counters, with ``kernel_drops`` read afresh and the policy's verdicts."""
+        st = super().stats
+        if self.policy is not None:
+            st.policy = {k: v for k, v in self.policy.counters.items() if v}
+        return st
 
     def _on_readable(self) -> None:
         start = time.perf_counter()

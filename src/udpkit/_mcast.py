@@ -93,6 +93,10 @@ def _is_group(family: int, packed: bytes) -> bool:
     return 224 <= packed[0] <= 239 if family == socket.AF_INET else packed[0] == 0xFF
 
 
+_FAMILY_WORD: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+_WILDCARD: dict[int, str] = {socket.AF_INET: "0.0.0.0", socket.AF_INET6: "::"}
+
+
 def group_family(group: str) -> int | None:
     """The family of a group written as an address; ``None`` for a name (resolved on join).
 
@@ -171,6 +175,16 @@ def _membership(
     family = sock.family
     if link_local_without_scope(parse_host(group)):
         raise _not_a_group(group)
+    wanted = group_family(group)
+    if wanted is not None and wanted != family and family in _FAMILY_WORD:
+        # The socket, not the caller, picked the family (bind "" is IPv4): say so.
+        verb = "join" if join else "leave"
+        bound = sock.getsockname()[0] or "unbound"
+        raise AddressError(
+            f"cannot {verb} {_FAMILY_WORD[wanted]} group {group!r} on an "
+            f"{_FAMILY_WORD[family]} socket (bound to {bound!r}): use a socket of the "
+            f"group's family (bind {_WILDCARD[wanted]!r} for {_FAMILY_WORD[wanted]})"
+        )
     addr = resolve_one(group, 0, family=family)
     if not _is_group(family, socket.inet_pton(family, addr.host.split("%", 1)[0])):
         raise _not_a_group(group)

@@ -208,8 +208,8 @@ class Policy:
         if not 0.0 <= factor <= MAX_AMPLIFICATION:
             raise UsageError(
                 f"invalid amplification factor {amplification!r}: must be 0 to "
-                f"{MAX_AMPLIFICATION:g} (reply bytes per byte received; use --trust "
-                "CIDR to exempt networks you control)"
+                f"{MAX_AMPLIFICATION:g} (reply bytes per byte received; trust=[CIDR] "
+                "or --trust CIDR exempts networks you control)"
             )
         self.amplification = factor
 

@@ -63,7 +63,7 @@ _MSG_TRUNC: int = getattr(socket, "MSG_TRUNC", 0)
 
 
 _REFUSED_HINT = "nothing is listening there (ICMP port unreachable)"
-_BROADCAST_HINT = "broadcast needs SO_BROADCAST (--broadcast)"
+_BROADCAST_HINT = "broadcast needs SO_BROADCAST (broadcast=True, or --broadcast)"
 
 
 def _check_timeout(timeout: float | None) -> None:
