@@ -20,7 +20,7 @@ from ._cli import (
     _Out,
     _transport,
 )
-from ._errors import Timeout, UsageError
+from ._errors import ConnectionRefused, NetworkError, Timeout, UsageError
 
 
 def _read_message(text: str, as_hex: bool) -> bytes:
@@ -44,7 +44,7 @@ def _read_message(text: str, as_hex: bool) -> bytes:
 
 def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from . import _client, _sockets, _unix
-    from ._addr import is_broadcast, is_multicast, resolve_one, split_hostport
+    from ._addr import is_broadcast, is_multicast, resolve, resolve_one, split_hostport
     from ._escape import safe_repr
 
     transport = _transport(args)
@@ -118,7 +118,8 @@ def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         sock = _unix.unix_datagram_connect(args.unix)
     else:
         assert host is not None and port is not None
-        addr = resolve_one(host, port, family=_family(args))
+        candidates = resolve(host, port, family=_family(args))
+        addr = candidates[0]
         multicast = is_multicast(addr)
         if (args.ttl is not None or args.loop is not None or args.iface) and not multicast:
             raise UsageError(f"--ttl, --loop and --iface are for multicast groups, not {host!r}")
@@ -140,26 +141,77 @@ def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                     raise
             to = addr.sockaddr
         else:
-            sock = _sockets.udp_connect(
+            return _send_unicast(candidates, message, bind, args, out=out, err=err)
+    with sock:
+        return _exchange(sock, to, message, args, out=out, err=err)
+
+
+def _send_unicast(
+    candidates: Sequence[Any],
+    message: bytes,
+    bind: tuple[str, str] | None,
+    args: argparse.Namespace,
+    *,
+    out: _Out,
+    err: _Out,
+) -> int:
+    """Send to a host's first address that works, as a host name promises.
+
+    A name such as ``localhost`` may give ``::1`` first while the server listens
+    on 127.0.0.1 only: an address that cannot be reached, or that answers ICMP
+    port unreachable (so nobody received the datagram), makes way for the next.
+    A silent one does not: the server may just be slow, and a second copy would
+    reach it twice.
+    """
+    from ._addr import format_sockaddr
+    from ._sockets import udp_connect
+
+    for i, addr in enumerate(candidates):
+        last = i == len(candidates) - 1
+        try:
+            sock = udp_connect(
                 addr.host, addr.port, bind=bind, family=addr.family, broadcast=args.broadcast
             )
-    with sock:
-        if args.no_wait:
-            sock.send(message, to)
-            return EXIT_OK
-        if args.all:
-            replies = _client.request_all(
-                sock, message, to, timeout=args.timeout, bufsize=args.buffer_size
-            )
-            for dgram in replies:
-                _show_reply(dgram, to is not None, out, err)
-            if not replies:
-                raise Timeout(f"no reply within {args.timeout:g} s")
-            err.write(f"udpkit: {len(replies)} {'reply' if len(replies) == 1 else 'replies'}\n")
-            return EXIT_OK
-        dgram, _attempts = _client.request(
-            sock, message, to, timeout=args.timeout, retries=args.retries, bufsize=args.buffer_size
+        except NetworkError as exc:
+            if last:
+                raise
+            err.write(f"udpkit: {exc}; trying {format_sockaddr(candidates[i + 1])}\n")
+            continue
+        with sock:
+            try:
+                return _exchange(sock, None, message, args, out=out, err=err)
+            except ConnectionRefused:
+                if last:
+                    raise
+                err.write(
+                    f"udpkit: nothing listens at {format_sockaddr(addr)} (ICMP port "
+                    f"unreachable); trying {format_sockaddr(candidates[i + 1])}\n"
+                )
+    raise AssertionError("unreachable: resolve() gives at least one address")
+
+
+def _exchange(
+    sock: Any, to: Any, message: bytes, args: argparse.Namespace, *, out: _Out, err: _Out
+) -> int:
+    """Send ``message`` on ``sock`` and show the reply (or every reply with --all)."""
+    from . import _client
+
+    if args.no_wait:
+        sock.send(message, to)
+        return EXIT_OK
+    if args.all:
+        replies = _client.request_all(
+            sock, message, to, timeout=args.timeout, bufsize=args.buffer_size
         )
+        for dgram in replies:
+            _show_reply(dgram, to is not None, out, err)
+        if not replies:
+            raise Timeout(f"no reply within {args.timeout:g} s")
+        err.write(f"udpkit: {len(replies)} {'reply' if len(replies) == 1 else 'replies'}\n")
+        return EXIT_OK
+    dgram, _attempts = _client.request(
+        sock, message, to, timeout=args.timeout, retries=args.retries, bufsize=args.buffer_size
+    )
     _show_reply(dgram, to is not None, out, err)
     return EXIT_OK
 

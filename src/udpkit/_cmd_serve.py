@@ -28,7 +28,7 @@ from ._errors import NetworkError, UdpkitError, UsageError
 def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[Any], str]:
     """Open the serving socket(s): one, or ``workers`` sharing a port with SO_REUSEPORT."""
     from . import _sockets, _unix
-    from ._addr import format_sockaddr, resolve_one
+    from ._addr import Address, format_sockaddr, resolve
 
     if args.unix is not None:
         if stream:
@@ -57,7 +57,8 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
     port = args.port
     if port is None:
         port = DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT
-    addr = resolve_one(
+    # A name's addresses are tried in order: the first that binds is served.
+    candidates = resolve(
         host,
         port,
         family=family,
@@ -65,27 +66,53 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
         proto="tcp" if stream else "udp",
         type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM,
     )
-    for group, _iface in groups:
-        _check_group(group, addr.host, addr.family)
+    if len(candidates) == 1:  # refused before binding, whatever bind would say
+        for group, _iface in groups:
+            _check_group(group, candidates[0].host, candidates[0].family)
     endpoints: list[Any] = []
     try:
         if stream:
             from . import _stream  # TCP code loads only for --tcp
 
-            endpoints.append(_stream.tcp_listen(addr.host, addr.port, family=addr.family))
+            endpoints.append(
+                _sockets.first_that_binds(
+                    candidates, lambda a: _stream.tcp_listen(a.host, a.port, family=a.family)
+                )[1]
+            )
         else:
-            # An IPv6 wildcard serves IPv4 too (dual stack) unless -6 asks for IPv6 only.
-            v6only = bool(args.ipv6) if addr.family == socket.AF_INET6 else None
-            first = _sockets.udp_bind(
-                addr.host, addr.port, family=addr.family, reuse_port=workers > 1, v6only=v6only
+
+            def dual(a: Address) -> bool | None:
+                # An IPv6 wildcard serves IPv4 too (dual stack) unless -6 asks for IPv6 only.
+                return bool(args.ipv6) if a.family == socket.AF_INET6 else None
+
+            addr, first = _sockets.first_that_binds(
+                candidates,
+                lambda a: _sockets.udp_bind(
+                    a.host,
+                    a.port,
+                    family=a.family,
+                    reuse_port=workers > 1,
+                    v6only=dual(a),
+                    # Group receivers share the group's port, as with socat or VLC.
+                    reuse_addr=bool(groups),
+                ),
             )
             endpoints.append(first)
+            if len(candidates) > 1:  # a single address was checked before binding
+                for group, _iface in groups:
+                    _check_group(group, addr.host, addr.family)
+            v6only = dual(addr)
             # The rest join the port the first one got (it may have been 0).
             bound_port = first.local_address[1]
             for _ in range(workers - 1):
                 endpoints.append(
                     _sockets.udp_bind(
-                        addr.host, bound_port, family=addr.family, reuse_port=True, v6only=v6only
+                        addr.host,
+                        bound_port,
+                        family=addr.family,
+                        reuse_port=True,
+                        v6only=v6only,
+                        reuse_addr=bool(groups),
                     )
                 )
             if len(endpoints) > 1:

@@ -23,13 +23,14 @@ import errno
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Self, TypeVar
 
-from udpkit._addr import MAX_UDP_PAYLOAD, Address, format_sockaddr, resolve_one
+from udpkit._addr import MAX_UDP_PAYLOAD, Address, format_sockaddr, resolve, resolve_one
 from udpkit._errors import (
     AddressError,
     MessageTooLarge,
+    NetworkError,
     PermissionDenied,
     Timeout,
     UdpkitError,
@@ -64,6 +65,21 @@ _MSG_TRUNC: int = getattr(socket, "MSG_TRUNC", 0)
 
 _REFUSED_HINT = "nothing is listening there (ICMP port unreachable)"
 _BROADCAST_HINT = "broadcast needs SO_BROADCAST (broadcast=True, or --broadcast)"
+# A host with no default route has no way out for a group either.
+_GROUP_ROUTE_HINT = (
+    "no route for the group: name the interface (--iface IFACE, or set_multicast_send(iface=))"
+)
+
+
+def _is_group_dest(dest: Any) -> bool:
+    from udpkit._mcast import group_family
+
+    if not (isinstance(dest, tuple) and dest and isinstance(dest[0], str)):
+        return False
+    try:
+        return group_family(dest[0]) is not None
+    except AddressError:
+        return False
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -380,7 +396,12 @@ class DatagramSocket(_Wrapped):
             return UsageError("send needs a destination: this socket is not connected, pass to=")
         if _broadcast_denied(exc, self._sock):
             return PermissionDenied(errno.EACCES, f"{what}: permission denied: {_BROADCAST_HINT}")
-        return map_oserror(exc, what, _REFUSED_HINT if exc.errno == errno.ECONNREFUSED else "")
+        hint = ""
+        if exc.errno == errno.ECONNREFUSED:
+            hint = _REFUSED_HINT
+        elif exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) and _is_group_dest(dest):
+            hint = _GROUP_ROUTE_HINT
+        return map_oserror(exc, what, hint)
 
 
 # --- constructors for the common transports -------------------------------------------------
@@ -404,7 +425,11 @@ def _connect(sock: socket.socket, sockaddr: Any, shown: str, timeout: float | No
             raise PermissionDenied(
                 errno.EACCES, f"connect to {shown}: permission denied: {_BROADCAST_HINT}"
             ) from exc
-        hint = "nothing is listening there" if exc.errno == errno.ECONNREFUSED else ""
+        hint = ""
+        if exc.errno == errno.ECONNREFUSED:
+            hint = "nothing is listening there"
+        elif exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) and _is_group_dest(sockaddr):
+            hint = _GROUP_ROUTE_HINT
         raise map_oserror(exc, f"connect to {shown}", hint) from exc
     sock.settimeout(None)
 
@@ -439,17 +464,22 @@ def udp_bind(
     broadcast: bool = False,
     v6only: bool | None = None,
     protocol: int | str = "udp",
+    reuse_addr: bool = False,
 ) -> DatagramSocket:
     """Open a UDP (or UDP-Lite) socket bound to ``host``:``port``.
 
-    SO_REUSEADDR is not set: for UDP it would let a second server share the
-    port silently. For ``"::"`` IPV6_V6ONLY keeps the OS default.
+    SO_REUSEADDR is off unless asked for: for unicast it would let a second
+    server share the port silently. For ``"::"`` IPV6_V6ONLY keeps the OS default.
 
     Args:
         host: any host form udpkit accepts; ``""``/``None`` is every interface.
+            A name's addresses are tried in order, and the first that binds is used.
         port: a number, numeric string or service name; 0 picks a free port.
         family: AF_UNSPEC (from the host), AF_INET or AF_INET6.
         reuse_port: set SO_REUSEPORT, so several sockets share the port (load spread).
+        reuse_addr: set SO_REUSEADDR, so several multicast receivers on one host
+            share the group port (each hears the groups it joined; a unicast
+            datagram to the port reaches only one of them).
         broadcast: set SO_BROADCAST, needed to send to broadcast addresses.
         v6only: for an IPv6 socket, IPV6_V6ONLY: ``False`` makes ``"::"`` receive
             IPv4 too (dual stack, peers as ``::ffff:a.b.c.d``), ``True`` IPv6 only;
@@ -466,10 +496,59 @@ def udp_bind(
         NetworkError: any other refusal (PermissionDenied for ports < 1024).
     """
     proto = parse_protocol(protocol)
-    addr = resolve_one(host, port, family=parse_domain(family), passive=True)
+    candidates = resolve(host, port, family=parse_domain(family), passive=True)
+    return first_that_binds(
+        candidates,
+        lambda addr: _udp_bind_one(
+            addr,
+            proto,
+            reuse_port=reuse_port,
+            broadcast=broadcast,
+            v6only=v6only,
+            reuse_addr=reuse_addr,
+        ),
+    )[1]
+
+
+def first_that_binds(
+    candidates: Sequence[Address], bind: Callable[[Address], _T]
+) -> tuple[Address, _T]:
+    """Bind the first of a host's addresses that works, as a host name promises.
+
+    A name may resolve to addresses this host does not have (an IPv6 one first,
+    say): each is tried in ``getaddrinfo``'s order.
+
+    Returns:
+        ``(address, bind(address))`` for the first address that bound.
+
+    Raises:
+        NetworkError: the first address's error, when none of them bound.
+    """
+    error: NetworkError | None = None
+    for addr in candidates:
+        try:
+            return addr, bind(addr)
+        except NetworkError as exc:
+            if error is None:
+                error = exc
+    assert error is not None  # resolve() gives at least one address or raises
+    raise error
+
+
+def _udp_bind_one(
+    addr: Address,
+    proto: int,
+    *,
+    reuse_port: bool,
+    broadcast: bool,
+    v6only: bool | None,
+    reuse_addr: bool,
+) -> DatagramSocket:
     sock = _new_socket(addr.family, socket.SOCK_DGRAM, proto)
 
     def build() -> DatagramSocket:
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             if not hasattr(socket, "SO_REUSEPORT"):
                 raise Unsupported(errno.ENOPROTOOPT, "SO_REUSEPORT is not available on this system")

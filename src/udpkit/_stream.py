@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any
 
-from udpkit._addr import format_sockaddr, resolve_one
+from udpkit._addr import Address, format_sockaddr, resolve, resolve_one
 from udpkit._errors import Timeout, UsageError, map_oserror
 from udpkit._generic import _new_socket, parse_domain
 from udpkit._sockets import (
@@ -27,6 +27,7 @@ from udpkit._sockets import (
     _peer_of,
     _set_timeout,
     _Wrapped,
+    first_that_binds,
 )
 
 __all__ = ["StreamListener", "StreamSocket", "tcp_connect", "tcp_listen"]
@@ -172,19 +173,23 @@ def tcp_listen(
         AddressInUse: another socket listens there.
         NetworkError: any other refusal.
     """
-    addr = resolve_one(
+    candidates = resolve(
         host, port, family=parse_domain(family), type=socket.SOCK_STREAM, proto="tcp", passive=True
     )
-    sock = _new_socket(addr.family, socket.SOCK_STREAM, 0)
 
-    def build() -> StreamListener:
-        if sys.platform != "win32":
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        _bind(sock, addr.sockaddr, str(addr))
-        _listen(sock, backlog, str(addr))
-        return StreamListener(sock)
+    def listen_on(addr: Address) -> StreamListener:
+        sock = _new_socket(addr.family, socket.SOCK_STREAM, 0)
 
-    return _close_on_error(sock, build)
+        def build() -> StreamListener:
+            if sys.platform != "win32":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            _bind(sock, addr.sockaddr, str(addr))
+            _listen(sock, backlog, str(addr))
+            return StreamListener(sock)
+
+        return _close_on_error(sock, build)
+
+    return first_that_binds(candidates, listen_on)[1]
 
 
 def tcp_connect(
