@@ -501,15 +501,10 @@ def test_aio_request_survives_packet_too_big() -> None:
 
 
 @needs_netns
-@pytest.mark.xfail(
-    reason="BUG: `send --retries 1` gives up with 'receive from ...: message too long', "
-    "exit 1, when a router answers the first attempt with ICMP fragmentation needed / "
-    "packet too big: the error is soft (the kernel learned the path MTU and a resend "
-    "goes through, as udpkit.aio's request shows), and the datagram is far below the "
-    "65,507/65,527-byte limit README names",
-    strict=True,
-)
 def test_send_retries_after_packet_too_big() -> None:
+    """`send --retries 1` gave up "message too long" when a router answered with ICMP
+    packet too big / fragmentation needed; the kernel has learned the path MTU, and a
+    resend goes through fragmented."""
     with (
         routed(mtu_b=1280) as (a, _r, b),
         serving(b, "::", "5461", "--echo", "--trust", "fd81::/16", "--trust", "10.81.0.0/16"),
@@ -521,13 +516,9 @@ def test_send_retries_after_packet_too_big() -> None:
 
 
 @needs_netns
-@pytest.mark.xfail(
-    reason="BUG: bench dies with 'bench receive: eMSGSIZE' (exit 1, and a garbled "
-    "error name) when the path MTU is below its probe size: the ICMP packet-too-big "
-    "is soft; bench should carry on and count the lost probes",
-    strict=True,
-)
 def test_bench_counts_probes_lost_to_a_smaller_path_mtu() -> None:
+    """bench died "bench receive: eMSGSIZE" on an ICMP packet too big; it now counts
+    it by errno and carries on (and sends no GSO batch larger than the path MTU)."""
     with (
         routed(mtu_b=1280) as (a, _r, b),
         running(b, "reflect", "::", "5462"),
@@ -740,14 +731,9 @@ def test_join_without_a_multicast_route_names_the_interface() -> None:
 
 
 @needs_netns
-@pytest.mark.xfail(
-    reason="BUG: with no multicast route, `send GROUP` and `bench GROUP --one-way` say "
-    "only 'network is unreachable' (exit 1): unlike serve/reflect --join they do not "
-    "name the fix (--iface IFACE), though README promises every error says what would "
-    "be right",
-    strict=True,
-)
 def test_sending_to_a_group_without_a_multicast_route_names_iface() -> None:
+    """send and bench to a group with no route said only "network is unreachable";
+    like serve --join, they now name the fix (--iface IFACE)."""
     with routed() as (_a, r, _b):
         for argv in (
             ["send", "239.4.4.4", "5496", "x", "--no-wait"],

@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import errno
 import math
+import os
 import random
 import select
 import socket
@@ -59,6 +60,23 @@ _RCVBUF = 4 << 20
 _HELLO_TRIES = 5
 _HELLO_WAIT = 0.3
 _SI = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}  # no "m": milli or mega?
+# ICMP errors a connected socket reports on a later receive, about an earlier probe
+# (the relay's set): counted per errno, never fatal; the probe they were about is lost.
+_ICMP = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.ECONNRESET,
+        errno.EPROTO,
+        errno.EMSGSIZE,  # fragmentation needed / packet too big: the path MTU is smaller
+    }
+)
+# Of those, the ones that mean "nothing answers there" when the opening exchange fails.
+_UNANSWERED = ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH")
+_IFACE_HINT = "name the interface: --iface IFACE"
 _now = time.monotonic_ns
 
 
@@ -175,7 +193,8 @@ class FlowResult:
     reply_bytes: int = 0
     malformed: int = 0
     late: int = 0  # replies that came after their window slot timed out
-    icmp_errors: int = 0
+    # ICMP errors reported on receive, by errno name ({"EMSGSIZE": 1}), as udpkit.aio counts.
+    icmp_errors: dict[str, int] = field(default_factory=dict)
     round_trip: SequenceTracker = field(default_factory=SequenceTracker)
     reverse: SequenceTracker = field(default_factory=SequenceTracker)
     rtt: LatencyHistogram = field(default_factory=LatencyHistogram)
@@ -227,7 +246,10 @@ def _group_socket(target: Address, cfg: BenchConfig, *, connect: bool) -> Datagr
             try:
                 sock.sock.connect(sa)
             except OSError as exc:
-                raise map_oserror(exc, f"connect to {target}") from exc
+                # No route for the group (no default route, several interfaces):
+                # the kernel cannot pick an interface by itself.
+                hint = _IFACE_HINT if exc.errno == errno.ENETUNREACH and not cfg.iface else ""
+                raise map_oserror(exc, f"connect to {target}", hint) from exc
     except BaseException:
         sock.close()
         raise
@@ -281,6 +303,7 @@ class _Flow:
             self.buf = bytearray(self.bufsize)
             self.template = memoryview(self.rx.template) if self.rx else None
             self.outstanding: dict[int, int] = {}  # window mode: seq -> send time
+            self.gso: bool | None = None  # False once probes proved too big for GSO
             self.nonce = -1
             self.echo_peer = False
             self.reported = False
@@ -326,10 +349,15 @@ class _Flow:
     def _recv_error(self, code: int) -> list[tuple[int, int]]:
         if code in _mmsg.AGAIN or code == errno.EINTR:
             return []
-        if code == errno.ECONNREFUSED or code in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            self.res.icmp_errors += 1
+        if code in _ICMP:
+            self.count_icmp(code)
             return []
-        raise map_oserror(OSError(code, errno.errorcode.get(code, str(code))), "bench receive")
+        raise map_oserror(OSError(code, os.strerror(code)), "bench receive")
+
+    def count_icmp(self, code: int) -> None:
+        """Count an ICMP error (about an earlier probe) under its errno name."""
+        name = _mmsg.errno_name(code)
+        self.res.icmp_errors[name] = self.res.icmp_errors.get(name, 0) + 1
 
     @property
     def data(self) -> bytearray:
@@ -504,7 +532,7 @@ class _Run:
         run = res.run_id
         payloads = [pack(MAGIC, VERSION, kind, run, s, now, 0) + pad for s in range(seq, seq + n)]
         try:
-            k = _mmsg.send_batch(f.raw, payloads)
+            k = self._send_batch(f, payloads)
         except NetworkError as exc:
             # The kernel refused the first probe (an ICMP error from an earlier one,
             # an unreachable route): it is lost at the sender, and counted so.
@@ -525,6 +553,24 @@ class _Run:
             self.meter.add("sent", k)
             self.meter.add("sent_bytes", k * self.cfg.size)
         return k
+
+    @staticmethod
+    def _send_batch(f: _Flow, payloads: list[bytes]) -> int:
+        try:
+            return _mmsg.send_batch(f.raw, payloads, gso=f.gso)
+        except NetworkError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+        if len(payloads) > 1 and f.gso is None:
+            # Probes larger than the path MTU cannot go as GSO segments (they are
+            # never fragmented): send them one datagram each from now on.
+            f.gso = False
+        else:
+            # ICMP "packet too big" about an earlier probe, reported on this send,
+            # which then sent nothing (the report is consumed): count it as the ICMP
+            # error it is and send again.  A probe the kernel refuses fails again.
+            f.count_icmp(errno.EMSGSIZE)
+        return _mmsg.send_batch(f.raw, payloads, gso=f.gso)
 
     def _tick(self) -> None:
         rows = self.meter.tick(_now() - self.start)
@@ -654,7 +700,7 @@ def run_bench(
             target = format_sockaddr(run.flows[0].raw.getpeername())
         missing = run.ask(run.flows, _HELLO_TRIES, _HELLO_WAIT)
         if missing:
-            if any(f.res.icmp_errors for f in missing):
+            if any(f.res.icmp_errors.get(n) for f in missing for n in _UNANSWERED):
                 raise ConnectionRefused(
                     errno.ECONNREFUSED,
                     f"nothing listening at {target}: start 'udpkit reflect' "

@@ -511,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = ""
         if args.command == "send":
             # The textbook's own server never answers: say the send itself worked.
-            hint = "; the message was sent (--no-wait does not wait for a reply)"
+            hint = "; the message was sent (use --no-wait to send without waiting for a reply)"
         sys.stderr.write(_line(f"{prog}: {exc}{hint}"))
         return EXIT_TIMEOUT
     except (UsageError, AddressError) as exc:

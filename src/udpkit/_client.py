@@ -6,10 +6,11 @@ One monotonic deadline per attempt, computed once and passed to every wait;
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ConnectionRefused, Timeout, UsageError
+from ._errors import ConnectionRefused, MessageTooLarge, NetworkError, Timeout, UsageError
 from ._sockets import Datagram, DatagramSocket
 
 if TYPE_CHECKING:
@@ -27,6 +28,31 @@ def _check_timing(timeout: float, retries: int) -> None:
         raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
     if retries < 0:
         raise UsageError(f"invalid retries {retries!r}: must be a whole number >= 0")
+
+
+def _path_mtu_error(exc: NetworkError, size: int) -> NetworkError:
+    """The last attempt's ICMP "fragmentation needed" / "packet too big", said plainly."""
+    what = str(exc).rpartition(": ")[0] or "receive"  # "receive from HOST:PORT"
+    return NetworkError(
+        errno.EMSGSIZE,
+        f"{what}: the path MTU is smaller than the {size}-byte datagram (ICMP "
+        "fragmentation needed / packet too big, again after a resend): send less, or "
+        "allow more resends (--retries N, or retries=N)",
+    )
+
+
+def _send(sock: DatagramSocket, message: bytes, to: Any) -> None:
+    """Send once; a kernel EMSGSIZE left over from an earlier datagram's ICMP is retried."""
+    try:
+        sock.send(message, to)
+    except MessageTooLarge as exc:
+        cause = exc.__cause__
+        if not (isinstance(cause, OSError) and cause.errno == errno.EMSGSIZE):
+            raise  # over the family's limit: checked before sending, final
+        # An ICMP packet-too-big for an earlier datagram is reported on the next
+        # call, and that call sends nothing (the report is consumed): send again.
+        # A datagram the kernel itself refuses fails the same way again.
+        sock.send(message, to)
 
 
 def request(
@@ -49,22 +75,29 @@ def request(
         bufsize: receive buffer; a longer answer comes back marked truncated.
 
     Returns:
-        ``(reply, attempts)``: the answer and how many sends it took.
+        ``(reply, attempts)``: the answer and how many attempts it took (a resend
+        after "packet too big" is part of its attempt).
 
     Raises:
         Timeout: no answer after ``retries + 1`` attempts.
         ConnectionRefused: nothing listens at the destination (ICMP port
             unreachable, seen on a connected socket) on the last attempt.
+        NetworkError: ``errno.EMSGSIZE``: the last attempt drew ICMP
+            "fragmentation needed" / "packet too big" again after its resend
+            (the path MTU is smaller than the datagram).  One such report per
+            attempt is soft: the kernel has learned the path MTU, and the
+            attempt is resent at once, fragmented to it.
+        MessageTooLarge: over the family's largest datagram (at once).
         UsageError: negative ``timeout`` or ``retries``.
     """
     _check_timing(timeout, retries)
-    refused: ConnectionRefused | None = None
     for attempt in range(1, retries + 2):
         # Only the last attempt's outcome counts: a server that came up
         # after a refused attempt but stays silent is a timeout, not "refused".
-        refused = None
+        last = attempt > retries
+        resent = False
         deadline = time.monotonic() + timeout
-        sock.send(message, to)
+        _send(sock, message, to)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -73,16 +106,29 @@ def request(
                 return sock.recv(bufsize, timeout=left), attempt
             except Timeout:
                 break
-            except ConnectionRefused as exc:
-                refused = exc
-                if attempt > retries:
+            except ConnectionRefused:
+                if last:
                     raise
                 # Nobody listens yet: wait out this attempt before resending,
                 # so retries give a starting server time instead of spinning.
                 time.sleep(max(0.0, deadline - time.monotonic()))
                 break
-    if refused is not None:
-        raise refused
+            except NetworkError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    raise
+                # ICMP "fragmentation needed" / "packet too big": a router dropped
+                # the datagram for its size (never over the limit: that is
+                # checked before sending).  The kernel has learned the path MTU
+                # and fragments a resend to fit, so the attempt is resent at
+                # once, one time; a second report in the attempt ends it (soft,
+                # like a refusal) and, on the last attempt, is the error.
+                if resent:
+                    if last:
+                        raise _path_mtu_error(exc, len(message)) from exc
+                    break
+                resent = True
+                deadline = time.monotonic() + timeout
+                _send(sock, message, to)
     tries = "attempt" if retries == 0 else "attempts"
     raise Timeout(f"no reply within {timeout:g} s ({retries + 1} {tries})")
 

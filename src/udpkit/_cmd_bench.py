@@ -247,6 +247,7 @@ def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> dic
         "send_datagrams_per_s": _rate(f.sent, seconds),
         "send_bits_per_s": _rate(f.sent_bytes * 8, seconds),
         "send_errors": dict(f.send_errors),
+        "icmp_errors_count": sum(f.icmp_errors.values()),
         "send_blocked_count": f.send_blocked,
         "malformed_datagrams": f.malformed,
         "late_replies_datagrams": f.late,
@@ -330,7 +331,13 @@ def bench_document(result: BenchResult) -> dict[str, Any]:
     for f in result.flows:
         hist.merge(f.rtt)
     total: dict[str, Any] = {}
-    for key in ("sent_datagrams", "sent_bytes", "send_blocked_count", "malformed_datagrams"):
+    for key in (
+        "sent_datagrams",
+        "sent_bytes",
+        "send_blocked_count",
+        "malformed_datagrams",
+        "icmp_errors_count",
+    ):
         total[key] = sum(d[key] for d in flows)
     total["send_datagrams_per_s"] = _rate(total["sent_datagrams"], secs)
     total["send_bits_per_s"] = _rate(total["sent_bytes"] * 8, secs)
@@ -410,8 +417,17 @@ def format_row(r: IntervalRow) -> str:
     )
 
 
-def format_table(doc: dict[str, Any]) -> str:
-    """The final table (plain text)."""
+def icmp_errors(result: BenchResult) -> dict[str, int]:
+    """ICMP errors reported on receive, by errno name, over all flows."""
+    out: dict[str, int] = {}
+    for f in result.flows:
+        for k, v in f.icmp_errors.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def format_table(doc: dict[str, Any], icmp: dict[str, int] | None = None) -> str:
+    """The final table (plain text); ``icmp``: ICMP errors by errno name, if any."""
     t = doc["total"]
     s = doc["settings"]
     flows = s["parallel_flows"]
@@ -448,6 +464,11 @@ def format_table(doc: dict[str, Any]) -> str:
     extra = []
     if t["send_errors"]:
         extra.append("send errors " + ", ".join(f"{k} {v}" for k, v in t["send_errors"].items()))
+    if icmp:
+        # The probe each one was about is lost: it is in the loss above.
+        extra.append("ICMP errors " + ", ".join(f"{k} {v}" for k, v in sorted(icmp.items())))
+    elif t.get("icmp_errors_count"):
+        extra.append(f"ICMP errors {t['icmp_errors_count']}")
     if t["malformed_datagrams"]:
         extra.append(f"{t['malformed_datagrams']} malformed replies")
     extra.append(f"unexplained loss {t['unexplained_lost_datagrams']}")
@@ -543,7 +564,7 @@ def run_bench(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     if args.json:
         out.write(json.dumps(doc, indent=2) + "\n")
     else:
-        out.write(format_table(doc))
+        out.write(format_table(doc, icmp_errors(result)))
     if args.plot is not None:
         _plot(args.plot, result, doc)
     return 0
