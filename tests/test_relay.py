@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -451,3 +452,32 @@ def test_cli_bad_input_is_one_line_exit_2(args: list[str], needle: str) -> None:
     assert res.returncode == 2, res.stderr
     line = one_line_error(res.stderr)
     assert line.startswith("udpkit relay: error: ") and needle in line, line
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/udp"), reason="drops come from /proc/net/udp")
+def test_drops_on_a_flow_socket_are_kernel_drops() -> None:
+    """The target's replies overflow a flow's upstream socket while the relay is not
+    reading: the kernel's drops there are the relay's too (they were left out, so
+    ``kernel_drops=0`` while replies went missing)."""
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listen,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c,
+    ):
+        listen.bind(("127.0.0.1", 0))
+        target.bind(("127.0.0.1", 0))
+        target.settimeout(STEP)
+        relay = Relay(listen, target.getsockname())
+        try:
+            c.sendto(b"open", listen.getsockname())
+            relay.run(duration=0.3)  # the flow opens and "open" goes up
+            data, flow_addr = target.recvfrom(100)
+            assert data == b"open"
+            target.setblocking(False)
+            # More than any receive buffer the relay asks for: the rest is dropped.
+            for _ in range(8000):
+                with contextlib.suppress(BlockingIOError):
+                    target.sendto(b"x" * 1200, flow_addr)
+            assert (relay.stats.kernel_drops or 0) > 0
+        finally:
+            relay.close()

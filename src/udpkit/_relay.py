@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._errors import UsageError, map_oserror
+from ._errors import NetworkError, UsageError, map_oserror
 from ._mmsg import (
     AGAIN,
     MM,
@@ -40,8 +40,12 @@ from ._mmsg import (
 from ._relaycore import Flow, FlowTable, ImpairConfig, Impairment, ImpairRng, ImpairStats
 from ._relaystats import RelayStats, _proc_drops_by_inode, _show, format_stats
 from ._sigwake import signals_wake
+from ._sockets import set_receive_buffer
 
 __all__ = ["Relay", "RelayStats", "format_stats"]
+
+# Receive buffer of every socket the relay reads (what bench and reflect ask for).
+_RCVBUF = 4 << 20
 
 # ICMP errors a connected socket reports on a later call: counted, never fatal.
 _ICMP = frozenset(
@@ -67,11 +71,13 @@ _DONTWAIT = int(MSG_DONTWAIT)
 class _Up:
     """A flow's I/O side: its connected upstream socket and the client's raw sockaddr."""
 
-    __slots__ = ("fd", "name", "name_addr", "namelen", "sock")
+    __slots__ = ("fd", "ino", "name", "name_addr", "namelen", "sock")
 
     def __init__(self, sock: socket.socket, raw_name: bytes) -> None:
         self.sock = sock
         self.fd = sock.fileno()
+        # /proc/net/udp lists a socket by inode: its drops are read by this key.
+        self.ino = os.fstat(self.fd).st_ino
         self.name = ctypes.create_string_buffer(raw_name, NAME_SPACE)
         self.name_addr = ctypes.addressof(self.name)
         self.namelen = len(raw_name)
@@ -170,6 +176,9 @@ class Relay:
         )
         self._impaired = up_on or down_on
         self._send_errors: dict[str, int] = {}
+        # Kernel drops on upstream sockets already closed (a flow's socket takes the
+        # target's replies: its receive queue overflows like the listening socket's).
+        self._ended_drops = 0
         self._by_fd: dict[int, Flow] = {}
         self._pending: dict[int, tuple[Flow, Impairment, bool]] = {}
         self._stop = False
@@ -227,8 +236,9 @@ class Relay:
 
     def close(self) -> None:
         """Close every upstream socket and the wake-up pair (not the listening socket)."""
+        drops = _proc_drops_by_inode() if len(self.table) else {}
         for flow in list(self.table):
-            self._end_flow(flow)
+            self._end_flow(flow, drops)
             self.table.remove(flow)
         self._wake_r.close()
         self._wake_w.close()
@@ -256,6 +266,13 @@ class Relay:
         if drops:
             with contextlib.suppress(OSError):
                 kd = drops.get(os.fstat(self._lfd).st_ino, 0)
+            if kd is not None:
+                # Every socket the relay reads: the listening one and each flow's upstream.
+                kd += self._ended_drops
+                for flow in t:
+                    up = flow.handle
+                    if up is not None:
+                        kd += drops.get(up.ino, 0)
         rows = []
         for flow in t:
             rows.append(
@@ -336,8 +353,10 @@ class Relay:
                         self._run_timers(now)
                     nxt = self.table.next_expiry()
                     if nxt is not None and nxt <= now:
-                        for flow in self.table.expire(now):
-                            self._end_flow(flow)
+                        ended = self.table.expire(now)
+                        drops = _proc_drops_by_inode() if ended else {}
+                        for flow in ended:
+                            self._end_flow(flow, drops)
                     if self._report:
                         self._report = False
                         if self._on_report is not None:
@@ -364,8 +383,10 @@ class Relay:
         t = self.table
         flow = t.admit(key, peer, now, 0)
         if flow is None:
-            for old in t.expire(now):
-                self._end_flow(old)
+            ended = t.expire(now)
+            drops = _proc_drops_by_inode() if ended else {}
+            for old in ended:
+                self._end_flow(old, drops)
             flow = t.admit(key, peer, now, count)
             if flow is None:
                 return None
@@ -379,6 +400,10 @@ class Relay:
                 return None
             try:
                 s.setblocking(False)
+                # The target's replies queue here while the relay is not scheduled:
+                # as big a buffer as bench and reflect use, so a busy box does not drop.
+                with contextlib.suppress(NetworkError, UsageError):
+                    set_receive_buffer(s, _RCVBUF)
                 s.connect(self._target)
             except OSError as exc:
                 s.close()
@@ -391,13 +416,17 @@ class Relay:
             self._poll.register(flow.handle.fd, select.POLLIN)
         return flow
 
-    def _end_flow(self, flow: Flow) -> None:
+    def _end_flow(self, flow: Flow, drops: dict[int, int] | None = None) -> None:
         for imp in (flow.up, flow.down):
             if imp is not None:
                 imp.abandon()
                 self._pending.pop(id(imp), None)
         up: _Up | None = flow.handle
         if up is not None:
+            # Keep what the kernel dropped on this socket: /proc forgets it at close.
+            if drops is None:
+                drops = _proc_drops_by_inode()
+            self._ended_drops += drops.get(up.ino, 0)
             self._by_fd.pop(up.fd, None)
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._poll.unregister(up.fd)
