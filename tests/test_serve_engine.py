@@ -205,3 +205,27 @@ def test_gro_receives_a_gso_stream_whole() -> None:
     assert received <= sent
     if drops == 0:
         assert received == sent
+
+
+def test_tcp_echo_to_a_client_that_never_reads_still_stops() -> None:
+    """serve --tcp --echo blocked for good in sendall to a client that sent a lot and
+    read nothing: SIGTERM set the stop flag, which was only looked at between chunks."""
+    with serving("127.0.0.1", "0", "--tcp", "--echo", "--quiet") as srv:
+        assert srv.port is not None
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as c:
+            c.setblocking(False)
+            chunk = b"x" * 65536
+            deadline = time.monotonic() + 5
+            sent = 0
+            while time.monotonic() < deadline and sent < 32 << 20:
+                try:
+                    sent += c.send(chunk)
+                except BlockingIOError:
+                    break  # both directions are full: the server is stuck replying
+            time.sleep(0.2)
+            start = time.monotonic()
+            code, _, err = srv.stop(signal.SIGTERM)
+            took = time.monotonic() - start
+    assert code == 0, err
+    assert took < 3
+    assert b"(stopped by SIGTERM)" in err

@@ -314,6 +314,12 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 
     Policy(**policy_args)  # bad values are reported before anything is bound
     endpoints, where = _bind_serve(args, stream, workers)
+    stops = {signal.SIGINT, signal.SIGTERM}
+    # From here on a stop must reach the server's own handler (which drains and
+    # counts), so stops wait, blocked, until that handler is in place.  Blocked
+    # before the recorder's thread starts, so that thread inherits the block: a
+    # stop the kernel handed to it ran the CLI's raising handler (no summary).
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         if args.record is not None:
             from ._record import Recorder
@@ -353,10 +359,6 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         if recorder is not None:
             recorder.stop_server = servers[0].stop  # a failed disk ends serving, counted
         stopped: list[int] = []
-        stops = {signal.SIGINT, signal.SIGTERM}
-        # From "listening" on, a stop must reach the server's own handler (which
-        # drains and counts), so signals wait until that handler is in place.
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         try:
             text, to_stderr = _format.banner(fmt, transport)
             (err if to_stderr else out).write(text)
@@ -407,14 +409,15 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                 try:
                     stats = server.serve()
                 finally:
-                    for s, h in old.items():
-                        signal.signal(s, h)
                     server.close()
                     if stop_metrics is not None:
-                        stop_metrics()
+                        stop_metrics()  # may wait 0.5 s: a second stop meanwhile is noted
+                    for s, h in old.items():
+                        signal.signal(s, h)
         finally:
             signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         for ep in endpoints:
             ep.close()
         if recorder is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._engine import Engine, EngineStats
-from ._errors import NetworkError, Timeout
+from ._errors import NetworkError, Timeout, map_oserror
 from ._mmsg import errno_name
 from ._policy import ADMIT, Policy
 from ._sigwake import signals_wake
@@ -459,11 +459,38 @@ class StreamServer:
         replies = [reply] if isinstance(reply, bytes | bytearray | memoryview) else list(reply)
         try:
             for r in replies:
-                conn.send_all(bytes(r))
+                if not self._send_until_stopped(conn, bytes(r)):
+                    stats.reply_errors["stopped"] = stats.reply_errors.get("stopped", 0) + 1
+                    return False
                 stats.replies += 1
                 stats.bytes_sent += len(r)
         except NetworkError as exc:
             name = errno_name(exc.errno)
             stats.reply_errors[name] = stats.reply_errors.get(name, 0) + 1
             return False
+        return True
+
+    def _send_until_stopped(self, conn: StreamSocket, data: bytes) -> bool:
+        """Send all of ``data``; False if :meth:`stop` came first.
+
+        A blocking sendall to a client that never reads never returns, and the
+        stop flag a signal handler sets is only looked at between chunks: wait
+        for room in 0.1 s slices instead, so SIGINT/SIGTERM end serve promptly.
+        """
+        sock = conn.sock
+        view = memoryview(data)
+        sock.settimeout(0.1)
+        try:
+            while view:
+                if self._stopping:
+                    return False
+                try:
+                    n = sock.send(view)
+                except TimeoutError:
+                    continue  # no room yet: look at the stop flag again
+                except OSError as exc:
+                    raise map_oserror(exc, "send to client") from exc
+                view = view[n:]
+        finally:
+            sock.settimeout(None)
         return True
