@@ -591,7 +591,9 @@ def run_reflect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     if groups and host == "127.0.0.1":
         # Group traffic is addressed to the group: listen on the wildcard.
         host = "::" if ":" in groups[0][0] else "0.0.0.0"
-    sock, got = _reflect.open_reflector_socket(host, args.port, _family(args), rcvbuf)
+    sock, got = _reflect.open_reflector_socket(
+        host, args.port, _family(args), rcvbuf, group=bool(groups)
+    )
     try:
         for group, iface in groups:
             join_group(sock.sock, group, iface=iface, source=args.source)

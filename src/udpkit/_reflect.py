@@ -229,8 +229,13 @@ class Reflector:
         self.engine.close()
 
 
-def open_reflector_socket(host: str, port: int | str, family: int, rcvbuf: int | None) -> Any:
+def open_reflector_socket(
+    host: str, port: int | str, family: int, rcvbuf: int | None, *, group: bool = False
+) -> Any:
     """Bind the reflector's socket and size its receive buffer.
+
+    ``group``: it will join groups, so it shares the port with other group
+    receivers on the host (SO_REUSEADDR), as ``serve --join`` does.
 
     Returns:
         ``(DatagramSocket, receive buffer granted in bytes)``.
@@ -240,7 +245,7 @@ def open_reflector_socket(host: str, port: int | str, family: int, rcvbuf: int |
     """
     from ._sockets import udp_bind
 
-    sock = udp_bind(host, port, family=family)
+    sock = udp_bind(host, port, family=family, reuse_addr=group)
     try:
         got = set_receive_buffer(sock.sock, rcvbuf or _RCVBUF)
     except NetworkError:
