@@ -61,19 +61,9 @@ _HELLO_TRIES = 5
 _HELLO_WAIT = 0.3
 _SI = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}  # no "m": milli or mega?
 # ICMP errors a connected socket reports on a later receive, about an earlier probe
-# (the relay's set): counted per errno, never fatal; the probe they were about is lost.
-_ICMP = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.ENETDOWN,
-        errno.ECONNRESET,
-        errno.EPROTO,
-        errno.EMSGSIZE,  # fragmentation needed / packet too big: the path MTU is smaller
-    }
-)
+# (_mmsg's set, as the relay and udpkit.aio use): counted per errno, never fatal; the
+# probe they were about is lost.
+_ICMP = _mmsg.ICMP_ERRORS
 # Of those, the ones that mean "nothing answers there" when the opening exchange fails.
 _UNANSWERED = ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH")
 _IFACE_HINT = "name the interface: --iface IFACE"

@@ -24,6 +24,7 @@ from ._errors import Unsupported, UsageError, map_oserror
 __all__ = [
     "AGAIN",
     "GSO_MAX_BYTES",
+    "ICMP_ERRORS",
     "MM",
     "MSG_DONTWAIT",
     "MSG_TRUNC",
@@ -57,6 +58,21 @@ MSG_DONTWAIT: int = int(getattr(socket, "MSG_DONTWAIT", 0))
 
 _LINUX = sys.platform.startswith("linux")
 AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+# What a connected socket reports on a later call about an earlier datagram (an
+# ICMP error: port, host or net unreachable, packet too big, ...): soft, counted.
+ICMP_ERRORS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.EMSGSIZE,
+        errno.ETIMEDOUT,
+        errno.EPROTO,
+    }
+)
 # What a kernel without (working) UDP GRO/GSO answers; the offload is then off for good.
 OFFLOAD_REFUSED = frozenset({errno.EINVAL, errno.ENOPROTOOPT, errno.EIO, errno.EOPNOTSUPP})
 # A GSO send may carry at most one IP datagram's worth of payload.

@@ -27,6 +27,7 @@ from typing import Any
 from ._errors import NetworkError, UsageError, map_oserror
 from ._mmsg import (
     AGAIN,
+    ICMP_ERRORS,
     MM,
     MSG_DONTWAIT,
     MSG_TRUNC,
@@ -48,18 +49,7 @@ __all__ = ["Relay", "RelayStats", "format_stats"]
 _RCVBUF = 4 << 20
 
 # ICMP errors a connected socket reports on a later call: counted, never fatal.
-_ICMP = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.ENETDOWN,
-        errno.ECONNRESET,
-        errno.EPROTO,
-        errno.EMSGSIZE,
-    }
-)
+_ICMP = ICMP_ERRORS
 _ROUNDS = 8  # receive batches per readable socket before looking at the others
 _SEND_WAIT = 0.05  # longest wait for a full send buffer before counting EAGAIN
 _IOV = 16  # sizeof(struct iovec) on 64-bit Linux (checked in __init__)
