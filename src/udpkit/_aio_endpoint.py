@@ -37,6 +37,29 @@ def _check_timeout(timeout: object) -> None:
         raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
 
 
+class _Asker:
+    """A running request: what it accepts, what was routed to it, and its match's error.
+
+    ``want`` is how many datagrams satisfy it (1 for ``request``, ``limit`` for
+    ``request_all``). A matched asker keeps accepting what its ``match`` accepts
+    after that (a second answer to a resent request): the surplus is stale.
+    """
+
+    __slots__ = ("error", "got", "match", "want")
+
+    def __init__(self, match: Callable[[Datagram], bool] | None, want: int) -> None:
+        self.match = match
+        self.want = want
+        self.got: list[Datagram] = []
+        self.error: Exception | None = None
+
+    def satisfied(self) -> bool:
+        return self.error is not None or len(self.got) >= self.want
+
+
+_DONE, _TIMEOUT, _REFUSED = 0, 1, 2
+
+
 class Endpoint(Core):
     """A UDP endpoint for asyncio: ``await recv()``, ``await send()``, ``async for``.
 
@@ -88,6 +111,10 @@ class Endpoint(Core):
         self._known: dict[Any, Any] = {}
         self._follow = False
         self._requests: asyncio.Lock | None = None
+        # Running requests: those with ``match`` (concurrent, in start order), and the
+        # one without (``request`` or ``request_all``: they take turns) as catch-all.
+        self._askers: list[_Asker] = []
+        self._catch: _Asker | None = None
         self._yielded = 0.0  # perf_counter when a busy-polling recv last let the loop run
         super().__init__(
             sock,
@@ -206,6 +233,9 @@ class Endpoint(Core):
     async def recv(self, *, timeout: float | None = None) -> Datagram:
         """Receive the next datagram.
 
+        While requests with ``match`` are running, a datagram one of them accepts
+        goes to that request, not here.
+
         Args:
             timeout: seconds to wait at most; ``None`` waits as long as it takes.
 
@@ -219,16 +249,26 @@ class Endpoint(Core):
         """
         if timeout is not None:
             _check_timeout(timeout)
-        if self._queue:
+        if self._queue and not self._askers:
             return self._take()
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._busy:
-            d = await self._busy_recv(timeout)
-            if d is not None:
-                return d
+            left = timeout
+            while True:
+                d = await self._busy_recv(left)
+                if d is None:
+                    break
+                if not self._askers or not self._give(d):
+                    return d
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
         while True:
-            if self._queue:
-                return self._take()
+            while self._queue:
+                d = self._take()
+                if not self._askers or not self._give(d):
+                    return d
             self._check_open()
             if self._fatal is not None:
                 raise self._fatal
@@ -237,8 +277,14 @@ class Endpoint(Core):
                 raise Timeout(f"no datagram on {self.local_address!r} within {timeout:g} s")
             await self._wait(left)
 
-    async def _busy_recv(self, timeout: float | None) -> Datagram | None:
-        """Busy-poll up to ``busy_poll_us`` (and ``timeout``): a datagram, or None to sleep."""
+    async def _busy_recv(
+        self, timeout: float | None, asker: _Asker | None = None
+    ) -> Datagram | None:
+        """Busy-poll up to ``busy_poll_us`` (and ``timeout``): a datagram, or None to sleep.
+
+        The datagram is the caller's to route; with ``asker``, this also stops (None)
+        once another task has routed enough to it.
+        """
         clock = time.perf_counter
         now = clock()
         end = now + (self._busy if timeout is None else min(self._busy, timeout))
@@ -246,6 +292,8 @@ class Endpoint(Core):
             if now - self._yielded >= BUSY_SLICE:
                 await asyncio.sleep(0)  # the loop's other tasks get their turn
                 self._yielded = now = clock()
+                if asker is not None and asker.satisfied():
+                    break
                 if self._queue:
                     return self._take()
                 if not self._reading:
@@ -269,11 +317,97 @@ class Endpoint(Core):
                 break
         return None
 
+    # -- routing datagrams to running requests -------------------------------------------
+
+    def _claim(self, d: Datagram) -> _Asker | None:
+        """The first request with ``match`` that accepts ``d`` gets it; None if none does.
+
+        A ``match`` that raises keeps the exception, for its own request to raise.
+        """
+        for a in self._askers:
+            match = a.match
+            if a.error is not None or match is None:  # askers here all have a match
+                continue
+            try:
+                ok = match(d)
+            except Exception as exc:
+                a.error = exc
+                continue
+            if ok:
+                a.got.append(d)
+                return a
+        return None
+
+    def _give(self, d: Datagram) -> bool:
+        """For recv(): whether a request with ``match`` took ``d`` (its task is woken)."""
+        if self._claim(d) is None:
+            return False
+        if self._waiters:
+            self._wake()
+        return True
+
+    def _route(self, d: Datagram) -> _Asker | None:
+        """Route a datagram a request took: to a matching request, else the catch-all
+        request (while it wants more), else it is stale (None)."""
+        if self._askers:
+            a = self._claim(d)
+            if a is not None:
+                return a
+        c = self._catch
+        if c is not None and len(c.got) < c.want:
+            c.got.append(d)
+            return c
+        self._st.stale += 1
+        return None
+
+    def _feed(self, me: _Asker) -> None:
+        """Take queued datagrams until ``me`` is satisfied, routing each; wake the owners
+        of what went to other requests. The rest stays queued (for recv)."""
+        q = self._queue
+        other = False
+        while q and not me.satisfied():
+            a = self._route(self._take())
+            if a is not None and a is not me:
+                other = True
+        if other and self._waiters:
+            self._wake()
+
+    async def _collect(self, me: _Asker, deadline: float, seen: int | None) -> int:
+        """Wait until ``me`` is satisfied (_DONE), ``deadline`` passes (_TIMEOUT) or, with
+        ``seen``, a connected endpoint hears a new ICMP port unreachable (_REFUSED)."""
+        while True:
+            if me.satisfied():
+                return _DONE
+            if self._queue:
+                self._feed(me)
+                continue
+            self._check_open()
+            if self._fatal is not None:
+                raise self._fatal
+            if seen is not None and self._refusals != seen and self._connected is not None:
+                return _REFUSED
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return _TIMEOUT
+            if self._busy:
+                spun = await self._busy_recv(left, me)
+                if spun is not None:
+                    a = self._route(spun)
+                    if a is not None and a is not me and self._waiters:
+                        self._wake()
+                    continue
+                if me.satisfied():
+                    continue
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    continue  # the checks above, then _TIMEOUT
+            await self._wait(left)
+
     def __aiter__(self) -> Self:
         return self
 
     async def __anext__(self) -> Datagram:
-        if self._queue:
+        if self._queue and not self._askers:
             return self._take()
         try:
             return await self.recv()
@@ -429,14 +563,20 @@ class Endpoint(Core):
         """Send ``data`` and return its answer, resending on silence.
 
         Each attempt gets its own monotonic deadline, ``timeout`` seconds after its
-        send. Requests on one endpoint take turns: a concurrent call waits until
-        the one before it has its answer (or gives up), so answers never cross.
-        Datagrams already waiting when a request is sent cannot be its answer:
-        they are discarded and counted in ``stats.stale``. UDP carries no request
-        ids, so without ``match`` the first datagram after the send is the answer;
-        where the protocol can tell (an id, a source), pass ``match`` so a late
-        answer to an earlier request (or a second answer to a resent one) is
-        skipped and counted as stale instead.
+        send. UDP carries no request ids, so without ``match`` the first datagram
+        after the send that no request with ``match`` accepts is the answer, and
+        requests without ``match`` take turns on one endpoint (a concurrent call
+        waits until the one before it has its answer or gives up), so answers
+        never cross. Where the protocol can tell (an id, a source), pass ``match``:
+        requests with ``match`` run concurrently, each datagram going to the
+        (earliest started) request whose ``match`` accepts it, and a late answer
+        to an earlier request (or a second answer to a resent one) is skipped and
+        counted as stale instead. Datagrams already waiting when a request starts
+        cannot be its answer: they go to the other running requests that accept
+        them, and the rest are discarded and counted in ``stats.stale`` (as are
+        datagrams a request with ``match`` takes while looking that no request
+        accepts). While requests with ``match`` run, :meth:`recv` gets only what
+        none of them accepts.
 
         Args:
             data: the request payload.
@@ -444,6 +584,8 @@ class Endpoint(Core):
             timeout: seconds each attempt waits for an answer.
             retries: how many times to resend after an attempt's deadline passes.
             match: ``(Datagram) -> bool``: whether a datagram answers this request.
+                It may be called from another task's ``request`` or ``recv``; if it
+                raises, this request (only) raises that exception.
 
         Returns:
             The answer (from any peer, for a broadcast or multicast request).
@@ -453,12 +595,15 @@ class Endpoint(Core):
             ConnectionRefused: on a connected endpoint, nothing listens at the peer
                 (ICMP port unreachable) on the last attempt.
             UsageError: a bad ``timeout`` or ``retries``, or a closed endpoint.
+            Exception: whatever ``match`` raised.
         """
         _check_timeout(timeout)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise UsageError(f"invalid retries {retries!r}: must be a whole number >= 0")
-        async with self._turn():
+        if match is not None:
             return await self._request(data, to, timeout, retries, match)
+        async with self._turn():
+            return await self._request(data, to, timeout, retries, None)
 
     async def _request(
         self,
@@ -469,21 +614,21 @@ class Endpoint(Core):
         match: Callable[[Datagram], bool] | None,
     ) -> Datagram:
         self._discard_waiting()
-        for attempt in range(retries + 1):
-            seen = self._refusals
-            deadline = time.monotonic() + timeout
-            await self.send(data, to)
-            while True:
-                while self._queue:
-                    d = self._take()
-                    if match is None or match(d):
-                        return d
-                    self._st.stale += 1
-                self._check_open()
-                if self._fatal is not None:
-                    raise self._fatal
-                left = deadline - time.monotonic()
-                if self._refusals != seen and self._connected is not None:
+        me = _Asker(match, 1)
+        self._enter(me)
+        try:
+            for attempt in range(retries + 1):
+                if me.got:  # arrived while the last attempt's time ran out: no resend
+                    return me.got.pop(0)
+                seen = self._refusals
+                deadline = time.monotonic() + timeout
+                await self.send(data, to)
+                why = await self._collect(me, deadline, seen)
+                if me.error is not None:
+                    raise me.error
+                if me.got:
+                    return me.got.pop(0)
+                if why == _REFUSED:
                     if attempt == retries:
                         raise ConnectionRefused(
                             errno.ECONNREFUSED,
@@ -491,41 +636,55 @@ class Endpoint(Core):
                             "(ICMP port unreachable)",
                         )
                     # Nobody listens yet: wait out this attempt, so a starting server gets time.
+                    left = deadline - time.monotonic()
                     if left > 0:
                         await asyncio.sleep(left)
-                    break
-                if left <= 0:
-                    break
-                if self._busy:
-                    spun = await self._busy_recv(left)
-                    if spun is not None:
-                        if match is None or match(spun):
-                            return spun
-                        self._st.stale += 1
-                        continue
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                await self._wait(left)
-        tries = "attempt" if retries == 0 else "attempts"
-        raise Timeout(f"no reply to the request within {timeout:g} s ({retries + 1} {tries})")
+            tries = "attempt" if retries == 0 else "attempts"
+            raise Timeout(f"no reply to the request within {timeout:g} s ({retries + 1} {tries})")
+        finally:
+            self._leave(me)
+
+    def _enter(self, me: _Asker) -> None:
+        if me.match is not None:
+            self._askers.append(me)
+        else:
+            self._catch = me  # under the turn lock: the only one
+
+    def _leave(self, me: _Asker) -> None:
+        if me.match is not None:
+            self._askers.remove(me)
+        elif self._catch is me:
+            self._catch = None
+        if me.got:  # routed to it, never taken (timed out, cancelled, match raised)
+            self._st.stale += len(me.got)
+            me.got.clear()
 
     def _turn(self) -> asyncio.Lock:
-        """The lock requests take turns with (made on first use, in the running loop)."""
+        """The lock requests without ``match`` take turns with (made on first use)."""
         if self._requests is None:
             self._requests = asyncio.Lock()
         return self._requests
 
     def _discard_waiting(self) -> None:
-        """Drop what arrived before a request is sent: it cannot be the answer (``stale``)."""
+        """What arrived before a request is sent cannot be its answer: it goes to the
+        other running requests that want it, the rest is dropped (``stale``)."""
+        q = self._queue
         for _ in range(64):  # bounded: a flood must not keep the request from going out
             if self._reading:
                 self._read_batches()  # what the kernel holds, into the queue
-            n = len(self._queue)
+            n = len(q)
             if not n:
                 return
-            self._queue.clear()
-            self._st.stale += n
+            if self._askers or self._catch is not None:
+                routed = False
+                while q:
+                    if self._route(q.popleft()) is not None:
+                        routed = True
+                if routed and self._waiters:
+                    self._wake()
+            else:
+                q.clear()
+                self._st.stale += n
             if not self._reading and not self._closed and self._fatal is None:
                 self._resume()
 
@@ -541,8 +700,10 @@ class Endpoint(Core):
 
         For discovery: a request to a broadcast address or a group (an endpoint
         opened to one is not connected) is answered by every responder. It takes
-        its turn with :meth:`request`, and discards (as ``stale``) what was
-        waiting before the send.
+        its turn with the :meth:`request` calls without ``match``; requests with
+        ``match`` run concurrently and their answers (the datagrams their
+        ``match`` accepts) are not collected here. What was waiting before the
+        send goes to those requests, or is discarded (as ``stale``).
 
         Args:
             data: the request payload.
@@ -561,15 +722,13 @@ class Endpoint(Core):
             raise UsageError(f"invalid limit {limit!r}: must be 1 or more datagrams")
         async with self._turn():
             self._discard_waiting()
-            deadline = time.monotonic() + timeout
-            await self.send(data, to)
-            out: list[Datagram] = []
-            while len(out) < limit:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                try:
-                    out.append(await self.recv(timeout=left))
-                except Timeout:
-                    break
-            return out
+            me = _Asker(None, limit)
+            self._enter(me)
+            try:
+                deadline = time.monotonic() + timeout
+                await self.send(data, to)
+                await self._collect(me, deadline, None)
+                out, me.got = me.got, []
+                return out
+            finally:
+                self._leave(me)
