@@ -18,6 +18,7 @@ from ._addr import MAX_UDP_PAYLOAD
 from ._errors import NetworkError, Unsupported, UsageError, map_oserror
 from ._mcast import join_group, leave_group, set_multicast_send
 from ._mmsg import (
+    ICMP_ERRORS,
     MM,
     MSG_DONTWAIT,
     MSG_TRUNC,
@@ -48,19 +49,7 @@ __all__ = [
 _LINUX = sys.platform.startswith("linux")
 _AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
 # Errors the kernel reports on a later call for an earlier datagram (ICMP): soft, counted.
-ICMP = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.ECONNRESET,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.ENETDOWN,
-        errno.EMSGSIZE,
-        errno.ETIMEDOUT,
-        errno.EPROTO,
-    }
-)
+ICMP = ICMP_ERRORS
 # On a first send these can only be about an earlier datagram; others are this one's fault.
 EARLIER = frozenset({errno.ECONNREFUSED, errno.ECONNRESET})
 # A server reads at most this many batches per readiness, so one flooded socket
