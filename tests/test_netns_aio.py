@@ -7,10 +7,12 @@ where namespaces cannot be made.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 import pytest
 from tests._netns import SUBNET4, Host, hosts, needs_netns
@@ -75,6 +77,24 @@ def _line(proc: subprocess.Popen[str], want: str) -> str:
     raise AssertionError(f"no {want!r} line; stderr: {proc.stderr.read()[-800:]}")
 
 
+@contextlib.contextmanager
+def _program(host: Host, source: str, *argv: str) -> Iterator[subprocess.Popen[str]]:
+    """Run a Python program on ``host``; kill it (by its PID) if it outlives the block."""
+    proc = subprocess.Popen(
+        host.cmd(sys.executable, "-c", source, *argv),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=STEP)
+
+
 def _send(host: Host, group: str, port: int, text: str) -> None:
     res = host.run(sys.executable, "-c", SENDER, group, str(port), text, timeout=STEP)
     assert res.returncode == 0, res.stderr
@@ -85,34 +105,22 @@ def _send(host: Host, group: str, port: int, text: str) -> None:
 @pytest.mark.parametrize("group", ["239.5.6.7", "ff12::5:6:7"])
 def test_aio_endpoint_joins_hears_and_leaves(group: str) -> None:
     port = 5031
-    with hosts(2) as (a, b):
-        proc = subprocess.Popen(
-            b.cmd(sys.executable, "-c", RECEIVER, group, str(port)),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            _line(proc, "READY")
-            _send(a, group, port, "to-the-group")
-            got = _line(proc, "GOT").split()
-            if ":" in group:
-                # A link-scope group: the source is a's link-local address, and the
-                # peer carries the scope as an index, as recvfrom gives it.
-                scope = int(b.run("cat", "/sys/class/net/eth0/ifindex").stdout)
-                assert got == ["GOT", "to-the-group", a.link_local(), str(scope)]
-            else:
-                assert got == ["GOT", "to-the-group", a.v4]
-            assert _line(proc, "LEAVE-AGAIN") == "LEAVE-AGAIN NetworkError"
-            _line(proc, "LEFT")
-            _send(a, group, port, "after-leave")
-            assert _line(proc, "NOTHING") == "NOTHING"
-            assert proc.wait(timeout=STEP) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=STEP)
+    with hosts(2) as (a, b), _program(b, RECEIVER, group, str(port)) as proc:
+        _line(proc, "READY")
+        _send(a, group, port, "to-the-group")
+        got = _line(proc, "GOT").split()
+        if ":" in group:
+            # A link-scope group: the source is a's link-local address, and the
+            # peer carries the scope as an index, as recvfrom gives it.
+            scope = int(b.run("cat", "/sys/class/net/eth0/ifindex").stdout)
+            assert got == ["GOT", "to-the-group", a.link_local(), str(scope)]
+        else:
+            assert got == ["GOT", "to-the-group", a.v4]
+        assert _line(proc, "LEAVE-AGAIN") == "LEAVE-AGAIN NetworkError"
+        _line(proc, "LEFT")
+        _send(a, group, port, "after-leave")
+        assert _line(proc, "NOTHING") == "NOTHING"
+        assert proc.wait(timeout=STEP) == 0
 
 
 @needs_netns
@@ -258,23 +266,11 @@ def test_discovery_answers_over_the_budget_are_counted_in_server_stats() -> None
     """On a LAN a responder whose answer outgrows the probe sends nothing by default
     (anti-amplification), and server.stats said nothing about it; trusting the LAN
     lets the answer go."""
-    with hosts(2) as (a, b):
-        proc = subprocess.Popen(
-            b.cmd(sys.executable, "-c", RESPONDERS, f"{SUBNET4}.0/24"),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            _line(proc, "READY")
-            res = a.run(sys.executable, "-c", DISCOVER, b.v4, timeout=STEP)
-            assert res.returncode == 0, res.stderr.decode()[-800:]
-            assert res.stdout.decode().splitlines() == ["ANSWERS 5040 0", "ANSWERS 5041 1"]
-            assert _line(proc, "STRICT") == "STRICT 0 [('admitted', 1), ('over_budget', 1)]"
-            assert _line(proc, "TRUSTING") == "TRUSTING 1 [('admitted', 1)]"
-            assert proc.wait(timeout=STEP) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate(timeout=STEP)
+    with hosts(2) as (a, b), _program(b, RESPONDERS, f"{SUBNET4}.0/24") as proc:
+        _line(proc, "READY")
+        res = a.run(sys.executable, "-c", DISCOVER, b.v4, timeout=STEP)
+        assert res.returncode == 0, res.stderr.decode()[-800:]
+        assert res.stdout.decode().splitlines() == ["ANSWERS 5040 0", "ANSWERS 5041 1"]
+        assert _line(proc, "STRICT") == "STRICT 0 [('admitted', 1), ('over_budget', 1)]"
+        assert _line(proc, "TRUSTING") == "TRUSTING 1 [('admitted', 1)]"
+        assert proc.wait(timeout=STEP) == 0
