@@ -20,7 +20,7 @@ from ._cli import (
     _Out,
     _transport,
 )
-from ._errors import ConnectionRefused, NetworkError, Timeout, UsageError
+from ._errors import AddressError, ConnectionRefused, NetworkError, Timeout, UsageError
 
 
 def _read_message(text: str, as_hex: bool) -> bytes:
@@ -172,7 +172,7 @@ def _send_unicast(
             sock = udp_connect(
                 addr.host, addr.port, bind=bind, family=addr.family, broadcast=args.broadcast
             )
-        except NetworkError as exc:
+        except (NetworkError, AddressError) as exc:  # AddressError: --bind of the other family
             if last:
                 raise
             err.write(f"udpkit: {exc}; trying {format_sockaddr(candidates[i + 1])}\n")
