@@ -262,6 +262,19 @@ def test_two_receivers_of_different_groups_share_a_port_on_one_host() -> None:
         assert re.findall(rb"b'([^']*)'", _stop(two)[0]) == [b"239.1.7.6"]
 
 
+def _finish_after_stopping(
+    bench: subprocess.Popen[bytes], victim: subprocess.Popen[bytes], *, after: float
+) -> tuple[bytes, bytes]:
+    """Stop ``victim`` ``after`` seconds into a bench run; return bench's output."""
+    try:
+        time.sleep(after)
+        _stop(victim)
+        return bench.communicate(timeout=30)
+    finally:
+        if bench.poll() is None:
+            _stop(bench)
+
+
 @needs_netns
 def test_multicast_bench_when_one_receiver_leaves_mid_run() -> None:
     """Three members reflect; d stops half-way through a 3 s one-way run.  bench still
@@ -287,13 +300,7 @@ def test_multicast_bench_when_one_receiver_leaves_mid_run() -> None:
             "500",
             "--json",
         )
-        try:
-            time.sleep(1.5)
-            _stop(leaver)
-            out, err = bench.communicate(timeout=30)
-        finally:
-            if bench.poll() is None:
-                _stop(bench)
+        out, err = _finish_after_stopping(bench, leaver, after=1.5)
         assert bench.returncode == 0, err
         doc = json.loads(out)
         sent = doc["total"]["sent_datagrams"]
@@ -706,13 +713,7 @@ def test_unicast_bench_when_the_reflector_stops_mid_run() -> None:
         bench = a.popen(
             *UDPKIT, "bench", b.v4, "5486", "--duration", "2", "--rate", "500", "--json"
         )
-        try:
-            time.sleep(1.0)
-            _stop(refl)
-            out, err = bench.communicate(timeout=30)
-        finally:
-            if bench.poll() is None:
-                _stop(bench)
+        out, err = _finish_after_stopping(bench, refl, after=1.0)
         assert bench.returncode == 0, err
         total = json.loads(out)["total"]
         assert total["sent_datagrams"] >= 900

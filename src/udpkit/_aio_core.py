@@ -38,7 +38,6 @@ from ._sockets import Datagram, DatagramSocket
 __all__ = [
     "BUSY_SLICE",
     "EARLIER",
-    "ICMP",
     "PEER_CACHE_MAX",
     "SERVER_BATCHES",
     "Core",
@@ -48,8 +47,6 @@ __all__ = [
 
 _LINUX = sys.platform.startswith("linux")
 _AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
-# Errors the kernel reports on a later call for an earlier datagram (ICMP): soft, counted.
-ICMP = ICMP_ERRORS
 # On a first send these can only be about an earlier datagram; others are this one's fault.
 EARLIER = frozenset({errno.ECONNREFUSED, errno.ECONNRESET})
 # A server reads at most this many batches per readiness, so one flooded socket
@@ -342,7 +339,7 @@ class Core:
             return []
         if code == errno.EINTR:
             return None
-        if code in ICMP:
+        if code in ICMP_ERRORS:
             self._soft_error(code, "receive")
             return None
         self._fatal = self.last_error = map_oserror(
@@ -427,7 +424,7 @@ class Core:
             except OSError as exc:
                 code = exc.errno or errno.EIO
                 if out:  # the error is consumed: note it, deliver what was read
-                    if code in ICMP:
+                    if code in ICMP_ERRORS:
                         self._soft_error(code, "receive")
                     break
                 return self._recv_failed(code)
@@ -469,7 +466,7 @@ class Core:
                 k = send_batch(self._sock, data[i:j], to) if j - i > 1 else self._send1(data[i], to)
             except NetworkError as exc:
                 code = exc.errno
-                if code in ICMP and not self._retried and self._connected is not None:
+                if code in ICMP_ERRORS and not self._retried and self._connected is not None:
                     # Most likely an earlier datagram's ICMP report, consumed now: retry once.
                     # (An unconnected socket hears no ICMP: its errors are its own.)
                     self._soft_error(code or 0, f"send to {to!r}")

@@ -14,7 +14,6 @@ from ._addr import Address, is_broadcast, resolve_one
 from ._aio_core import (
     BUSY_SLICE,
     EARLIER,
-    ICMP,
     PEER_CACHE_MAX,
     Core,
     resolve_waiter,
@@ -27,6 +26,7 @@ from ._errors import (
     UsageError,
     map_oserror,
 )
+from ._mmsg import ICMP_ERRORS
 from ._sockets import Datagram, DatagramSocket
 
 __all__ = ["Endpoint"]
@@ -475,7 +475,9 @@ class Endpoint(Core):
                 ) from exc
             # Only a connected socket hears ICMP reports (Linux drops them for an
             # unconnected one): there, an error may be an earlier datagram's.
-            if self._connected is not None and (code in EARLIER or (code in ICMP and not new)):
+            if self._connected is not None and (
+                code in EARLIER or (code in ICMP_ERRORS and not new)
+            ):
                 self._soft_error(code, f"send to {dest!r}")
                 return False  # queued: the flush resends it once
             if code == errno.EACCES:

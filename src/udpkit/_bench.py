@@ -60,10 +60,6 @@ _RCVBUF = 4 << 20
 _HELLO_TRIES = 5
 _HELLO_WAIT = 0.3
 _SI = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}  # no "m": milli or mega?
-# ICMP errors a connected socket reports on a later receive, about an earlier probe
-# (_mmsg's set, as the relay and udpkit.aio use): counted per errno, never fatal; the
-# probe they were about is lost.
-_ICMP = _mmsg.ICMP_ERRORS
 # Of those, the ones that mean "nothing answers there" when the opening exchange fails.
 _UNANSWERED = ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH")
 _IFACE_HINT = "name the interface: --iface IFACE"
@@ -339,7 +335,7 @@ class _Flow:
     def _recv_error(self, code: int) -> list[tuple[int, int]]:
         if code in _mmsg.AGAIN or code == errno.EINTR:
             return []
-        if code in _ICMP:
+        if code in _mmsg.ICMP_ERRORS:  # about an earlier probe: counted, never fatal
             self.count_icmp(code)
             return []
         raise map_oserror(OSError(code, os.strerror(code)), "bench receive")

@@ -48,8 +48,6 @@ __all__ = ["Relay", "RelayStats", "format_stats"]
 # Receive buffer of every socket the relay reads (what bench and reflect ask for).
 _RCVBUF = 4 << 20
 
-# ICMP errors a connected socket reports on a later call: counted, never fatal.
-_ICMP = ICMP_ERRORS
 _ROUNDS = 8  # receive batches per readable socket before looking at the others
 _SEND_WAIT = 0.05  # longest wait for a full send buffer before counting EAGAIN
 _IOV = 16  # sizeof(struct iovec) on 64-bit Linux (checked in __init__)
@@ -440,7 +438,7 @@ class Relay:
                     code = ctypes.get_errno()
                     if code in AGAIN:
                         return False
-                    if code == errno.EINTR or code in _ICMP:
+                    if code == errno.EINTR or code in ICMP_ERRORS:
                         continue
                     raise map_oserror(OSError(code, os.strerror(code)), "relay receive")
                 return False
@@ -523,7 +521,7 @@ class Relay:
             code = ctypes.get_errno()
             if code == errno.EINTR:
                 continue
-            if code in _ICMP and fd != self._lfd:
+            if code in ICMP_ERRORS and fd != self._lfd:
                 # An ICMP error from an earlier send, reported now: this datagram was
                 # not sent.  Count it and send it again once, so traffic resumes on
                 # the first datagram after the target comes back.
@@ -561,7 +559,7 @@ class Relay:
             if n <= 0:
                 if n < 0:
                     code = ctypes.get_errno()
-                    if code in _ICMP:
+                    if code in ICMP_ERRORS:
                         flow.upstream_refused += 1
                         continue
                     if code == errno.EINTR:
@@ -682,7 +680,7 @@ class Relay:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno in _ICMP:
+                if exc.errno in ICMP_ERRORS:
                     continue
                 raise map_oserror(exc, "relay receive") from exc
             got += 1
@@ -706,7 +704,7 @@ class Relay:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno in _ICMP:
+                if exc.errno in ICMP_ERRORS:
                     flow.upstream_refused += 1
                     continue
                 break
@@ -728,7 +726,7 @@ class Relay:
                     else:
                         self._lsock.sendto(p, flow.peer)
                 except OSError as exc:
-                    if up and exc.errno in _ICMP:
+                    if up and exc.errno in ICMP_ERRORS:
                         flow.upstream_refused += 1
                         if attempt == 0:
                             continue
