@@ -6,18 +6,14 @@ import asyncio
 import inspect
 import socket
 import time
-from collections.abc import Callable, Sequence
 
 from ._aio_core import BUSY_SLICE, SERVER_BATCHES, Core, EndpointStats
-from ._engine import reply_items
 from ._errors import UsageError
-from ._policy import ADMIT, Policy
+from ._policy import Policy
+from ._serving import Handler, ServeStep
 from ._sockets import Datagram, DatagramSocket
 
 __all__ = ["Handler", "Server"]
-
-Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
-"""The engine's handler type: given a datagram, the reply (or replies) for its peer, or None."""
 
 
 class Server(Core):
@@ -86,6 +82,7 @@ class Server(Core):
         if policy is None and raw.family in (socket.AF_INET, socket.AF_INET6):
             policy = Policy(local=raw.getsockname())
         self.policy = policy
+        self._step = ServeStep(handler, policy=policy, on_error=self._handler_failed)
 
     @property
     def stats(self) -> EndpointStats:
@@ -171,44 +168,24 @@ class Server(Core):
         return -1 if self._fatal is not None or self._closed else served
 
     def _answer(self, got: list[Datagram]) -> bool:
-        """Run the handler on ``got`` and send the replies; False when the send buffer is full."""
-        handler = self._handler
-        policy = self.policy
-        now = time.monotonic()  # one clock read per batch, for every policy decision
-        if handler is None:
-            if policy is not None and policy.screens_arrivals:
-                for d in got:
-                    policy.admit(d.peer, d.length, now)  # counted, nothing to answer
+        """Serve ``got`` (one step) and send the replies; False when the send buffer is full."""
+        step = self._step
+        discarded = step.stats.discarded
+        sources, replies = step.serve(got, time.monotonic())  # one clock read per batch
+        self._st.discarded += step.stats.discarded - discarded  # the handler closed the server
+        if self._closed or not replies:
             return True
         out_data, out_to = self._out_data, self._out_to
-        for d in got:
-            if self._closed:
-                self._st.discarded += 1  # the handler closed the server: never answered
-                continue
-            if policy is not None and policy.admit(d.peer, d.length, now) is not ADMIT:
-                continue  # refused and counted by the policy: never answered
-            try:
-                r = handler(d)
-            except Exception as exc:
-                self._handler_failed(exc)
-                continue
-            if r is None:
-                continue
-            try:
-                for x in [r] if isinstance(r, bytes | bytearray | memoryview) else reply_items(r):
-                    if policy is not None and not policy.may_reply(d.peer, len(x), now):
-                        continue  # over budget or never-reply: counted by the policy
-                    out_data.append(x if type(x) is bytes else bytes(x))
-                    out_to.append(d.peer)
-            except Exception as exc:
-                self._handler_failed(exc)  # the replies before the bad one still go
-        if out_data and not self._closed and not self._flush():
+        for i, r in zip(sources, replies, strict=True):
+            out_data.append(r if type(r) is bytes else bytes(r))
+            out_to.append(got[i][1])
+        if not self._flush():
             self._pause()  # the send buffer is full: read again once it drains
             return False
         return True
 
     def _handler_failed(self, exc: Exception) -> None:
-        """Count a handler's failure; the first one also goes to the loop's exception handler."""
+        """Note a handler's failure (the step counted it); the first also goes to the loop."""
         self._st.handler_errors += 1
         self.handler_error = exc
         if self._st.handler_errors == 1:
@@ -224,6 +201,9 @@ class Server(Core):
         self._resume()
 
     def _on_close(self) -> None:
+        self._step.halted = (
+            True  # a handler closed the server: the rest of its batch is not answered
+        )
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 

@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -292,15 +291,7 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     if args.record is not None and stream:
         raise UsageError("--record records datagrams: not with --tcp or --stream")
     recorder: Any = None
-
-    def observe_and_record(batch: Sequence[_sockets.Datagram]) -> None:
-        recorder.record_batch(batch, time.time())  # one clock read per batch
-        if not args.quiet:
-            observe(batch)
-
     observer: Any = None if args.quiet else observe
-    if args.record is not None:
-        observer = observe_and_record
     policy_args = {
         "allow": args.allow,
         "deny": args.deny,
@@ -353,6 +344,7 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
                 policy=Policy(**policy_args, local=ep.local_address)
                 if ep.family != socket.AF_UNIX
                 else None,
+                recorder=recorder,
             )
 
         servers = [make(ep) for ep in endpoints]
@@ -423,6 +415,7 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         if recorder is not None:
             recorder.close()  # drains the queue; idempotent
     if recorder is not None:
+        # The recorder has written its queue out since serve() returned: final figures.
         rec = recorder.stats
         stats.record = {
             "recorded": rec.recorded,

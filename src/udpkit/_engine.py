@@ -18,9 +18,11 @@ import errno
 import os
 import select
 import socket
+import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +31,7 @@ from ._errors import Unsupported, UsageError, map_oserror
 from ._mmsg import (
     AGAIN,
     GSO_MAX_BYTES,
+    ICMP_ERRORS,
     MM,
     MSG_DONTWAIT,
     MSG_TRUNC,
@@ -45,49 +48,27 @@ from ._mmsg import (
     proc_drops,
     send_batch,
 )
+from ._serving import Echo, Handler, ServeStep, reply_items
 from ._sigwake import signals_wake
 from ._sockets import Datagram
 
-__all__ = ["Engine", "EngineStats", "Handler", "fast_path_available", "send_batch"]
-
-Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
-"""Given a datagram, return the reply (or replies) to send to its peer, or ``None``."""
-
-
-def reply_items(r: Any) -> Iterator[Any]:
-    """The datagrams a handler's non-bytes reply stands for; a bad one is a TypeError.
-
-    The message names what the handler returned: a ``str`` would otherwise be
-    taken for a sequence and blamed on its first character.
-    """
-    if isinstance(r, str) or not isinstance(r, Iterable):
-        raise TypeError(
-            f"handler returned {type(r).__name__} {r!r:.40}: return bytes, a list of bytes "
-            "or None (encode text first)"
-        )
-    for x in r:
-        if not isinstance(x, bytes | bytearray | memoryview):
-            raise TypeError(
-                f"handler's reply list holds {type(x).__name__} {x!r:.40}: every reply must "
-                "be bytes"
-            )
-        yield x
-
+__all__ = [
+    "Engine",
+    "EngineStats",
+    "Handler",
+    "fast_path_available",
+    "reply_items",
+    "send_batch",
+]
 
 _RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
+# Sleep in the receive call itself until the first datagram, then take what is queued.
+MSG_WAITFORONE = 0x10000
+_WAIT_FLAGS = MSG_TRUNC | MSG_WAITFORONE
+# A receive asleep in the kernel wakes this often to look at stop() and the deadline
+# (a signal to the main thread interrupts it at once).
+_TICK = 0.1
 _LINUX = sys.platform.startswith("linux")
-# Errors the kernel reports on a later call for an earlier send (ICMP), counted, never raised.
-_ASYNC = {
-    errno.ECONNREFUSED,
-    errno.EHOSTUNREACH,
-    errno.ENETUNREACH,
-    errno.EHOSTDOWN,
-    errno.ENETDOWN,
-    errno.EMSGSIZE,
-    errno.ECONNRESET,
-    errno.ETIMEDOUT,
-    errno.EPROTO,
-}
 _GRO_BUFSIZE = 65535
 _SEND_WAIT = 1.0  # longest wait for a full send buffer to drain before counting EAGAIN
 _SO_BUSY_POLL = 46
@@ -97,6 +78,7 @@ _COUNTING_BATCH = 256  # ... when only counting
 # Longest a stopping engine spends reading what is already queued.
 _DRAIN_LIMIT = 0.5
 _new = tuple.__new__
+_TIMEVAL = struct.Struct("@ll")  # struct timeval, for SO_RCVTIMEO
 
 
 @dataclass
@@ -159,12 +141,21 @@ class EngineStats:
 
 
 class Engine:
-    """Serve one datagram socket: receive in batches, call a handler, send replies in batches.
+    """Serve one datagram socket: receive in batches, serve each batch, send the replies.
+
+    Each received batch goes up once, to a :class:`~udpkit._serving.ServeStep`
+    (admission, answer, reply budget, counters), and its replies go out with one
+    ``sendmmsg``.  An echo or a fixed reply that the step clears for the whole
+    batch is sent straight from the receive buffers, with no Python object per
+    datagram.  On a blocking socket the loop sleeps in ``recvmmsg`` itself
+    (``MSG_WAITFORONE``): one system call per wake-up.
 
     Args:
         sock: a bound (or connected) UDP socket; the caller keeps ownership.
-        handler: called once per datagram; its reply (bytes or a sequence of bytes)
-            goes to the datagram's peer.  ``None`` receives and counts only.
+        handler: a handler called once per datagram, whose reply (bytes or a
+            sequence of bytes) goes to the datagram's peer; :data:`udpkit.ECHO` or
+            a :class:`udpkit.Fixed` reply; or a whole
+            :class:`~udpkit._serving.ServeStep`.  ``None`` receives and counts only.
         bufsize: bytes kept per datagram; longer ones are delivered truncated and counted.
         batch: datagrams per receive call (default 64; 256 when only counting).
         fast: ``None`` picks recvmmsg/sendmmsg where available, ``False`` forces the
@@ -172,8 +163,10 @@ class Engine:
         gro: UDP GRO on receive; ``None`` enables it when the kernel accepts it and
             ``bufsize`` is at least 65535.
         gso: UDP GSO for runs of same-size replies to one peer; ``None`` tries it.
-        on_batch: called with each received batch, before the handler runs.
-        busy_poll_us: spin on non-blocking receive this long before sleeping in poll.
+        on_batch: called with each received batch, before the handler runs (not with
+            a ServeStep: give the step an observer).
+        busy_poll_us: after each batch, spin on non-blocking receive this long before
+            sleeping.
 
     Raises:
         UsageError: a bad ``bufsize``/``batch``/``busy_poll_us``, or GRO asked with a small buffer.
@@ -182,11 +175,13 @@ class Engine:
 
     # Class attribute so the tests can exercise the SO_RXQ_OVFL path on Linux too.
     _proc_drops_first: bool = True
+    # Class attribute so the tests can run the poll-then-receive loop on a blocking socket.
+    _sleep_in_receive: bool = True
 
     def __init__(
         self,
         sock: socket.socket,
-        handler: Handler | None,
+        handler: Handler | ServeStep | None,
         *,
         bufsize: int = 65535,
         batch: int | None = None,
@@ -196,13 +191,21 @@ class Engine:
         on_batch: Callable[[Sequence[Datagram]], None] | None = None,
         busy_poll_us: int = 0,
     ) -> None:
+        if isinstance(handler, ServeStep):
+            if on_batch is not None:
+                raise UsageError(
+                    "on_batch goes with a plain handler: give the ServeStep an observer instead"
+                )
+            step = handler
+        else:
+            step = ServeStep(handler, observer=on_batch)
         if not 1 <= bufsize <= 1 << 24:
             raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-16777216 bytes")
         if batch is None:
             # Counting only, a batch costs the same Python work whatever its size:
             # larger batches spread it thinner. With a handler, replies go out per
             # batch, so smaller batches answer sooner.
-            counting = handler is None and on_batch is None
+            counting = step.counting_only
             small_slots = gro is False or bufsize < _GRO_BUFSIZE  # GRO slots are 64 KiB each
             batch = _COUNTING_BATCH if counting and small_slots else _BATCH
         if not 1 <= batch <= 1024:
@@ -219,18 +222,20 @@ class Engine:
             )
         self._sock = sock
         self._fd = sock.fileno()
-        self._handler = handler
-        self._on_batch = on_batch
+        self._step = step
         self._bufsize = bufsize
         self._batch = batch
         self._fast = can_fast if fast is None else bool(fast)
         self._v4 = sock.family == socket.AF_INET
         self._busy = busy_poll_us / 1e6
-        self.stats = EngineStats()
+        self._st = EngineStats()
         self._stop = False
         self._cmsg_drops = 0
         self._peers = PeerCache(self._v4)
         self._keys: list[Any] = []
+        self._whole = step.whole_reply
+        self._blocking = False  # asleep in recvmmsg itself (decided per run)
+        self._short = False  # the last receive took less than it asked: the socket is empty
         self._rx: MsgArray | None = None
         self._tx: MsgArray | None = None
         self._buf = bytearray(bufsize)
@@ -263,7 +268,7 @@ class Engine:
         # each slot need not hold a whole datagram. MSG_TRUNC still reports every
         # real length, truncation is judged against ``bufsize`` arithmetically,
         # and small slots keep the kernel's copies in cache (as C sinks do).
-        self._counting = handler is None and on_batch is None
+        self._counting = step.counting_only
         slot = bufsize
         if self._counting and not self._gro:
             slot = min(bufsize, _COUNTING_SLOT)
@@ -277,6 +282,8 @@ class Engine:
             self._arena = bytearray(max(batch * 2048, 2 * 65536))
             self._arena_view = memoryview(self._arena)
             self._arena_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._arena))
+            if self._whole is not None:
+                self._init_whole(slot)
         # Created last: nothing after this can raise and leak them.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -292,6 +299,55 @@ class Engine:
             self._poll = select.poll()
             self._poll.register(self._fd, select.POLLIN)
             self._poll.register(self._wake_r.fileno(), select.POLLIN)
+
+    def _init_whole(self, slot: int) -> None:
+        """Send headers for whole-batch replies: header j answers received message j.
+
+        Header j's address is receive slot j's (as the kernel filled it); its one
+        iovec points at receive buffer j (echo: its length is set per batch) or at
+        the fixed reply.  Nothing in them changes per datagram.
+        """
+        rx = self._rx
+        assert rx is not None
+        n = rx.n
+        wtx = self._wtx = MsgArray(n, 0)
+        namelen = 16 if self._v4 else 28  # sockaddr_in / sockaddr_in6
+        whole = self._whole
+        if isinstance(whole, Echo):
+            base, step, length = rx.data_addr, slot, slot
+        else:
+            assert isinstance(whole, bytes)
+            self._fixed_buf = bytearray(whole or b"\0")
+            base, step, length = (
+                ctypes.addressof(ctypes.c_char.from_buffer(self._fixed_buf)),
+                0,
+                len(whole),
+            )
+        for j in range(n):
+            wtx.set_iov(j, base + j * step, length)
+            wtx.set_send(
+                j,
+                rx.names_addr + j * _mmsg.NAME_SPACE,
+                namelen,
+                iov_index=j,
+                control_off=0,
+                controllen=0,
+            )
+        self._wtx_lens = memoryview(wtx.iovs).cast(
+            "Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I"
+        )
+
+    @property
+    def stats(self) -> EngineStats:
+        """The counters so far (final once :meth:`run` returned)."""
+        st = self._st
+        st.handler_errors = self._step.stats.handler_errors
+        return st
+
+    @property
+    def step(self) -> ServeStep:
+        """The serving step each batch goes to."""
+        return self._step
 
     def _try_sockopt(self, level: int, opt: int) -> bool:
         try:
@@ -345,10 +401,10 @@ class Engine:
         """
         proc = proc_drops(self._fd)
         if proc is not None:
-            self.stats.kernel_drops = max(proc, self._cmsg_drops, self.stats.kernel_drops or 0)
+            self._st.kernel_drops = max(proc, self._cmsg_drops, self._st.kernel_drops or 0)
         elif self._cmsg_drops:
-            self.stats.kernel_drops = max(self._cmsg_drops, self.stats.kernel_drops or 0)
-        return self.stats.kernel_drops
+            self._st.kernel_drops = max(self._cmsg_drops, self._st.kernel_drops or 0)
+        return self._st.kernel_drops
 
     # -- the loop --------------------------------------------------------------
 
@@ -378,15 +434,51 @@ class Engine:
         if changed:
             self._sock.setblocking(False)
         self.read_kernel_drops()
+        old_timeout = self._sleep_in_kernel(duration)
         try:
-            with signals_wake(self._wake_w.fileno()):
+            if old_timeout is not None:
+                # Signals interrupt the receive itself (EINTR), and stop() is seen
+                # within a tick: the wake-up socket is not needed.
                 self._loop(count, deadline)
+            else:
+                with signals_wake(self._wake_w.fileno()):
+                    self._loop(count, deadline)
         finally:
             self._stop = False
+            if old_timeout is not None:
+                self._blocking = False
+                with contextlib.suppress(OSError):
+                    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, old_timeout)
             if changed:
                 self._sock.settimeout(restore)
             self.read_kernel_drops()
         return self.stats
+
+    def _sleep_in_kernel(self, duration: float | None) -> bytes | None:
+        """Arrange for the loop to sleep in ``recvmmsg`` itself; return the old SO_RCVTIMEO.
+
+        One system call per wake-up instead of a wait, a receive and a receive
+        that says EAGAIN.  Only on a blocking socket (a caller's timeout makes
+        it non-blocking) with the batched calls; the receive then times out
+        every ``_TICK`` to look at stop() and the deadline.
+        """
+        if not (self._fast and self._sleep_in_receive):
+            return None
+        try:
+            if not os.get_blocking(self._fd):
+                return None
+            old = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+            tick = _TICK if duration is None else max(min(_TICK, duration), 0.001)
+            usec = int(tick * 1e6)
+            self._sock.setsockopt(
+                socket.SOL_SOCKET,
+                socket.SO_RCVTIMEO,
+                _TIMEVAL.pack(usec // 1_000_000, usec % 1_000_000),
+            )
+        except OSError:
+            return None
+        self._blocking = True
+        return old
 
     def _loop(self, count: int | None, deadline: float | None) -> None:
         remaining = self._serve(count, deadline)
@@ -413,58 +505,90 @@ class Engine:
     def _serve(self, count: int | None, deadline: float | None) -> int | None:
         """The receive loop; returns how many datagrams ``count`` still allows.
 
-        Under light load (the last read found the socket empty after one datagram)
-        a server that answers reads the next datagram with one ``recvfrom_into``
-        and answers it before the batch call looks for more: a lone request's
-        round trip then pays for no batch set-up.
+        Asleep in ``recvmmsg`` (``MSG_WAITFORONE``: it returns as soon as one
+        datagram is there, with whatever else is queued) where the socket allows
+        it; else asleep in epoll, and never a receive that is known to find the
+        socket empty.  With busy polling, each batch is followed by a spin on
+        non-blocking receive for ``busy_poll_us``.
         """
-        recv = self._recv_fast if self._fast else self._recv_portable
-        one = None
-        if self._fast and self._handler is not None and not (self._gro or self._ovfl):
-            one = self._recv_portable  # plain recvfrom_into: no coalesced buffers, no cmsgs
-        light = one is not None
+        blocking = self._blocking
         remaining = count
         busy = self._busy
+        batch = self._batch
+        recv_wait = self._recv_fast
+        recv = self._recv_fast if self._fast else self._recv_portable
         while not self._stop:
             if remaining is not None and remaining <= 0:
                 return remaining
-            got = 0
-            if light and one is not None:
-                got = one(1)
-                if got > 0 and remaining is not None:
-                    remaining -= got
-                    if remaining <= 0:
-                        return remaining
-            n = recv(self._batch if remaining is None else min(self._batch, remaining))
+            vlen = batch if remaining is None else min(batch, remaining)
+            n = recv_wait(vlen, _WAIT_FLAGS) if blocking else recv(vlen)
             if n > 0:
-                light = False  # datagrams are queuing up: read them in batches
                 if remaining is not None:
                     remaining -= n
                 if deadline is not None and time.monotonic() >= deadline:
                     return remaining
+                if busy:
+                    remaining = self._spin_on(remaining, deadline)
+                elif not blocking and self._short and not self._wait(deadline):
+                    # The socket was empty: waited, instead of a receive that says so.
+                    return remaining
                 continue
             if n < 0:
                 continue  # interrupted or an asynchronous error: try again at once
-            light = one is not None
-            if got > 0 and deadline is not None and time.monotonic() >= deadline:
+            if deadline is not None and time.monotonic() >= deadline:
                 return remaining
-            if busy:
-                spin_end = time.perf_counter() + busy
-                spin, vlen = (one, 1) if one is not None else (recv, self._batch)
-                if remaining is not None:
-                    vlen = min(vlen, remaining)
-                while not self._stop and time.perf_counter() < spin_end:
-                    n = spin(vlen)
-                    if n:
-                        break
-                if n:
-                    if n > 0 and remaining is not None:
-                        remaining -= n
-                    light = False  # the spin read the socket: next, one batch call
-                    continue
-            if not self._wait(deadline):
+            if not blocking and not self._wait(deadline):
                 return remaining
         return remaining
+
+    def _spin_on(self, remaining: int | None, deadline: float | None) -> int | None:
+        """Busy polling: keep receiving without sleeping until ``busy_poll_us`` passes idle."""
+        busy = self._busy
+        clock = time.perf_counter
+        spin = self._spin_fast if self._fast else self._spin_portable
+        while not self._stop:
+            if remaining is not None and remaining <= 0:
+                break
+            vlen = self._batch if remaining is None else min(self._batch, remaining)
+            n = spin(vlen, clock() + busy)
+            if n <= 0:
+                break
+            if remaining is not None:
+                remaining -= n
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return remaining
+
+    def _spin_fast(self, vlen: int, until: float) -> int:
+        """Non-blocking recvmmsg in a tight loop until a batch arrives or ``until``."""
+        rx = self._rx
+        assert rx is not None
+        rx.hdr_view[: vlen * MM] = self._rx_template[: vlen * MM]
+        call = libc_mmsg.recvmmsg
+        fd, hdrs = self._fd, rx.hdrs_addr
+        clock = time.perf_counter
+        get_errno = ctypes.get_errno
+        while not self._stop:
+            n: int = call(fd, hdrs, vlen, _RECV_FLAGS, None)
+            if n > 0:
+                return self._took(n, vlen)
+            if n < 0:
+                code = get_errno()
+                if code not in AGAIN and self._recv_error(code) < 0:
+                    continue
+            if clock() >= until:
+                break
+        return 0
+
+    def _spin_portable(self, vlen: int, until: float) -> int:
+        clock = time.perf_counter
+        while not self._stop:
+            n = self._recv_portable(vlen)
+            if n:
+                return n
+            if clock() >= until:
+                break
+        return 0
 
     def _wait(self, deadline: float | None) -> bool:
         """Sleep until the socket is readable or stop() is called; False at the deadline."""
@@ -495,22 +619,29 @@ class Engine:
             return 0
         if code == errno.EINTR:
             return -1
-        if code in _ASYNC:
-            self.stats.count_error(code)
+        if code in ICMP_ERRORS:
+            self._st.count_error(code)
             return -1
         raise map_oserror(OSError(code, os.strerror(code)), "receive")
 
-    def _recv_fast(self, vlen: int) -> int:
+    def _recv_fast(self, vlen: int, flags: int = _RECV_FLAGS) -> int:
         rx = self._rx
         assert rx is not None
         rx.hdr_view[: vlen * MM] = self._rx_template[: vlen * MM]
-        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, _RECV_FLAGS, None)
+        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, flags, None)
         if n <= 0:
             if n == 0:
                 return 0
             return self._recv_error(ctypes.get_errno())
-        st = self.stats
+        return self._took(n, vlen)
+
+    def _took(self, n: int, vlen: int) -> int:
+        """Serve the ``n`` messages a receive call filled; return how many datagrams they held."""
+        rx = self._rx
+        assert rx is not None
+        st = self._st
         st.batches += 1
+        self._short = n < vlen
         lens = rx.msg_lens(n)
         bufsize = self._bufsize
         segs: dict[int, int] | None = None
@@ -520,23 +651,31 @@ class Engine:
                 segs = self._read_cmsgs(rx, ctl)
         if self._counting:
             return self._count(lens, segs)
-        total = sum(lens)
-        dv = rx.data_view
-        peers = self._peers_fast(rx, n)
-        if segs is None and max(lens) <= bufsize:
+        keys, found = self._peers.batch(rx, n)
+        self._keys = keys
+        distinct = found.values()
+        whole = segs is None and max(lens) <= bufsize
+        if whole:
+            total = sum(lens)
+            st.rx_datagrams += n
+            st.rx_bytes += total
+            if self._whole is not None and self._step.serve_whole(distinct, lens):
+                self._send_whole(n, lens, total)
+                return n
+            dv = rx.data_view
+            peers = list(map(found.__getitem__, keys))
             dgrams = [
                 _new(Datagram, (dv[o : o + ln].tobytes(), p, ln))
                 for o, ln, p in zip(range(0, n * bufsize, bufsize), lens, peers, strict=False)
             ]
             src: Sequence[int] = range(n)
-            st.rx_datagrams += n
-            st.rx_bytes += total
         else:
+            peers = list(map(found.__getitem__, keys))
             dgrams, src = self._split(rx, n, lens, peers, segs or {})
-        if self._on_batch is not None:
-            self._on_batch(dgrams)
-        if self._handler is not None:
-            self._reply_fast(dgrams, src)
+        sources, replies = self._step.serve(dgrams, time.monotonic(), distinct)
+        if replies:
+            rsrc = sources if whole else [src[i] for i in sources]
+            self._reply_fast(list(rsrc), replies)
         return len(dgrams)
 
     def _count(self, lens: list[int], segs: dict[int, int] | None) -> int:
@@ -584,7 +723,7 @@ class Engine:
             if level == socket.SOL_SOCKET and ctype == SO_RXQ_OVFL:
                 if value > self._cmsg_drops:
                     self._cmsg_drops = value
-                    self.stats.kernel_drops = max(value, self.stats.kernel_drops or 0)
+                    self._st.kernel_drops = max(value, self._st.kernel_drops or 0)
             elif level == SOL_UDP and ctype == UDP_GRO and 0 < value < 1 << 31:
                 size = value
         return size
@@ -617,45 +756,40 @@ class Engine:
         st.rx_datagrams += len(out)
         return out, src
 
-    def _peers_fast(self, rx: MsgArray, n: int) -> list[Any]:
-        self._keys, peers = self._peers.peers(rx, n)  # the keys group GSO replies
-        return peers
-
     # -- replies ----------------------------------------------------------------
 
-    def _collect(
-        self, dgrams: Sequence[Datagram], src: Sequence[int]
-    ) -> tuple[list[int], list[Any]]:
-        """Run the handler over a batch; return (source index, reply) pairs as two lists."""
-        handler = self._handler
-        assert handler is not None
-        rsrc: list[int] = []
-        replies: list[Any] = []
-        for d, i in zip(dgrams, src, strict=False):
-            try:
-                r = handler(d)
-            except Exception:
-                self.stats.handler_errors += 1
+    def _send_whole(self, n: int, lens: list[int], total: int) -> None:
+        """Answer received messages 0..n-1 with the whole-batch reply, straight from the buffers."""
+        if isinstance(self._whole, Echo):
+            self._wtx_lens[1 : 2 * n : 2] = array(
+                "Q" if self._wtx_lens.format == "Q" else "I", lens
+            )
+            sizes: Sequence[int] = lens
+        else:
+            assert isinstance(self._whole, bytes)
+            sizes = [len(self._whole)] * n
+        st = self._st
+        wtx = self._wtx
+        sent = 0
+        waited = 0.0
+        fd = self._fd
+        while sent < n:
+            r = libc_mmsg.sendmmsg(fd, wtx.hdrs_addr + sent * MM, n - sent, MSG_DONTWAIT)
+            if r > 0:
+                st.tx_datagrams += r
+                st.tx_bytes += total if r == n else sum(sizes[sent : sent + r])
+                sent += r
                 continue
-            if r is None:
+            code = ctypes.get_errno()
+            if code == errno.EINTR:
                 continue
-            if isinstance(r, bytes | bytearray | memoryview):
-                rsrc.append(i)
-                replies.append(r)
-            else:
-                try:
-                    for x in reply_items(r):
-                        rsrc.append(i)
-                        replies.append(x)
-                except Exception:
-                    # A bad reply is the handler's error; the replies before it still go.
-                    self.stats.handler_errors += 1
-        return rsrc, replies
+            if code in AGAIN and waited < _SEND_WAIT:
+                waited += self._wait_writable(_SEND_WAIT - waited)
+                continue
+            st.count_error(code)
+            sent += 1
 
-    def _reply_fast(self, dgrams: Sequence[Datagram], src: Sequence[int]) -> None:
-        rsrc, replies = self._collect(dgrams, src)
-        if not replies:
-            return
+    def _reply_fast(self, rsrc: list[int], replies: list[Any]) -> None:
         rx = self._rx
         assert rx is not None
         namelens = rx.namelens(max(rsrc) + 1)
@@ -767,9 +901,9 @@ class Engine:
         bufsize = self._bufsize
         mv = memoryview(buf)
         flags = (MSG_TRUNC if _LINUX else 0) | MSG_DONTWAIT
-        st = self.stats
+        st = self._st
         dgrams: list[Datagram] = []
-        keep = self._handler is not None or self._on_batch is not None
+        keep = not self._counting
         got = 0
         while got < vlen:
             try:
@@ -777,7 +911,7 @@ class Engine:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                if exc.errno in _ASYNC:
+                if exc.errno in ICMP_ERRORS:
                     st.count_error(exc.errno)
                     if got:
                         break
@@ -790,15 +924,14 @@ class Engine:
                 st.truncated_bytes_lost += ln - bufsize
             if keep:
                 dgrams.append(_new(Datagram, (mv[: min(ln, bufsize)].tobytes(), peer, ln)))
+        self._short = got < vlen
         if not got:
             return 0
         st.rx_datagrams += got
         st.batches += 1
-        if self._on_batch is not None:
-            self._on_batch(dgrams)
-        if self._handler is not None:
-            rsrc, replies = self._collect(dgrams, range(len(dgrams)))
-            for i, r in zip(rsrc, replies, strict=False):
+        if keep:
+            sources, replies = self._step.serve(dgrams, time.monotonic())
+            for i, r in zip(sources, replies, strict=True):
                 self._sendto(r, dgrams[i].peer)
         return got
 
@@ -809,13 +942,13 @@ class Engine:
                 n = self._sock.sendto(data, MSG_DONTWAIT, peer)
             except (BlockingIOError, InterruptedError) as exc:
                 if isinstance(exc, BlockingIOError) and waited >= _SEND_WAIT:
-                    self.stats.count_error(errno.EAGAIN)
+                    self._st.count_error(errno.EAGAIN)
                     return
                 waited += self._wait_writable(_SEND_WAIT - waited)
                 continue
             except OSError as exc:
-                self.stats.count_error(exc.errno)
+                self._st.count_error(exc.errno)
                 return
-            self.stats.tx_datagrams += 1
-            self.stats.tx_bytes += n
+            self._st.tx_datagrams += 1
+            self._st.tx_bytes += n
             return

@@ -409,6 +409,31 @@ class PeerCache:
             out.append(p)
         return keys, out
 
+    def batch(self, rx: MsgArray, n: int) -> tuple[list[Any], dict[Any, Any]]:
+        """``(keys, {key: peer})`` for the first ``n`` messages in ``rx``.
+
+        Only each distinct source is looked up (most batches have one or a few),
+        so the cost per datagram is that of reading its key.
+        """
+        if self.v4:
+            keys: list[Any] = rx.name_keys_v4(n)
+            width = 16
+        else:
+            blob = rx.names_view[: n * NAME_SPACE].tobytes()
+            keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
+            width = 28
+        cache = self.cache
+        found = {}
+        for k, i in dict(zip(keys, range(n), strict=False)).items():
+            p = cache.get(k)
+            if p is None:
+                if len(cache) >= PEER_CACHE_MAX:
+                    cache.clear()
+                off = i * NAME_SPACE
+                p = cache[k] = decode_sockaddr(rx.names_view[off : off + width].tobytes())
+            found[k] = p
+        return keys, found
+
 
 def encode_sockaddr(family: int, addr: Any) -> bytes:
     """Encode a ``(host, port[, flowinfo, scope_id])`` tuple as a raw sockaddr.

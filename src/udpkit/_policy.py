@@ -425,6 +425,47 @@ class Policy:
         self._c["over_budget"] += 1
         return False
 
+    # -- whole batches ----------------------------------------------------------
+
+    def reply_bound(self, peer: Any) -> float:
+        """How many reply bytes per request byte ``peer`` may always be sent.
+
+        ``inf`` for a trusted source, the amplification factor for any other, and
+        ``-1.0`` for a source that is denied or must never get a reply (port 0,
+        broadcast, multicast, our own address).  A batch whose every reply is at
+        most this many times its own request never goes over budget, so a server
+        may decide it once with :meth:`admit_batch` instead of per datagram.
+        """
+        try:
+            info = self._peers[peer]
+        except (KeyError, TypeError):
+            info = self._remember(peer)
+        if info.refuse is not None or info.denied:
+            return -1.0
+        return math.inf if info.trusted else self.amplification
+
+    def charge(self, peer: Any, received: int, replied: int) -> None:
+        """Charge a batch's totals to ``peer``'s budget (nothing for a trusted peer).
+
+        For a batch already cleared with :meth:`reply_bound` when no rule can
+        refuse an arrival (:attr:`screens_arrivals` is false): with
+        :meth:`count_admitted`, the counters and the budget end as if
+        :meth:`admit` and :meth:`may_reply` had been called for each datagram
+        and each reply.
+        """
+        try:
+            info = self._peers[peer]
+        except (KeyError, TypeError):
+            info = self._remember(peer)
+        if not info.trusted:
+            budget = self._budget(info.key)
+            budget.received += received
+            budget.sent += replied
+
+    def count_admitted(self, n: int) -> None:
+        """Count ``n`` datagrams as admitted (a batch cleared with :meth:`reply_bound`)."""
+        self._c["admitted"] += n
+
     # -- tables -----------------------------------------------------------------
 
     def _take_token(self, key: Hashable, now: float) -> bool:

@@ -1,9 +1,12 @@
 """``udpkit reflect``: the far end of ``udpkit bench`` (:mod:`._bench`).
 
-The reflector is an :class:`~udpkit._engine.Engine` with a handler: it tracks
-every run's probes (:class:`~udpkit._stats.SequenceTracker`), echoes ``PROBE``
-with its own return sequence number, and answers ``REPORT_REQUEST`` with what
-it saw, so loss, duplicates and reordering are known per direction.
+The reflector is a batch answer (:class:`~udpkit._serving.BatchAnswer`) served
+by the :class:`~udpkit._engine.Engine`: for each received batch it tracks every
+run's probes (:class:`~udpkit._stats.SequenceTracker`), echoes ``PROBE`` with
+its own return sequence number, and answers ``REPORT_REQUEST`` with what it saw,
+so loss, duplicates and reordering are known per direction.  No answer is ever
+longer than its request, so the serving step clears whole batches against the
+anti-amplification budget at once.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 from ._bench import _RCVBUF, _now
 from ._engine import Engine
 from ._errors import NetworkError
+from ._policy import Policy
 from ._probe import HEADER, HEADER_SIZE, MAGIC, VERSION, Kind, Report, build_report
+from ._serving import ServeStep
 from ._sockets import Datagram, DatagramSocket, set_receive_buffer
 from ._stats import Jitter, SequenceTracker
 
@@ -48,7 +53,12 @@ class Reflector:
         fast: as for :class:`~udpkit._engine.Engine`.
         busy_poll_us: as for :class:`~udpkit._engine.Engine`.
         max_runs: runs remembered at once; the oldest is forgotten past this.
+        policy: admission and reply rules, as for :class:`udpkit.DatagramServer`
+            (by default loopback trusted, every other source held to its
+            anti-amplification budget, which reflected probes always fit).
     """
+
+    reply_ratio = 1.0  # a reflection or a report is never longer than its request
 
     def __init__(
         self,
@@ -57,6 +67,7 @@ class Reflector:
         fast: bool | None = None,
         busy_poll_us: int = 0,
         max_runs: int = 4096,
+        policy: Policy | None = None,
     ) -> None:
         self.runs: dict[int, _RunState] = {}
         self.max_runs = max_runs
@@ -64,33 +75,28 @@ class Reflector:
         self.ignored = 0
         self.refused_small = 0
         self.reports = 0
-        self._batch: Sequence[Datagram] = ()
-        self._answers: list[bytes | None] = []
-        self._i = 0
+        if policy is None:
+            policy = Policy(local=sock.local_address)
+        self.policy = policy
+        self.step = ServeStep(self, policy=policy)
         self.engine = Engine(
             sock.sock,
-            self._handle,
+            self.step,
             bufsize=65535,
             fast=fast,
             gro=False,
             gso=False,
-            on_batch=self._on_batch,
             busy_poll_us=busy_poll_us,
         )
 
-    def _on_batch(self, batch: Sequence[Datagram]) -> None:
-        """Account a whole batch at once and line up each datagram's answer.
+    def answer_batch(self, batch: Sequence[Datagram]) -> list[bytes | None]:
+        """Account a whole batch at once; return each datagram's answer (or None), in order.
 
-        The engine calls the handler once per datagram of this batch, in order,
-        right after this: the handler only hands out what was decided here.
         Doing the work per batch keeps the per-datagram Python small (one
         arrival time per batch, consecutive numbers tracked in one step).
         """
         now = _now()  # one arrival time per batch, as read by the application
-        self._batch = batch
-        self._i = 0
         answers: list[bytes | None] = []
-        self._answers = answers
         unpack = HEADER.unpack_from
         cur = -1
         st: _RunState | None = None
@@ -141,6 +147,7 @@ class Reflector:
                 answers.append(None)
         if st is not None:
             self._flush(st, seqs, nbytes, transit, jit, now)
+        return answers
 
     def _flush(  # noqa: PLR0917 - the batch loop's locals, handed back
         self, st: _RunState, seqs: list[int], nbytes: int, transit: int | None, jit: float, now: int
@@ -167,15 +174,6 @@ class Reflector:
             )
             self.runs[run_id] = st
         return st
-
-    def _handle(self, d: Datagram) -> bytes | None:
-        i = self._i
-        self._i = i + 1
-        if i < len(self._batch) and self._batch[i] is d:
-            return self._answers[i]
-        # Not the batch on_batch saw (never, with the engine as written): account it alone.
-        self._on_batch([d])
-        return self._answers[0]
 
     def _control(self, kind: int, run_id: int, nonce: int, length: int) -> bytes | None:
         if kind == Kind.REPORT_REQUEST:

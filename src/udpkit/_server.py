@@ -9,21 +9,24 @@ by the batching :class:`~udpkit._engine.Engine`.
 from __future__ import annotations
 
 import contextlib
-import math
 import selectors
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._engine import Engine, EngineStats
 from ._errors import NetworkError, Timeout, map_oserror
 from ._mmsg import errno_name
-from ._policy import ADMIT, Policy
+from ._policy import Policy
+from ._serving import ECHO, BatchObserver, Fixed, Handler, PeerSet, ServeStep, _unnamed
 from ._sigwake import signals_wake
 from ._sockets import Datagram, DatagramSocket
 from ._stream import StreamListener, StreamSocket
+
+if TYPE_CHECKING:
+    from ._record import Recorder
 
 __all__ = [
     "BatchObserver",
@@ -33,17 +36,6 @@ __all__ = [
     "StreamServer",
     "reply_handler",
 ]
-
-Handler = Callable[[Datagram], "bytes | Sequence[bytes] | None"]
-"""Given a datagram received, return the reply (or replies) to send back, or ``None``."""
-
-BatchObserver = Callable[[Sequence[Datagram]], None]
-"""Called with each batch of datagrams received, before the replies are sent."""
-
-# Counting distinct peers must not let spoofed sources grow memory: exact up to
-# this many, then an estimate from a fixed-size bitmap (linear counting).
-_PEER_EXACT = 4096
-_SKETCH_BITS = 1 << 20  # 128 KiB; the estimate stays within ~1% to a few million peers
 
 
 @dataclass
@@ -141,77 +133,33 @@ def reply_handler(mode: str, text: bytes = b"Hello UDP Client") -> Handler | Non
         ValueError: for an unknown mode.
     """
     if mode == "reply":
-        return lambda _dgram: text
+        return Fixed(text)
     if mode == "echo":
-        return lambda dgram: dgram.data
+        return ECHO
     if mode == "none":
         return None
     raise ValueError(f"unknown reply mode {mode!r}: use 'reply', 'echo' or 'none'")
 
 
-def _unnamed(peer: Any) -> bool:
-    # An unbound Unix-domain client has no address to answer to.
-    return peer is None or peer in ("", b"")
-
-
-class _PeerSet:
-    """Distinct peers in fixed memory: an exact set while small, then linear counting."""
-
-    def __init__(self) -> None:
-        self.seen: set[Any] = set()
-        self.sketch: bytearray | None = None
-        self.zeros = _SKETCH_BITS
-
-    def _mark(self, peers: Any) -> None:
-        sketch = self.sketch
-        assert sketch is not None
-        mask = _SKETCH_BITS - 1
-        for p in peers:
-            h = hash(p) & mask
-            bit = 1 << (h & 7)
-            if not sketch[h >> 3] & bit:
-                sketch[h >> 3] |= bit
-                self.zeros -= 1
-
-    def add_batch(self, batch: Sequence[Datagram]) -> None:
-        if self.sketch is not None:
-            self._mark(d.peer for d in batch)
-            return
-        seen = self.seen
-        seen.update(d.peer for d in batch)
-        if len(seen) > _PEER_EXACT:
-            self.sketch = bytearray(_SKETCH_BITS // 8)
-            self._mark(seen)
-            self.seen = set()
-
-    @property
-    def estimated(self) -> bool:
-        """Whether :attr:`count` is an estimate (past the exact range)."""
-        return self.sketch is not None
-
-    @property
-    def count(self) -> int:
-        """How many distinct peers were seen (exact, or the linear-counting estimate)."""
-        if self.sketch is None:
-            return len(self.seen)
-        zeros = max(self.zeros, 1)
-        return round(-_SKETCH_BITS * math.log(zeros / _SKETCH_BITS))
-
-
 class DatagramServer:
     """Receive datagrams on a socket, report each batch, and answer through a handler.
 
-    Built on the batching engine: replies to a batch go out together, and
-    every datagram is either delivered whole, or counted (truncated, dropped
-    by the kernel, or unanswerable).
+    Built on the batching engine: each received batch goes through one
+    :class:`~udpkit._serving.ServeStep` (admission, answer, reply budget,
+    counters) and its replies go out together.  Every datagram is either
+    delivered whole, or counted (truncated, dropped by the kernel, refused by
+    the policy, or unanswerable).
 
     Args:
         sock: a bound datagram socket (UDP, UDP-Lite or Unix datagram).
-        handler: the reply policy, or ``None`` to never reply.
+        handler: the reply: a handler ``(Datagram) -> reply | None``,
+            :data:`udpkit.ECHO`, a :class:`udpkit.Fixed` reply, or ``None`` to
+            never reply.  ECHO and Fixed replies are sent a whole batch at a time,
+            straight from the receive buffers, when nothing needs each datagram.
         bufsize: receive buffer; larger datagrams are kept truncated and counted.
         count: stop after this many datagrams (``None``: run until ``stop()``).
-        observer: called with every batch of datagrams, before the replies.
-        count_peers: count distinct peers (costs a set insert per datagram).
+        observer: called with every batch of admitted datagrams, before the replies.
+        count_peers: count distinct peers.
         fast: ``None`` picks recvmmsg/sendmmsg where available; ``False``
             forces the portable ``recvfrom``/``sendto`` path.
         gro: receive with UDP GRO (fastest; the kernel then counts a dropped
@@ -221,6 +169,8 @@ class DatagramServer:
             that trusts loopback and holds every other source to the
             anti-amplification budget (replies never exceed the bytes received).
             Datagrams it refuses are counted, not shown, not answered.
+        recorder: a :class:`~udpkit.Recorder` that writes every admitted datagram;
+            its counters are part of :attr:`stats` (``record``) at every moment.
     """
 
     def __init__(
@@ -236,91 +186,54 @@ class DatagramServer:
         gro: bool = False,
         busy_poll_us: int = 0,
         policy: Policy | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.sock = sock
         self.count = count
-        self._observer = observer
-        self._peers = _PeerSet() if count_peers else None
-        self._unreplyable = 0
-        self._user_handler = handler
+        self.recorder = recorder
         if policy is None and sock.family != socket.AF_UNIX:
             policy = Policy(local=sock.local_address)
         self.policy = policy
-        self._screen = policy is not None and policy.screens_arrivals
-        self._refused: set[int] = set()  # ids of this batch's datagrams the policy refused
-        self._now = 0.0
-        wrapped: Handler | None = None
-        if handler is not None:
-            wrapped = self._guarded_handler
-        # Admission must see every datagram when it can refuse, or when replies
-        # draw on the budget that received bytes earn.
-        watch = (
-            observer is not None
-            or self._peers is not None
-            or self._screen
-            or (policy is not None and handler is not None)
-        )
+        shown = observer
+        if recorder is not None:
+            shown = self._record_and_show(recorder, observer)
+        self.step = ServeStep(handler, policy=policy, observer=shown, count_peers=count_peers)
         self.engine = Engine(
             sock.sock,
-            wrapped,
+            self.step,
             bufsize=bufsize,
             fast=fast,
             gro=gro,
             gso=False,
-            on_batch=self._on_batch if watch else None,
             busy_poll_us=busy_poll_us,
         )
 
-    def _guarded_handler(self, dgram: Datagram) -> bytes | Sequence[bytes] | None:
-        """The user's handler, behind the policy: refused datagrams get no answer,
-        and every reply must fit the peer's budget and the never-reply rules."""
-        if self._refused and id(dgram) in self._refused:
-            return None
-        peer = dgram.peer
-        if _unnamed(peer):
-            self._unreplyable += 1
-            return None
-        assert self._user_handler is not None
-        reply = self._user_handler(dgram)
-        policy = self.policy
-        if reply is None or policy is None:
-            return reply
-        now = self._now
-        if isinstance(reply, bytes | bytearray | memoryview):
-            return reply if policy.may_reply(peer, len(reply), now) else None
-        return [r for r in reply if policy.may_reply(peer, len(r), now)]
+    @staticmethod
+    def _record_and_show(recorder: Recorder, observer: BatchObserver | None) -> BatchObserver:
+        record = recorder.record_batch
 
-    def _on_batch(self, batch: Sequence[Datagram]) -> None:
-        # One clock read per batch, passed to every policy decision in it.
-        now = self._now = time.monotonic()
-        if self._screen:
-            assert self.policy is not None
-            admit = self.policy.admit
-            refused = self._refused
-            refused.clear()
-            kept = []
-            for d in batch:
-                if admit(d.peer, d.length, now) is ADMIT:
-                    kept.append(d)
-                else:
-                    refused.add(id(d))
-            if refused:
-                batch = kept
-        elif self.policy is not None and self._user_handler is not None:
-            # Admission earns reply credit even with no rule that can refuse.
-            admit = self.policy.admit
-            for d in batch:
-                admit(d.peer, d.length, now)
-        if self._peers is not None:
-            self._peers.add_batch(batch)
-        if self._observer is not None and batch:
-            self._observer(batch)
+        def record_and_show(batch: Sequence[Datagram]) -> None:
+            record(batch, time.time())  # the wall clock, read once per batch
+            if observer is not None:
+                observer(batch)
+
+        return record_and_show
 
     @property
     def stats(self) -> ServeStats:
-        """The counters so far (final once :meth:`serve` returned)."""
+        """The counters so far, every one of them live (final once :meth:`serve` returned)."""
         self.engine.read_kernel_drops()  # fresh, for SIGUSR1 and metrics mid-run
         es: EngineStats = self.engine.stats
+        step = self.step
+        peers = step.peers
+        record: dict[str, int] = {}
+        if self.recorder is not None:
+            rec = self.recorder.stats
+            record = {
+                "recorded": rec.recorded,
+                "record_dropped": rec.record_dropped,
+                "record_errors": rec.record_errors,
+            }
         return ServeStats(
             received=es.rx_datagrams,
             bytes_received=es.rx_bytes,
@@ -329,12 +242,13 @@ class DatagramServer:
             replies=es.tx_datagrams,
             bytes_sent=es.tx_bytes,
             reply_errors=dict(es.send_errors),
-            handler_errors=es.handler_errors,
-            unreplyable=self._unreplyable,
+            handler_errors=step.stats.handler_errors,
+            unreplyable=step.stats.unreplyable,
             kernel_drops=es.kernel_drops,
-            peers=None if self._peers is None else self._peers.count,
-            peers_estimated=False if self._peers is None else self._peers.estimated,
+            peers=None if peers is None else peers.count,
+            peers_estimated=False if peers is None else peers.estimated,
             policy={} if self.policy is None else self.policy.counters,
+            record=record,
         )
 
     def serve(self) -> ServeStats:
@@ -347,7 +261,7 @@ class DatagramServer:
         return self.stats
 
     def stop(self) -> None:
-        """End :meth:`serve` at the next batch boundary; safe from threads and signal handlers."""
+        """End :meth:`serve` soon (within 0.1 s); safe from threads and signal handlers."""
         self.engine.stop()
 
     def close(self) -> None:
@@ -378,7 +292,7 @@ class StreamServer:
         self.count = count
         self.observer = observer
         self.stats = ServeStats(peers=0)
-        self._peers = _PeerSet()
+        self._peers = PeerSet()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -448,7 +362,7 @@ class StreamServer:
         stats.bytes_received += len(data)
         # An unnamed Unix client has no address: count each connection as a peer.
         dgram = Datagram(data, peer if not _unnamed(peer) else ("unix", id(conn)), len(data))
-        self._peers.add_batch((dgram,))
+        self._peers.add((dgram.peer,))
         stats.peers = self._peers.count
         stats.peers_estimated = self._peers.estimated
         if self.observer is not None:
