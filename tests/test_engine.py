@@ -29,6 +29,7 @@ from udpkit._mmsg import (
     encode_sockaddr,
     proc_drops,
 )
+from udpkit._serving import ECHO, Fixed
 from udpkit._sockets import Datagram
 
 LINUX = sys.platform.startswith("linux")
@@ -367,6 +368,63 @@ class EngineContract:
         if self.fast and not proc_first:
             assert cmsg_drops == st.kernel_drops
 
+    @pytest.mark.parametrize("answer", ["echo", "fixed"])
+    def test_whole_batches_answer_every_datagram_exactly(
+        self, pair: tuple[socket.socket, socket.socket], answer: str
+    ) -> None:
+        """ECHO and Fixed replies, sent a batch at a time from the receive buffers (GSO
+        runs for one peer's same-size replies), reach every sender intact and in order."""
+        server, client = pair
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        other = socket.socket(server.family, socket.SOCK_DGRAM)
+        try:
+            other.bind((server.getsockname()[0], 0))
+            other.settimeout(2.0)
+            # 150 of one size from one peer (several GSO runs), then mixed sizes, then
+            # a second peer in the same batches.
+            same = [b"%05d" % i * 20 for i in range(150)]
+            mixed = [b"m" * (i % 7) for i in range(30)]
+            for m in same + mixed:
+                client.sendto(m, server.getsockname())
+            for i in range(20):
+                other.sendto(b"o%d" % i, server.getsockname())
+            n = len(same) + len(mixed) + 20
+            reply = Fixed(b"ok")
+            with self.engine(server, ECHO if answer == "echo" else reply) as e:
+                st = e.run(count=n, duration=5)
+            got = _recv_n(client, len(same) + len(mixed))
+            got_other = _recv_n(other, 20)
+        finally:
+            other.close()
+        if answer == "echo":
+            assert got == same + mixed
+            assert got_other == [b"o%d" % i for i in range(20)]
+            assert st.tx_bytes == st.rx_bytes
+        else:
+            assert got == [b"ok"] * (n - 20) and got_other == [b"ok"] * 20
+            assert st.tx_bytes == 2 * n
+        assert (st.rx_datagrams, st.tx_datagrams, st.send_errors) == (n, n, {})
+
+    def test_fixed_and_echo_to_port_zero_are_counted_send_errors(self, family: Family) -> None:
+        """Without a policy the engine answers anyone; a reply the kernel refuses is counted."""
+        fam, host = family
+        if fam == socket.AF_INET6:
+            pytest.skip("IPv6 needs a UDP checksum; the IPv4 case covers the rule")
+        try:
+            raw = socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        except PermissionError:
+            pytest.skip("a raw socket needs root")
+        with raw, socket.socket(fam, socket.SOCK_DGRAM) as server:
+            server.bind((host, 0))
+            port = server.getsockname()[1]
+            # A UDP header from source port 0 (checksum 0: allowed over IPv4).
+            raw.sendto(struct.pack("!HHHH", 0, port, 12, 0) + b"zero", (host, 0))
+            with self.engine(server, ECHO) as e:
+                st = e.run(count=1, duration=5)
+        assert st.rx_datagrams == 1 and st.tx_datagrams == 0
+        assert sum(st.send_errors.values()) == 1
+
 
 class TestPortablePath(EngineContract):
     fast = False
@@ -375,6 +433,17 @@ class TestPortablePath(EngineContract):
 @needs_fast
 class TestFastPath(EngineContract):
     fast = True
+
+
+@needs_fast
+class TestFastPathPolling(EngineContract):
+    """The fast path asleep in epoll (as on a socket with a timeout) instead of in recvmmsg."""
+
+    fast = True
+
+    @pytest.fixture(autouse=True)
+    def _poll(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(Engine, "_sleep_in_receive", False)
 
 
 @needs_fast

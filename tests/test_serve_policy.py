@@ -139,3 +139,35 @@ def test_serve_records_to_pcap_and_jsonl(tmp_path: Path) -> None:
         assert b"\x1b" not in res.stdout
         again = run("serve", "127.0.0.1", "0", "--record", str(path))
         assert again.returncode == 2 and b"--force" in again.stderr
+
+
+def test_recording_counters_are_live_in_metrics_and_sigusr1(tmp_path: Path) -> None:
+    """The recording counters were attached to the final summary only: mid-run, /metrics
+    had no udpkit_record_total samples and SIGUSR1 no recorded=."""
+    import time
+    import urllib.request
+
+    pytest.importorskip("prometheus_client")
+    path = tmp_path / "r.jsonl"
+    with serving(
+        "127.0.0.1", "0", "--quiet", "--record", str(path), "--metrics", "127.0.0.1:0"
+    ) as srv:
+        assert srv.port is not None
+        m = re.search(rb"metrics at (http://\S+)", srv.err.readline())
+        assert m is not None
+        assert len(_exchange(srv.port, [b"one", b"two", b"three"])) == 3
+        body = b""
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:  # the writer thread may lag the replies
+            with urllib.request.urlopen(m.group(1).decode(), timeout=5) as resp:
+                body = resp.read()
+            if b'udpkit_record_total{kind="recorded"} 3.0' in body:
+                break
+            time.sleep(0.05)
+        assert b'udpkit_record_total{kind="recorded"} 3.0' in body, body
+        assert b'udpkit_record_total{kind="record_dropped"} 0.0' in body
+        srv.proc.send_signal(signal.SIGUSR1)
+        line = srv.err.readline()
+        assert b"counters: 3 datagrams" in line and _counter(line, "recorded") == 3, line
+        code, _, err = srv.stop(signal.SIGTERM)
+    assert code == 0 and _counter(err, "recorded") == 3

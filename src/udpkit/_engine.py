@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import os
 import select
 import socket
@@ -305,26 +306,25 @@ class Engine:
 
         Header j's address is receive slot j's (as the kernel filled it); its one
         iovec points at receive buffer j (echo: its length is set per batch) or at
-        the fixed reply.  Nothing in them changes per datagram.
+        the fixed reply.  Nothing in them changes per datagram.  For GSO, the
+        second half of the headers sends runs of those same iovecs, each run as
+        one message cut into equal segments by the kernel.
         """
         rx = self._rx
         assert rx is not None
         n = rx.n
-        wtx = self._wtx = MsgArray(n, 0)
-        namelen = 16 if self._v4 else 28  # sockaddr_in / sockaddr_in6
+        wtx = self._wtx = MsgArray(2 * n, 0)
+        namelen = self._namelen = 16 if self._v4 else 28  # sockaddr_in / sockaddr_in6
         whole = self._whole
         if isinstance(whole, Echo):
-            base, step, length = rx.data_addr, slot, slot
+            base, stride, length = rx.data_addr, slot, slot
         else:
             assert isinstance(whole, bytes)
             self._fixed_buf = bytearray(whole or b"\0")
-            base, step, length = (
-                ctypes.addressof(ctypes.c_char.from_buffer(self._fixed_buf)),
-                0,
-                len(whole),
-            )
+            base = ctypes.addressof(ctypes.c_char.from_buffer(self._fixed_buf))
+            stride, length = 0, len(whole)
         for j in range(n):
-            wtx.set_iov(j, base + j * step, length)
+            wtx.set_iov(j, base + j * stride, length)
             wtx.set_send(
                 j,
                 rx.names_addr + j * _mmsg.NAME_SPACE,
@@ -333,9 +333,10 @@ class Engine:
                 control_off=0,
                 controllen=0,
             )
-        self._wtx_lens = memoryview(wtx.iovs).cast(
-            "Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I"
-        )
+        wide = ctypes.sizeof(ctypes.c_size_t) == 8
+        self._wtx_lens = memoryview(wtx.iovs).cast("Q" if wide else "I")  # iov_len: size_t
+        self._len_array = functools.partial(array, "Q" if wide else "I")
+        self._gso_size = 0  # the segment size the GSO headers are written for
 
     @property
     def stats(self) -> EngineStats:
@@ -660,7 +661,7 @@ class Engine:
             st.rx_datagrams += n
             st.rx_bytes += total
             if self._whole is not None and self._step.serve_whole(distinct, lens):
-                self._send_whole(n, lens, total)
+                self._send_whole(n, lens, total, len(found) == 1)
                 return n
             dv = rx.data_view
             peers = list(map(found.__getitem__, keys))
@@ -758,16 +759,23 @@ class Engine:
 
     # -- replies ----------------------------------------------------------------
 
-    def _send_whole(self, n: int, lens: list[int], total: int) -> None:
-        """Answer received messages 0..n-1 with the whole-batch reply, straight from the buffers."""
-        if isinstance(self._whole, Echo):
-            self._wtx_lens[1 : 2 * n : 2] = array(
-                "Q" if self._wtx_lens.format == "Q" else "I", lens
-            )
-            sizes: Sequence[int] = lens
+    def _send_whole(self, n: int, lens: list[int], total: int, one_peer: bool) -> None:
+        """Answer received messages 0..n-1 with the whole-batch reply, straight from the buffers.
+
+        Same-size replies to one peer go out as GSO runs (one message per run,
+        cut by the kernel), else one message each.
+        """
+        echo = isinstance(self._whole, Echo)
+        if echo:
+            self._wtx_lens[1 : 2 * n : 2] = self._len_array(lens)
+            size = lens[0]
+            same = one_peer and size == max(lens) == min(lens)
         else:
             assert isinstance(self._whole, bytes)
-            sizes = [len(self._whole)] * n
+            size = len(self._whole)
+            same = one_peer
+        if same and n > 1 and size and self._gso and self._send_runs(n, size):
+            return
         st = self._st
         wtx = self._wtx
         sent = 0
@@ -777,7 +785,10 @@ class Engine:
             r = libc_mmsg.sendmmsg(fd, wtx.hdrs_addr + sent * MM, n - sent, MSG_DONTWAIT)
             if r > 0:
                 st.tx_datagrams += r
-                st.tx_bytes += total if r == n else sum(sizes[sent : sent + r])
+                if r == n:
+                    st.tx_bytes += total if echo else n * size
+                else:
+                    st.tx_bytes += sum(lens[sent : sent + r]) if echo else r * size
                 sent += r
                 continue
             code = ctypes.get_errno()
@@ -788,6 +799,61 @@ class Engine:
                 continue
             st.count_error(code)
             sent += 1
+
+    def _send_runs(self, n: int, size: int) -> bool:
+        """Send n same-size replies to one peer as GSO runs; False if GSO was refused first."""
+        wtx = self._wtx
+        per = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+        if size != self._gso_size:
+            # Headers n.. send runs of `per` iovecs from the same address, cut at `size`.
+            space = _mmsg.CONTROL_SPACE
+            rx = self._rx
+            assert rx is not None
+            base = wtx.n // 2
+            for r in range(base):
+                clen = wtx.put_segment_cmsg(r * space, size)
+                wtx.set_send(
+                    base + r,
+                    rx.names_addr,
+                    self._namelen,
+                    iov_index=r * per if r * per < base else 0,
+                    control_off=r * space,
+                    controllen=clen,
+                    iovlen=per,
+                )
+            self._gso_size = size
+        runs = -(-n // per)
+        last = n - (runs - 1) * per
+        hdr0 = wtx.hdrs_addr + (wtx.n // 2) * MM
+        if last != per:
+            wtx.set_iovlen(wtx.n // 2 + runs - 1, last)
+        st = self._st
+        sent = 0
+        waited = 0.0
+        try:
+            while sent < runs:
+                r = libc_mmsg.sendmmsg(self._fd, hdr0 + sent * MM, runs - sent, MSG_DONTWAIT)
+                if r > 0:
+                    k = min(r * per, n - sent * per)
+                    st.tx_datagrams += k
+                    st.tx_bytes += k * size
+                    sent += r
+                    continue
+                code = ctypes.get_errno()
+                if code == errno.EINTR:
+                    continue
+                if code in AGAIN and waited < _SEND_WAIT:
+                    waited += self._wait_writable(_SEND_WAIT - waited)
+                    continue
+                if sent == 0 and code in OFFLOAD_REFUSED:
+                    self._gso = False  # off for good: the caller sends one by one
+                    return False
+                st.count_error(code, min(per, n - sent * per))
+                sent += 1
+        finally:
+            if last != per:
+                wtx.set_iovlen(wtx.n // 2 + runs - 1, per)
+        return True
 
     def _reply_fast(self, rsrc: list[int], replies: list[Any]) -> None:
         rx = self._rx

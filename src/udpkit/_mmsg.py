@@ -139,6 +139,7 @@ MM = ctypes.sizeof(MMsgHdr)
 _OFF_NAMELEN = MsgHdr.msg_namelen.offset
 _OFF_CONTROLLEN = MsgHdr.msg_controllen.offset
 _OFF_FLAGS = MsgHdr.msg_flags.offset
+_OFF_IOVLEN = MsgHdr.msg_iovlen.offset
 _OFF_MSGLEN = MMsgHdr.msg_len.offset
 assert MM % 8 == 0 and _OFF_CONTROLLEN % _SIZE_T == 0  # true on every Linux ABI
 
@@ -316,20 +317,25 @@ class MsgArray:
         iov_index: int,
         control_off: int,
         controllen: int,
+        iovlen: int = 1,
     ) -> None:
-        """Point send header ``j`` at a peer, one iovec and (optionally) control bytes."""
+        """Point send header ``j`` at a peer, ``iovlen`` iovecs and (optionally) control bytes."""
         _HDR_STRUCT.pack_into(
             self.hdrs,
             j * MM,
             name_addr,
             namelen,
             self.iovs_addr + iov_index * ctypes.sizeof(IoVec),
-            1,
+            iovlen,
             self.control_addr + control_off if controllen else 0,
             controllen,
             0,
             0,
         )
+
+    def set_iovlen(self, j: int, iovlen: int) -> None:
+        """Change how many iovecs header ``j`` sends."""
+        self.sz[(j * MM + _OFF_IOVLEN) // _SIZE_T] = iovlen
 
     def set_iov(self, index: int, addr: int, length: int) -> None:
         _IOV_STRUCT.pack_into(self.iovs, index * _IOV_STRUCT.size, addr, length)

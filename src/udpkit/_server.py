@@ -204,7 +204,6 @@ class DatagramServer:
             bufsize=bufsize,
             fast=fast,
             gro=gro,
-            gso=False,
             busy_poll_us=busy_poll_us,
         )
 
