@@ -233,6 +233,7 @@ class Engine:
         self._stop = False
         self._cmsg_drops = 0
         self._peers = PeerCache(self._v4)
+        self._namelen = 16 if self._v4 else 28  # sockaddr_in / sockaddr_in6
         self._keys: list[Any] = []
         self._whole = step.whole_reply
         self._blocking = False  # asleep in recvmmsg itself (decided per run)
@@ -270,6 +271,9 @@ class Engine:
         # real length, truncation is judged against ``bufsize`` arithmetically,
         # and small slots keep the kernel's copies in cache (as C sinks do).
         self._counting = step.counting_only
+        # Nothing but datagrams in the buffers (no control messages to read), and
+        # something to do with them: a batch of one can take the short way.
+        self._plain = not self._counting and not self._ovfl and not self._gro
         slot = bufsize
         if self._counting and not self._gro:
             slot = min(bufsize, _COUNTING_SLOT)
@@ -314,7 +318,7 @@ class Engine:
         assert rx is not None
         n = rx.n
         wtx = self._wtx = MsgArray(2 * n, 0)
-        namelen = self._namelen = 16 if self._v4 else 28  # sockaddr_in / sockaddr_in6
+        namelen = self._namelen
         whole = self._whole
         if isinstance(whole, Echo):
             base, stride, length = rx.data_addr, slot, slot
@@ -337,6 +341,7 @@ class Engine:
         self._wtx_lens = memoryview(wtx.iovs).cast("Q" if wide else "I")  # iov_len: size_t
         self._len_array = functools.partial(array, "Q" if wide else "I")
         self._gso_size = 0  # the segment size the GSO headers are written for
+        self._whole_size = -1 if isinstance(whole, Echo) else len(whole)  # -1: echo
 
     @property
     def stats(self) -> EngineStats:
@@ -564,9 +569,8 @@ class Engine:
         """Non-blocking recvmmsg in a tight loop until a batch arrives or ``until``."""
         rx = self._rx
         assert rx is not None
-        rx.hdr_view[: vlen * MM] = self._rx_template[: vlen * MM]
-        call = libc_mmsg.recvmmsg
-        fd, hdrs = self._fd, rx.hdrs_addr
+        call = libc_mmsg.recvmmsg_p
+        fd, hdrs = self._fd, rx.hdrs_p
         clock = time.perf_counter
         get_errno = ctypes.get_errno
         while not self._stop:
@@ -626,10 +630,10 @@ class Engine:
         raise map_oserror(OSError(code, os.strerror(code)), "receive")
 
     def _recv_fast(self, vlen: int, flags: int = _RECV_FLAGS) -> int:
+        # The headers are as the template has them: _took restores what a call changed.
         rx = self._rx
         assert rx is not None
-        rx.hdr_view[: vlen * MM] = self._rx_template[: vlen * MM]
-        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, vlen, flags, None)
+        n: int = libc_mmsg.recvmmsg_p(self._fd, rx.hdrs_p, vlen, flags, None)
         if n <= 0:
             if n == 0:
                 return 0
@@ -643,6 +647,8 @@ class Engine:
         st = self._st
         st.batches += 1
         self._short = n < vlen
+        if n == 1 and self._plain:
+            return self._took_one(rx, st)
         lens = rx.msg_lens(n)
         bufsize = self._bufsize
         segs: dict[int, int] | None = None
@@ -651,8 +657,11 @@ class Engine:
             if any(ctl):
                 segs = self._read_cmsgs(rx, ctl)
         if self._counting:
+            rx.hdr_view[: n * MM] = self._rx_template[: n * MM]
             return self._count(lens, segs)
         keys, found = self._peers.batch(rx, n)
+        # Everything is read from the headers: ready for the next call.
+        rx.hdr_view[: n * MM] = self._rx_template[: n * MM]
         self._keys = keys
         distinct = found.values()
         whole = segs is None and max(lens) <= bufsize
@@ -679,9 +688,31 @@ class Engine:
             self._reply_fast(list(rsrc), replies)
         return len(dgrams)
 
+    def _took_one(self, rx: MsgArray, st: EngineStats) -> int:
+        """A batch of one (light load): no lists, no more Python than the textbook pair needs."""
+        ln = rx.first_len()
+        peer = self._peers.first(rx)
+        rx.hdr_view[:MM] = self._rx_template[:MM]
+        st.rx_datagrams += 1
+        st.rx_bytes += ln
+        if ln > self._bufsize:
+            st.truncated += 1
+            st.truncated_bytes_lost += ln - self._bufsize
+            dgram = _new(Datagram, (rx.data_view[: self._bufsize].tobytes(), peer, ln))
+        elif self._whole is not None and self._step.serve_one(peer, ln):
+            self._send_one(ln)
+            return 1
+        else:
+            dgram = _new(Datagram, (rx.data_view[:ln].tobytes(), peer, ln))
+        sources, replies = self._step.serve((dgram,), time.monotonic(), (peer,))
+        if replies:
+            self._keys = [0]
+            self._reply_fast(list(sources), replies)
+        return 1
+
     def _count(self, lens: list[int], segs: dict[int, int] | None) -> int:
         """Counting only: tally a batch arithmetically, with no datagram objects."""
-        st = self.stats
+        st = self._st
         bufsize = self._bufsize
         if segs:
             # A coalesced buffer of ``ln`` bytes holds ceil(ln / size) datagrams,
@@ -759,13 +790,25 @@ class Engine:
 
     # -- replies ----------------------------------------------------------------
 
+    def _send_one(self, length: int) -> None:
+        """Answer received message 0 with the whole-batch reply (a lone request)."""
+        size = self._whole_size
+        if size < 0:  # echo
+            self._wtx_lens[1] = size = length
+        if libc_mmsg.sendmmsg_p(self._fd, self._wtx.hdrs_p, 1, MSG_DONTWAIT) == 1:
+            st = self._st
+            st.tx_datagrams += 1
+            st.tx_bytes += size
+        else:
+            self._send_whole(1, [length], length, False)  # waits for room, or counts why
+
     def _send_whole(self, n: int, lens: list[int], total: int, one_peer: bool) -> None:
         """Answer received messages 0..n-1 with the whole-batch reply, straight from the buffers.
 
         Same-size replies to one peer go out as GSO runs (one message per run,
         cut by the kernel), else one message each.
         """
-        echo = isinstance(self._whole, Echo)
+        echo = self._whole_size < 0
         if echo:
             self._wtx_lens[1 : 2 * n : 2] = self._len_array(lens)
             size = lens[0]
@@ -782,7 +825,7 @@ class Engine:
         waited = 0.0
         fd = self._fd
         while sent < n:
-            r = libc_mmsg.sendmmsg(fd, wtx.hdrs_addr + sent * MM, n - sent, MSG_DONTWAIT)
+            r = libc_mmsg.sendmmsg_p(fd, wtx.hdr_p(sent), n - sent, MSG_DONTWAIT)
             if r > 0:
                 st.tx_datagrams += r
                 if r == n:
@@ -824,7 +867,7 @@ class Engine:
             self._gso_size = size
         runs = -(-n // per)
         last = n - (runs - 1) * per
-        hdr0 = wtx.hdrs_addr + (wtx.n // 2) * MM
+        hdr0 = wtx.n // 2
         if last != per:
             wtx.set_iovlen(wtx.n // 2 + runs - 1, last)
         st = self._st
@@ -832,7 +875,9 @@ class Engine:
         waited = 0.0
         try:
             while sent < runs:
-                r = libc_mmsg.sendmmsg(self._fd, hdr0 + sent * MM, runs - sent, MSG_DONTWAIT)
+                r = libc_mmsg.sendmmsg_p(
+                    self._fd, wtx.hdr_p(hdr0 + sent), runs - sent, MSG_DONTWAIT
+                )
                 if r > 0:
                     k = min(r * per, n - sent * per)
                     st.tx_datagrams += k
@@ -858,12 +903,11 @@ class Engine:
     def _reply_fast(self, rsrc: list[int], replies: list[Any]) -> None:
         rx = self._rx
         assert rx is not None
-        namelens = rx.namelens(max(rsrc) + 1)
         k = 0
         while k < len(replies):
-            k = self._send_some(rsrc, replies, namelens, k)
+            k = self._send_some(rsrc, replies, k)
 
-    def _send_some(self, rsrc: list[int], replies: list[Any], namelens: list[int], k: int) -> int:
+    def _send_some(self, rsrc: list[int], replies: list[Any], k: int) -> int:
         """Pack replies from index ``k`` into send headers, sendmmsg them; return the next k."""
         rx, tx = self._rx, self._tx
         assert rx is not None and tx is not None
@@ -916,7 +960,7 @@ class Engine:
             tx.set_send(
                 j,
                 names_addr + i * space,
-                namelens[i],
+                self._namelen,
                 iov_index=j,
                 control_off=j * ctl_space,
                 controllen=clen,
@@ -929,7 +973,7 @@ class Engine:
         sent = 0
         waited = 0.0
         while sent < j:
-            r = libc_mmsg.sendmmsg(self._fd, tx.hdrs_addr + sent * MM, j - sent, MSG_DONTWAIT)
+            r = libc_mmsg.sendmmsg_p(self._fd, tx.hdr_p(sent), j - sent, MSG_DONTWAIT)
             if r > 0:
                 st.tx_datagrams += sum(counts[sent : sent + r])
                 st.tx_bytes += sum(nbytes[sent : sent + r])

@@ -155,6 +155,12 @@ class _Libc:
     def __init__(self) -> None:
         self.recvmmsg: Any = None
         self.sendmmsg: Any = None
+        # The same calls without argtypes, for the hot loops: converting each argument
+        # through argtypes costs more than the system call on some machines.  They
+        # take ints (fd, counts, flags) and ctypes pointers (MsgArray.hdr_p), never a
+        # bare address: a Python int over 31 bits is refused (ArgumentError), not cut.
+        self.recvmmsg_p: Any = None
+        self.sendmmsg_p: Any = None
         if not _LINUX or _HDR_STRUCT.size != MM:
             return
         try:
@@ -175,6 +181,8 @@ class _Libc:
         send.restype = ctypes.c_int
         self.recvmmsg = recv
         self.sendmmsg = send
+        self.recvmmsg_p = libc["recvmmsg"]  # a fresh function object: no argtypes
+        self.sendmmsg_p = libc["sendmmsg"]
 
 
 libc_mmsg = _Libc()
@@ -238,6 +246,8 @@ class MsgArray:
                 0,
             )
         self.template = bytes(self.hdrs)
+        self.names_q = self.names_view.cast("Q") if len(self.names) else None
+        self.hdrs_p = ctypes.c_void_p(self.hdrs_addr)
         self._stride32 = MM // 4
         self._stride_sz = MM // _SIZE_T
 
@@ -267,6 +277,14 @@ class MsgArray:
         """Restore the receive headers the kernel overwrote in the last call."""
         self.hdr_view[:] = self.template
 
+    def hdr_p(self, j: int) -> ctypes.c_void_p:
+        """A ctypes pointer to header ``j`` (for ``recvmmsg_p``/``sendmmsg_p``)."""
+        return self.hdrs_p if j == 0 else ctypes.c_void_p(self.hdrs_addr + j * MM)
+
+    def first_len(self) -> int:
+        """``msg_len`` of the first message."""
+        return int(self.u32[_OFF_MSGLEN // 4])
+
     def msg_lens(self, k: int) -> list[int]:
         """``msg_len`` of the first ``k`` messages (real lengths when MSG_TRUNC was asked)."""
         s = self._stride32
@@ -291,7 +309,8 @@ class MsgArray:
 
     def name_keys_v4(self, k: int) -> list[int]:
         """First 8 bytes of each sockaddr (family, port, IPv4 address) as one int: a cheap key."""
-        q = self.names_view.cast("Q")
+        q = self.names_q
+        assert q is not None
         s = NAME_SPACE // 8
         return q[0 : k * s : s].tolist()
 
@@ -414,6 +433,22 @@ class PeerCache:
                 p = cache[k] = decode_sockaddr(nv[off : off + width].tobytes())
             out.append(p)
         return keys, out
+
+    def first(self, rx: MsgArray) -> Any:
+        """The peer of the first message in ``rx``."""
+        if self.v4:
+            assert rx.names_q is not None
+            key: Any = rx.names_q[0]
+            width = 16
+        else:
+            key = rx.names_view[:28].tobytes()
+            width = 28
+        p = self.cache.get(key)
+        if p is None:
+            if len(self.cache) >= PEER_CACHE_MAX:
+                self.cache.clear()
+            p = self.cache[key] = decode_sockaddr(rx.names_view[:width].tobytes())
+        return p
 
     def batch(self, rx: MsgArray, n: int) -> tuple[list[Any], dict[Any, Any]]:
         """``(keys, {key: peer})`` for the first ``n`` messages in ``rx``.

@@ -253,6 +253,10 @@ class ServeStep:
         # Admission has work to do: a rule may refuse, or replies spend earned budget.
         self._admits = policy is not None and (self._screen or answer is not None)
         self._bounds: dict[Any, float] = {}
+        # A whole batch may be decided at once: a reply known without calling up,
+        # nothing to show, no rule that refuses arrivals.
+        self._wholesale = (self._echo or self._fixed is not None) and observer is None
+        self._wholesale = self._wholesale and not self._screen
 
     @property
     def counting_only(self) -> bool:
@@ -302,6 +306,26 @@ class ServeStep:
                 return False, None
         return True, None
 
+    def serve_one(self, peer: Any, length: int) -> bool:
+        """:meth:`serve_whole` for a batch of one datagram (the cost of a lone request)."""
+        if not self._wholesale:
+            return False
+        size = length if self._echo else len(self._fixed or b"")
+        policy = self.policy
+        if policy is not None:
+            b = self._bounds.get(peer)
+            if b is None:
+                b = self._bound(peer)
+            if b != _INF:
+                if b < 0 or size > b * length:
+                    return False
+                policy.charge(peer, length, size)
+            policy.count_admitted(1)
+        self.stats.whole_batches += 1
+        if self.peers is not None:
+            self.peers.add((peer,))
+        return True
+
     def serve_whole(self, peers: Collection[Any], lens: Sequence[int]) -> bool:
         """Decide a whole batch for :attr:`whole_reply`, or say it must go per datagram.
 
@@ -317,7 +341,7 @@ class ServeStep:
             loop sends the replies.  ``False``: nothing was counted; call
             :meth:`serve` with the datagrams.
         """
-        if self.observer is not None or self._screen:
+        if not self._wholesale:
             return False
         n = len(lens)
         fixed = self._fixed
