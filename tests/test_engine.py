@@ -426,6 +426,40 @@ class EngineContract:
         assert sum(st.send_errors.values()) == 1
 
 
+@needs_fast
+def test_asleep_in_recvmmsg_a_stop_is_seen_within_a_tick() -> None:
+    """Asleep in the receive call itself (no epoll), stop() from another thread still ends
+    the run within the 0.1 s tick, and the socket's own receive timeout is given back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        before = server.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
+        with Engine(server, _echo) as e:
+            ended = threading.Event()
+            t = threading.Thread(target=lambda: (e.run(), ended.set()))
+            t.start()
+            time.sleep(0.3)  # long asleep by now
+            t0 = time.monotonic()
+            e.stop()
+            assert ended.wait(2.0)
+            took = time.monotonic() - t0
+            t.join(2.0)
+        assert took < 0.5, took  # 0.1 s tick, with room for a loaded machine
+        assert server.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16) == before
+
+
+@needs_fast
+def test_a_socket_with_a_timeout_is_served_from_epoll() -> None:
+    """A caller's timeout makes the socket non-blocking: the loop must not spin on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.settimeout(5.0)
+        with Engine(server, _echo) as e:
+            t0 = time.process_time()
+            e.run(duration=0.3)
+            assert time.process_time() - t0 < 0.2  # asleep, not spinning
+        assert server.gettimeout() == 5.0
+
+
 class TestPortablePath(EngineContract):
     fast = False
 

@@ -57,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     from ._reflect import Reflector
     from ._relay import Relay
     from ._relaystats import RelayStats
+    from ._serving import ECHO, BatchAnswer, Echo, Fixed, ServeStep, StepStats
     from ._server import (
         BatchObserver,
         DatagramServer,
@@ -84,11 +85,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BROADCAST",
+    "ECHO",
     "IPPROTO_UDPLITE",
     "MAX_UDP_PAYLOAD",
     "Address",
     "AddressError",
     "AddressInUse",
+    "BatchAnswer",
     "BatchObserver",
     "BenchConfig",
     "ConnectionRefused",
@@ -97,6 +100,8 @@ __all__ = [
     "DatagramSocket",
     "Engine",
     "EngineStats",
+    "Echo",
+    "Fixed",
     "Handler",
     "MessageTooLarge",
     "NetworkError",
@@ -110,6 +115,8 @@ __all__ = [
     "Relay",
     "RelayStats",
     "ServeStats",
+    "ServeStep",
+    "StepStats",
     "StreamListener",
     "StreamServer",
     "StreamSocket",
@@ -201,11 +208,17 @@ _LAZY: dict[str, str] = {
     "escape_bytes": "_escape",
     "escape_text": "_escape",
     "DatagramServer": "_server",
-    "Handler": "_server",
+    "ECHO": "_serving",
+    "Echo": "_serving",
+    "Fixed": "_serving",
+    "ServeStep": "_serving",
+    "StepStats": "_serving",
+    "BatchAnswer": "_serving",
+    "Handler": "_serving",
     "ServeStats": "_server",
     "StreamServer": "_server",
     "reply_handler": "_server",
-    "BatchObserver": "_server",
+    "BatchObserver": "_serving",
     "Engine": "_engine",
     "EngineStats": "_engine",
     "fast_path_available": "_engine",
