@@ -57,7 +57,6 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     from ._reflect import Reflector
     from ._relay import Relay
     from ._relaystats import RelayStats
-    from ._serving import ECHO, BatchAnswer, Echo, Fixed, ServeStep, StepStats
     from ._server import (
         BatchObserver,
         DatagramServer,
@@ -66,6 +65,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         StreamServer,
         reply_handler,
     )
+    from ._serving import ECHO, BatchAnswer, Echo, Fixed, ServeStep, StepStats
     from ._sockets import (
         Datagram,
         DatagramSocket,
@@ -98,9 +98,9 @@ __all__ = [
     "Datagram",
     "DatagramServer",
     "DatagramSocket",
+    "Echo",
     "Engine",
     "EngineStats",
-    "Echo",
     "Fixed",
     "Handler",
     "MessageTooLarge",
