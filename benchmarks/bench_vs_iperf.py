@@ -8,6 +8,8 @@ Both are one-way floods over 127.0.0.1: iperf3's client to its server, and
 ``udpkit bench --one-way --rate max`` to ``udpkit reflect``.  Receivers run on
 core 1 and senders on core 0 when ``taskset`` exists (as benchmarks/run.py does).
 The received rate is what the receiver counted over the sender's send time.
+iperf3 takes whole seconds (3.12 reads ``-t 0.5`` as 0, i.e. forever), so both
+tools run ``max(1, round(seconds))`` seconds.
 bench splits its loss into sender / path / receiver kernel (the reflector
 socket's drop counter); iperf3 reports loss without a cause.
 
@@ -20,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -45,6 +48,32 @@ def _free_port(kind: int) -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _whole_seconds(seconds: float) -> int:
+    """iperf3 takes whole seconds (``-t 0.5`` is read as 0: run forever); bench gets the same."""
+    return max(1, round(seconds))
+
+
+def _listening_port(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> tuple[str, str]:
+    """The port from ``udpkit: listening on HOST:PORT`` on stderr, or ("", what it said)."""
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        *lines, _rest = buf.split(b"\n")
+        for line in lines:
+            m = LISTENING.search(line.decode(errors="replace"))
+            if m is not None:
+                return m.group(1).rsplit(":", 1)[1], ""
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return "", f"no 'listening on' line in {timeout:g} s: {buf.decode(errors='replace')}"
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return "", buf.decode(errors="replace").strip() or "exited"
+        buf += chunk
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -83,7 +112,7 @@ def run_iperf3(seconds: float) -> dict[str, Any]:
                 "-l",
                 "64",
                 "-t",
-                str(seconds),
+                str(_whole_seconds(seconds)),
                 "--json",
             ],
             capture_output=True,
@@ -92,7 +121,11 @@ def run_iperf3(seconds: float) -> dict[str, Any]:
         )
     finally:
         _stop(srv)
-    s = json.loads(res.stdout)["end"]["sum"]
+    try:
+        s = json.loads(res.stdout)["end"]["sum"]
+    except (ValueError, KeyError) as exc:
+        said = (res.stderr or res.stdout).decode(errors="replace").strip()[-300:]
+        return {"tool": "iperf3", "error": f"no iperf3 figures ({exc}): {said}"}
     secs = float(s["seconds"])
     received = int(s["packets"]) - int(s["lost_packets"])
     return {
@@ -120,12 +153,9 @@ def run_udpkit(seconds: float) -> dict[str, Any]:
         env=ENV,
     )
     try:
-        assert refl.stderr is not None
-        line = refl.stderr.readline().decode()
-        m = LISTENING.search(line)
-        if m is None:
-            return {"tool": "udpkit bench", "error": line.strip()}
-        port = m.group(1).rsplit(":", 1)[1]
+        port, said = _listening_port(refl)
+        if not port:
+            return {"tool": "udpkit bench", "error": f"udpkit reflect: {said}"}
         res = subprocess.run(
             [
                 *_pin(0),
@@ -139,7 +169,7 @@ def run_udpkit(seconds: float) -> dict[str, Any]:
                 "--size",
                 "64",
                 "-t",
-                str(seconds),
+                str(_whole_seconds(seconds)),
                 "--json",
                 "-q",
             ],

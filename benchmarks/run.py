@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
-"""udpkit benchmark: sink, echo, workers, relay and bench, next to Python and C peers.
+"""udpkit benchmark: sink, drain, echo, workers, relay and bench, next to Python and C peers.
 
-    python3 benchmarks/run.py [--quick] [--smoke] [--json PATH]
-                              [--only sink,echo,workers,relay,bench]
+    python3 benchmarks/run.py [--quick] [--smoke] [--json PATH] [--servers a,b,...]
+                              [--only drain,sink,echo,workers,relay,bench]
+
+The product is measured as users start it (``udpkit serve ...``, ``udpkit reflect``,
+``udpkit relay``, ``udpkit bench``: the serve-* rows and the relay and bench cases), next
+to the bare ``Engine`` (the udpkit-* rows) and the Python and C peers.  The report starts
+with the machine, its kernel and what one system call costs on it.
 
 Every server runs in its own process, pinned to core 1 where the machine has one; the
 load generator or echo client runs on core 0.  Every process is ended by its PID
@@ -82,12 +87,22 @@ def _pin(cpu: int | None) -> Callable[[], None] | None:
 class Proc:
     """A child process read line by line with deadlines, ended by PID and never left behind."""
 
-    def __init__(self, argv: Sequence[str], cpu: int | None, *, stderr_pipe: bool = False) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        cpu: int | None,
+        *,
+        stderr_pipe: bool = False,
+        read_stderr: bool = False,
+    ) -> None:
+        # read_stderr: the lines read are stderr's (the udpkit CLI reports there: its
+        # "listening on" line and its final summary); stdout is discarded.
         self.argv = list(argv)
+        self.read_stderr = read_stderr
         self.p = subprocess.Popen(
             self.argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE if stderr_pipe else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL if read_stderr else subprocess.PIPE,
+            stderr=subprocess.PIPE if stderr_pipe or read_stderr else subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
             env=_env(),
             cwd=str(ROOT),
@@ -98,8 +113,9 @@ class Proc:
         self.lines: list[str] = []
 
     def _read_some(self, timeout: float) -> bool:
-        assert self.p.stdout is not None
-        fd = self.p.stdout.fileno()
+        stream = self.p.stderr if self.read_stderr else self.p.stdout
+        assert stream is not None
+        fd = stream.fileno()
         r, _, _ = select.select([fd], [], [], max(0.0, timeout))
         if not r:
             return False
@@ -111,14 +127,16 @@ class Proc:
         self.lines.extend(x.decode(errors="replace") for x in done)
         return True
 
-    def wait_line(self, prefix: str, timeout: float) -> str | None:
-        """The first stdout line starting with ``prefix``, or None by the deadline/at EOF."""
+    def wait_match(self, pattern: str, timeout: float) -> re.Match[str] | None:
+        """The first line that ``pattern`` matches (re.match), or None by the deadline/at EOF."""
+        rx = re.compile(pattern)
         deadline = time.monotonic() + timeout
         seen = 0
         while True:
             for line in self.lines[seen:]:
-                if line.startswith(prefix):
-                    return line[len(prefix) :].strip()
+                m = rx.match(line)
+                if m:
+                    return m
             seen = len(self.lines)
             left = deadline - time.monotonic()
             if left <= 0:
@@ -128,9 +146,15 @@ class Proc:
                 while self._read_some(0):
                     pass
                 for line in self.lines[seen:]:
-                    if line.startswith(prefix):
-                        return line[len(prefix) :].strip()
+                    m = rx.match(line)
+                    if m:
+                        return m
                 return None
+
+    def wait_line(self, prefix: str, timeout: float) -> str | None:
+        """The first line starting with ``prefix`` (its rest), or None by the deadline/at EOF."""
+        m = self.wait_match(re.escape(prefix) + r"(.*)", timeout)
+        return None if m is None else m.group(1).strip()
 
     def result(self, timeout: float) -> dict[str, Any] | None:
         line = self.wait_line("RESULT ", timeout)
@@ -240,7 +264,8 @@ class Server:
 
     name: str
     argv: Callable[[str, int], list[str]]  # (mode, port) -> argv; port 0 = the server picks
-    fixed_port: bool = False  # True: the server cannot report its port (socat, udpkit CLI)
+    fixed_port: bool = False  # True: the server cannot report its port (socat)
+    cli: bool = False  # True: `udpkit serve` (port from its stderr, summary at exit)
     skip: str | None = None
     modes: tuple[str, ...] = ("sink", "echo")
     note: str = ""
@@ -263,13 +288,53 @@ def _py(script: str, *extra: str) -> Callable[[str, int], list[str]]:
     return argv
 
 
+def _serve(*opts: str) -> Callable[[str, int], list[str]]:
+    """``udpkit serve OPTS --rcvbuf N 127.0.0.1 PORT`` as a user starts it (PORT 0: it picks)."""
+
+    def argv(mode: str, port: int) -> list[str]:
+        return [PY, "-m", "udpkit", "serve", *opts, "--rcvbuf", str(RCVBUF), "127.0.0.1", str(port)]
+
+    return argv
+
+
+_LISTENING = r"udpkit: listening on \S+:(\d+)"
+_SUMMARY = re.compile(
+    r"udpkit: (?P<received>[\d,]+) datagrams?, (?P<bytes>[\d,]+) bytes?"
+    r"(?: from ~?(?P<peers>[\d,]+) peers?)?, (?P<truncated>[\d,]+) truncated"
+    r"(?:; (?P<extra>.*?))?(?: \(stopped by (?P<stopped_by>\w+)\))?\s*$"
+)
+
+
+def serve_summary(line: str) -> dict[str, Any] | None:
+    """``udpkit serve``'s one-line exit summary as numbers, e.g.
+
+    ``udpkit: 3 datagrams, 48 bytes from 1 peer, 0 truncated; replies=3 kernel_drops=0
+    (stopped by SIGTERM)`` -> received 3, bytes 48, peers 1, truncated 0, replies 3,
+    kernel_drops 0, stopped_by SIGTERM.  ``kernel_drops`` is None when unavailable and
+    ``replies`` 0 when the summary leaves it out (it does when there were none).
+    """
+    m = _SUMMARY.match(line.strip())
+    if m is None:
+        return None
+    out: dict[str, Any] = {"summary": line.strip(), "replies": 0, "kernel_drops": None}
+    for k in ("received", "bytes", "peers", "truncated"):
+        if m.group(k) is not None:
+            out[k] = int(m.group(k).replace(",", ""))
+    for k, v in re.findall(r"(\w+)=(\S+)", m.group("extra") or ""):
+        out[k] = int(v) if v.isdigit() else v
+    if not isinstance(out["kernel_drops"], int):
+        out["kernel_drops"] = None
+    out["stopped_by"] = m.group("stopped_by")
+    return out
+
+
 def build_c(tmp: Path) -> tuple[dict[str, Path], str | None]:
     """Compile the C yardsticks with ``cc -O2``; return their paths or why not."""
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         return {}, "no C compiler (cc) found"
     out: dict[str, Path] = {}
-    for name in ("sink", "echo_server", "echo_client", "gen_gso"):
+    for name in ("sink", "echo_server", "echo_client", "gen_gso", "syscost"):
         exe = tmp / name
         r = subprocess.run(
             [cc, "-O2", "-o", str(exe), str(CSRC / f"{name}.c")],
@@ -306,6 +371,42 @@ def servers(cexe: dict[str, Path], cskip: str | None) -> dict[str, Server]:
         _py("udpkit_engine.py", "--busy-poll-us", "200"),
         modes=("echo",),
         note="Engine(busy_poll_us=200)",
+    )
+    # The product as users start it: `udpkit serve` (python3 -m udpkit, PYTHONPATH=src).
+    s["serve-echo"] = Server(
+        "serve-echo",
+        _serve("--echo", "--quiet"),
+        cli=True,
+        modes=("echo",),
+        note="udpkit serve --echo --quiet",
+    )
+    s["serve-echo-nobatch"] = Server(
+        "serve-echo-nobatch",
+        _serve("--echo", "--quiet", "--no-batch"),
+        cli=True,
+        modes=("echo",),
+        note="udpkit serve --echo --quiet --no-batch",
+    )
+    s["serve-busy"] = Server(
+        "serve-busy",
+        _serve("--echo", "--quiet", "--busy-poll", "200"),
+        cli=True,
+        modes=("echo",),
+        note="udpkit serve --echo --quiet --busy-poll 200",
+    )
+    s["serve-quiet"] = Server(
+        "serve-quiet",
+        _serve("--quiet", "--no-reply"),
+        cli=True,
+        modes=("sink",),
+        note="udpkit serve --quiet --no-reply",
+    )
+    s["serve-gro"] = Server(
+        "serve-gro",
+        _serve("--quiet", "--no-reply", "--gro"),
+        cli=True,
+        modes=("sink",),
+        note="udpkit serve --quiet --no-reply --gro",
     )
     s["textbook"] = Server("textbook", _py("textbook.py"), note="recvfrom/sendto loop")
     s["asyncio"] = Server("asyncio", _py("asyncio_proto.py"), note="DatagramProtocol")
@@ -382,6 +483,15 @@ class Bench:
     case_timeout: float = 30.0
 
     def start_server(self, srv: Server, mode: str) -> tuple[Proc, int] | str:
+        if srv.cli:
+            proc = Proc(srv.argv(mode, 0), SERVER_CPU, read_stderr=True)
+            m = proc.wait_match(_LISTENING, 20)
+            if m is None:
+                proc.end()
+                said = " | ".join(x.strip() for x in proc.lines[-3:] if x.strip())
+                why = f"{srv.name} did not start (no 'listening on' line)"
+                return f"{why}: {said}" if said else why
+            return proc, int(m.group(1))
         if srv.fixed_port:
             port = free_port()
             proc = Proc(srv.argv(mode, port), SERVER_CPU)
@@ -395,6 +505,16 @@ class Bench:
             proc.end()
             return f"{srv.name} did not start (no READY line)"
         return proc, int(line)
+
+    def stop_server(self, srv: Server, proc: Proc) -> dict[str, Any] | None:
+        """SIGTERM, then what the server says it received: its RESULT line, `udpkit serve`'s
+        summary ({} for socat, which says nothing; None if the server said nothing)."""
+        if srv.cli:
+            proc.signal(signal.SIGTERM)
+            m = proc.wait_match(_SUMMARY.pattern, 10)
+            return serve_summary(m.group(0)) if m else None
+        proc.signal(signal.SIGTERM)
+        return proc.result(10) if not srv.fixed_port else {}
 
     def generator(self, gen: str, port: int, size: int, flows: int = 1) -> list[str] | str:
         secs = f"{self.seconds:g}"
@@ -496,8 +616,7 @@ class Bench:
                 time.sleep(0.0005)
             elapsed = time.monotonic() - t0
             left = (proc_udp(port) or {}).get("rx_queue", 0)
-            proc.signal(signal.SIGTERM)
-            res = proc.result(10) if not srv.fixed_port else {}
+            res = self.stop_server(srv, proc)
         finally:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.p.pid, signal.SIGCONT)
@@ -511,6 +630,10 @@ class Bench:
             rate=received / elapsed if elapsed > 0 else None,
             unfinished=bool(left),
         )
+        if srv.cli:
+            row["serve"] = res
+            if res is None:
+                row["note"] = "no summary from udpkit serve: received = queued"
         if left:
             row["note"] = f"not empty after {DRAIN_LIMIT_S:g} s"
         return row
@@ -534,15 +657,15 @@ class Bench:
             time.sleep(DRAIN)
             cpu1 = proc_cpu(proc.p.pid)
             kern = proc_udp(port)
-            proc.signal(signal.SIGTERM)
-            res = proc.result(10) if not srv.fixed_port else {}
+            res = self.stop_server(srv, proc)
         finally:
             proc.end()
         sent = int(g["sent"])
         secs = float(g["seconds"])
         drops = kern["drops"] if kern else None
         if res is None:
-            return {**row, "error": "server printed no RESULT", "sent": sent}
+            what = "summary" if srv.cli else "RESULT"
+            return {**row, "error": f"server printed no {what}", "sent": sent}
         if srv.fixed_port:
             # socat reports nothing: what the kernel did not drop reached it.
             received = sent - (drops or 0) - (1 if kern and kern["rx_queue"] else 0)
@@ -569,6 +692,11 @@ class Bench:
             row["engine"] = st
             # Every datagram sent is received, truncated-and-counted, or a counted kernel drop.
             row["unaccounted"] = sent - st["rx_datagrams"] - (kd if kd is not None else 0)
+        if srv.cli:
+            # udpkit serve's own summary: received + kernel drops must make up what was sent.
+            row["serve"] = res
+            if res.get("kernel_drops") is not None:
+                row["unaccounted"] = sent - received - res["kernel_drops"]
         return row
 
     def echo(
@@ -601,8 +729,7 @@ class Bench:
             ]
             with started(argv, CLIENT_CPU) as c:
                 res = c.result(self.case_timeout)
-            proc.signal(signal.SIGTERM)
-            sres = proc.result(10) if not srv.fixed_port else {}
+            sres = self.stop_server(srv, proc)
         finally:
             proc.end()
         if res is None:
@@ -610,6 +737,8 @@ class Bench:
         row.update(res)
         if sres and "stats" in sres:
             row["engine"] = sres["stats"]
+        if srv.cli and sres:
+            row["serve"] = sres
         return row
 
     def workers(self, n: int, size: int) -> dict[str, Any]:
@@ -873,6 +1002,20 @@ def ratios(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str
         v = (b[key] / a[key]) if invert else (a[key] / b[key])
         met = v >= target if higher else v <= target
         x: dict[str, Any] = {"ratio": label, "value": round(v, 2), "target": target, "met": met}
+        # With --repeat: the ratio in each pass (the passes are interleaved, so a pass's two
+        # figures were measured minutes apart at most), and in how many the target held.
+        pa, pb = a.get("passes"), b.get("passes")
+        if pa and pb and len(pa) == len(pb):
+            per = [
+                (q[key] / p[key]) if invert else (p[key] / q[key])
+                for p, q in zip(pa, pb, strict=True)
+                if p.get(key) and q.get(key)
+            ]
+            if len(per) > 1:
+                held = sum((r >= target) if higher else (r <= target) for r in per)
+                x["passes"] = [round(r, 2) for r in per]
+                spread = f"passes {min(per):.2f}-{max(per):.2f}x, met in {held}/{len(per)}"
+                note = f"{spread}; {note}" if note else spread
         if note:
             x["note"] = note
         out.append(x)
@@ -971,8 +1114,62 @@ def ratios(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str
         out.append(
             {"ratio": "relay RTT p50 udpkit/socat (<=)", "value": None, "target": 1.0, "met": None}
         )
+
+    # issue 10: the product as users start it (`udpkit serve`), all in this one run.
+    def echo_row(server: str, window: int) -> dict[str, Any] | None:
+        return _find(results, case="echo", server=server, window=window, client="busy")
+
+    def drain_row(server: str, size: int) -> dict[str, Any] | None:
+        return _find(results, case="drain", server=server, size=size)
+
+    se = echo_row("serve-echo", 32)
+    for peer, tgt in (("C-mmsg", 0.9), ("textbook", 1.3), ("uvloop", 1.5)):
+        add(f"echo w32 serve-echo/{peer}", se, echo_row(peer, 32), "rate", tgt)
+    add(
+        "ping-pong p50 serve-busy/C-busy (<=)",
+        echo_row("serve-busy", 1),
+        echo_row("C-busy", 1),
+        "p50_us",
+        1.5,
+        higher=False,
+    )
+    # A Python handler per datagram (a Datagram built, the handler called, for each).
+    add(
+        "echo w32 udpkit/textbook (Python handler)",
+        echo_row("udpkit", 32),
+        echo_row("textbook", 32),
+        "rate",
+        1.3,
+    )
+    for size in sizes:
+        add(
+            f"capacity {size}B udpkit-handler/textbook (drain)",
+            drain_row("udpkit-handler", size),
+            drain_row("textbook", size),
+            "rate",
+            1.3,
+        )
+    for size in sizes:  # counting only
+        add(
+            f"capacity {size}B serve-quiet/C-mmsg (drain)",
+            drain_row("serve-quiet", size),
+            drain_row("C-mmsg", size),
+            "rate",
+            1.0,
+        )
+    for size in sizes:
+        gro = next(
+            (n for n in ("serve-gro", "udpkit-gro") if drain_row(n, size) is not None), "serve-gro"
+        )
+        add(
+            f"capacity {size}B {gro}/C-gro (drain)",
+            drain_row(gro, size),
+            drain_row("C-gro", size),
+            "rate",
+            0.9,
+        )
     ub, ib = (_find(results, case="bench", server=x) for x in ("udpkit bench", "iperf3"))
-    add("bench 64B received/s bench/iperf3", ub, ib, "rate", 1.0)
+    add("bench 64B received/s bench/iperf3", ub, ib, "rate", 1.5)
     if out[-1]["value"] is not None and ub is not None:
         unexplained = ub.get("unexplained")
         out[-1]["note"] = f"bench unexplained loss {unexplained} (target 0)"
@@ -984,8 +1181,46 @@ def _why(r: dict[str, Any]) -> str:
     return f"skipped: {r['skipped']}" if "skipped" in r else f"ERROR: {r['error']}"
 
 
-def print_report(results: list[dict[str, Any]], rat: list[dict[str, Any]]) -> None:
+def print_machine(mach: dict[str, Any], stream: Any = None) -> None:
+    """The machine, the kernel and what one system call costs on it: the top of the report."""
+    out = stream or sys.stdout
+    w = out.write
+    guest = f", {mach['hypervisor']} guest" if mach.get("hypervisor") else ""
+    w(
+        f"\nMACHINE  {mach.get('cpu_model', '?')} ({mach.get('cpu_vendor', '?')}), "
+        f"{mach.get('cpus')} CPUs{guest}; kernel {mach.get('kernel', '?')}; "
+        f"Python {mach.get('python')}{'; git ' + mach['git'] if mach.get('git') else ''}\n"
+    )
+    if mach.get("mitigations"):
+        w("  mitigations: " + "; ".join(f"{k}: {v}" for k, v in mach["mitigations"].items()) + "\n")
+    sc = mach.get("syscall_cost") or {}
+    py, c = sc.get("python"), sc.get("c")
+    where = f"core {sc['cpu']}, " if sc.get("cpu") is not None else ""
+    w(f"SYSCALL COST ({where}ns per call, median of 5 loops)\n")
+    if isinstance(py, dict) and "getppid_ns" in py:
+        w(
+            f"  Python  os.getppid() {py['getppid_ns']:7.1f}   "
+            f"sock.recvfrom(2048) -> EAGAIN {py['recvfrom_eagain_ns']:7.1f}   "
+            f"empty loop {py['loop_ns']:5.1f}   C builtin call {py['builtin_call_ns']:5.1f}\n"
+        )
+    else:
+        w(f"  Python  {py if isinstance(py, str) else 'not measured'}\n")
+    if isinstance(c, dict) and "getppid_ns" in c:
+        w(
+            f"  C       getppid()    {c['getppid_ns']:7.1f}   "
+            f"recvfrom(MSG_DONTWAIT) -> EAGAIN {c['recvfrom_eagain_ns']:7.1f}\n"
+        )
+    else:
+        w(f"  C       {c if isinstance(c, str) else 'not measured'}\n")
+    out.flush()
+
+
+def print_report(
+    results: list[dict[str, Any]], rat: list[dict[str, Any]], mach: dict[str, Any] | None = None
+) -> None:
     w = sys.stdout.write
+    if mach is not None:
+        print_machine(mach)
     sinks = [r for r in results if r["case"] in ("sink", "workers")]
     if sinks:
         w("\nSINK (datagrams/s received; lost = (sent - received) / sent)\n")
@@ -1068,7 +1303,7 @@ def print_report(results: list[dict[str, Any]], rat: list[dict[str, Any]]) -> No
                     f"  lost {r['lost']}  unexplained {r['unexplained']}\n"
                 )
     if rat:
-        w("\nRATIOS (targets from issues 3 and 4)\n")
+        w("\nRATIOS (targets from issues 3, 4, 6 and 10; every figure from this run)\n")
         for x in rat:
             v = "n/a (missing)" if x["value"] is None else f"{x['value']:.2f}x"
             verdict = {True: "met", False: "NOT met", None: ""}[x["met"]]
@@ -1080,26 +1315,143 @@ def print_report(results: list[dict[str, Any]], rat: list[dict[str, Any]]) -> No
     sys.stdout.flush()
 
 
-def machine() -> dict[str, Any]:
+# Measured in a child Python (the servers' interpreter), pinned to the servers' core:
+# ns per loop iteration, per os.getppid() (a system call that does nothing), per
+# non-blocking recvfrom on an empty UDP socket (the call a server makes when its queue is
+# empty: a system call that fails with EAGAIN, raised as BlockingIOError), and per call of
+# a C builtin that makes no system call.  Each is the median of 5 loops of N.
+_SYSCOST_PY = r"""
+import json, os, socket, statistics, sys, time
+N = int(sys.argv[1])
+def per(fn):
+    runs = []
+    for _ in range(5):
+        t0 = time.perf_counter_ns()
+        fn()
+        runs.append((time.perf_counter_ns() - t0) / N)
+    return round(statistics.median(runs), 1)
+def loop():
+    for _ in range(N):
+        pass
+def getppid(g=os.getppid):
+    for _ in range(N):
+        g()
+def builtin(f=abs):
+    for _ in range(N):
+        f(0)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+s.setblocking(False)
+def recvfrom(r=s.recvfrom):
+    for _ in range(N):
+        try:
+            r(2048)
+        except BlockingIOError:
+            pass
+out = {"loop_ns": per(loop), "getppid_ns": per(getppid), "builtin_call_ns": per(builtin),
+       "recvfrom_eagain_ns": per(recvfrom), "iterations": N}
+print("RESULT " + json.dumps(out), flush=True)
+"""
+SYSCOST_N = 200_000
+
+
+def syscall_cost(cexe: dict[str, Path], cskip: str | None) -> dict[str, Any]:
+    """What one system call costs here, from Python and (with a compiler) from C."""
+    cpu = SERVER_CPU if SERVER_CPU in _cpus() else None
+    out: dict[str, Any] = {"cpu": cpu}
+    runs: list[tuple[str, list[str]]] = [("python", [PY, "-c", _SYSCOST_PY, str(SYSCOST_N)])]
+    if "syscost" in cexe:
+        runs.append(("c", [str(cexe["syscost"]), str(SYSCOST_N)]))
+    else:
+        out["c"] = f"skipped: {cskip or 'syscost.c not built'}"
+    for key, argv in runs:
+        with started(argv, cpu) as proc:
+            res = proc.result(60)
+        out[key] = res if res is not None else "no RESULT (timed out or failed)"
+    return out
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def machine(syscost: dict[str, Any] | None = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
+        "kernel": platform.release(),
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "affinity": sorted(_cpus()),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "rcvbuf_asked": RCVBUF,
     }
-    with (
-        contextlib.suppress(OSError),
-        open("/proc/cpuinfo", encoding="ascii", errors="replace") as f,
-    ):
-        for line in f:
-            if line.startswith("model name"):
-                info["cpu_model"] = line.split(":", 1)[1].strip()
-                break
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and "cpu_model" not in info:
+            info["cpu_model"] = value.strip()
+        elif key == "vendor_id" and "cpu_vendor" not in info:
+            info["cpu_vendor"] = value.strip()
+        elif key == "flags" and "hypervisor" not in info:
+            info["hypervisor"] = "hypervisor" in value.split()
+        elif key == "" and "cpu_model" in info:
+            break  # the first processor is enough
+    lscpu = shutil.which("lscpu")
+    if lscpu:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            text = subprocess.run(
+                [lscpu],
+                capture_output=True,
+                timeout=10,
+                check=False,
+                env={**os.environ, "LC_ALL": "C"},
+            ).stdout.decode(errors="replace")
+            for line in text.splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "Model name" and "cpu_model" not in info:
+                    info["cpu_model"] = value.strip()
+                elif key.strip() == "Hypervisor vendor" and info.get("hypervisor"):
+                    info["hypervisor"] = value.strip()
+    if info.get("hypervisor") is True:
+        info["hypervisor"] = "virtual machine"
+    # The mitigations that make a kernel entry dearer, as the kernel reports them.
+    vuln = Path("/sys/devices/system/cpu/vulnerabilities")
+    mit = {}
+    for name in ("meltdown", "spectre_v2", "retbleed", "spec_rstack_overflow", "mds"):
+        v = _read(str(vuln / name))
+        if v and v != "Not affected":
+            mit[name] = v
+    if mit:
+        info["mitigations"] = mit
     for k in ("rmem_max", "rmem_default"):
-        with contextlib.suppress(OSError), open(f"/proc/sys/net/core/{k}", encoding="ascii") as f:
-            info[k] = int(f.read())
+        v = _read(f"/proc/sys/net/core/{k}")
+        if v is not None and v.isdigit():
+            info[k] = int(v)
+    if syscost is not None:
+        info["syscall_cost"] = syscost
+    # Which code was measured: src/ may hold uncommitted changes.
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+        if head.returncode == 0:
+            info["git"] = head.stdout.decode().strip() + (
+                " + uncommitted src/ changes" if dirty.stdout.strip() else ""
+            )
     return info
 
 
@@ -1118,7 +1470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="drain,sink,echo,workers,relay,bench",
         help="comma list of drain,sink,echo,workers,relay,bench",
     )
-    p.add_argument("--servers", default="", help="comma list of server names (default: all)")
+    p.add_argument(
+        "--servers",
+        default="",
+        help="comma list of server names (default: all), e.g.\n"
+        "serve-echo,serve-busy,serve-quiet,serve-gro,udpkit,textbook,uvloop,C-mmsg,C-busy",
+    )
     p.add_argument(
         "--generators",
         default="udpkit,sockperf,C-gso",
@@ -1129,7 +1486,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", default=str(HERE / "results" / "latest.json"))
     args = p.parse_args(argv)
     seconds = args.seconds or (0.5 if args.smoke else 1.0 if args.quick else 3.0)
-    only = set(args.only.split(","))
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    cases = {"drain", "sink", "echo", "workers", "relay", "bench"}
+    if only - cases:
+        p.error(f"unknown case(s) {sorted(only - cases)}: choose from {', '.join(sorted(cases))}")
     sizes = [int(x) for x in args.sizes.split(",")]
     gens = [g for g in args.generators.split(",") if g]
     if args.smoke:
@@ -1138,24 +1498,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="udpkit-bench-") as tmp:
         cexe, cskip = build_c(Path(tmp))
         srvs = servers(cexe, cskip)
-        chosen = [x for x in args.servers.split(",") if x] or (
-            ["udpkit", "textbook", "C-mmsg", "C-busy"] if args.smoke else list(srvs)
+        chosen = [x.strip() for x in args.servers.split(",") if x.strip()] or (
+            ["udpkit", "serve-quiet", "serve-echo", "textbook", "C-mmsg", "C-busy"]
+            if args.smoke
+            else list(srvs)
         )
         unknown = [x for x in chosen if x not in srvs]
         if unknown:
             p.error(f"unknown server(s) {unknown}: choose from {', '.join(srvs)}")
+        # Before any load, on the servers' core: what one system call costs on this machine.
+        mach = machine(syscall_cost(cexe, cskip))
+        print_machine(mach, sys.stderr)  # progress; the report repeats it at its top
         b = Bench(seconds=seconds, cexe=cexe, servers=srvs, case_timeout=seconds * 4 + 20)
         results: list[dict[str, Any]] = []
 
+        tasks: list[tuple[Callable[[], dict[str, Any]], str]] = []
+
         def run(fn: Callable[[], dict[str, Any]], key: str) -> None:
-            rows = [fn() for _ in range(max(1, args.repeat))]
-            row = _median_row(rows, key)
-            results.append(row)
-            label = " ".join(
-                str(row.get(k, "")) for k in ("case", "server", "generator", "size", "window")
-            )
-            status = row.get("skipped") or row.get("error") or _fmt_rate(row.get("rate"))
-            print(f"  {label.strip():<45} {status}", file=sys.stderr, flush=True)
+            tasks.append((fn, key))
 
         if "sink" in only:
             for gen in gens:
@@ -1184,6 +1544,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "workers" in only and not args.smoke:
             for n in (1, 2):
                 run(functools.partial(b.workers, n, 64), "rate")
+        # --repeat N: N passes over every case, interleaved (not N runs of one case back to
+        # back), so a drift in the machine's speed over minutes reaches every server alike.
+        # Each row is the median of its N runs; "passes" keeps them in pass order, and the
+        # ratio lines give the ratio pass by pass too.
+        repeat = max(1, args.repeat)
+        runs: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        for n in range(repeat):
+            for i, (fn, _key) in enumerate(tasks):
+                row = fn()
+                runs[i].append(row)
+                label = " ".join(
+                    str(row.get(k, "")) for k in ("case", "server", "generator", "size", "window")
+                )
+                if row.get("client") == "sleeping":
+                    label += " sleeping"
+                status = row.get("skipped") or row.get("error") or _fmt_rate(row.get("rate"))
+                pass_ = f"[{n + 1}/{repeat}] " if repeat > 1 else ""
+                print(f"  {pass_}{label.strip():<45} {status}", file=sys.stderr, flush=True)
+        for rows, (_fn, key) in zip(runs, tasks, strict=True):
+            row = _median_row(rows, key)
+            if len(rows) > 1:
+                row["passes"] = [
+                    {k: r[k] for k in ("rate", "p50_us", "per_cpu_s") if k in r} for r in rows
+                ]
+            results.append(row)
         extra: dict[str, Callable[[], list[dict[str, Any]]]] = {
             "relay": functools.partial(relay_case, seconds, args.smoke),
             "bench": functools.partial(bench_case, seconds),
@@ -1197,9 +1582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  {case + ' ' + row['server']:<45} {status}", file=sys.stderr, flush=True
                     )
     rat = ratios(results, sizes)
-    print_report(results, rat)
+    print_report(results, rat, mach)
     doc = {
-        "machine": machine(),
+        "machine": mach,
         "settings": {
             "seconds": seconds,
             "repeat": args.repeat,

@@ -435,7 +435,12 @@ def test_asleep_in_recvmmsg_a_stop_is_seen_within_a_tick() -> None:
         before = server.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
         with Engine(server, _echo) as e:
             ended = threading.Event()
-            t = threading.Thread(target=lambda: (e.run(), ended.set()))
+
+            def serve() -> None:
+                e.run()
+                ended.set()
+
+            t = threading.Thread(target=serve)
             t.start()
             time.sleep(0.3)  # long asleep by now
             t0 = time.monotonic()
