@@ -655,7 +655,23 @@ class Engine:
         if self._ovfl or self._gro:
             ctl = rx.controllens(n)
             if any(ctl):
-                segs = self._read_cmsgs(rx, ctl)
+                sizes = None if self._ovfl else rx.gro_sizes(n, ctl)
+                if sizes is None:
+                    segs = self._read_cmsgs(rx, ctl)
+                elif self._counting:
+                    # Coalesced buffers counted arithmetically: no Python per segment.
+                    rx.hdr_view[: n * MM] = self._rx_template[: n * MM]
+                    got = sum(
+                        [
+                            -(-ln // sz) if sz and ln else 1
+                            for ln, sz in zip(lens, sizes, strict=False)
+                        ]
+                    )
+                    st.rx_datagrams += got
+                    st.rx_bytes += sum(lens)
+                    return got
+                else:
+                    segs = {i: sz for i, sz in enumerate(sizes) if sz} or None
         if self._counting:
             rx.hdr_view[: n * MM] = self._rx_template[: n * MM]
             return self._count(lens, segs)

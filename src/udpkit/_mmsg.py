@@ -130,6 +130,11 @@ def cmsg_space(n: int) -> int:
 # Room for SO_RXQ_OVFL (uint32) and UDP_GRO (int), the two we ever receive, plus slack
 # for anything else a caller enabled on the socket (the kernel sets MSG_CTRUNC if short).
 CONTROL_SPACE = 2 * cmsg_space(4) + 32
+# Where a lone int control message's level and payload sit, in 4-byte words.
+_GRO_CMSG_SPACE = cmsg_space(4)
+_CMSG_LEVEL_I = CMsgHdr.cmsg_level.offset // 4
+_CMSG_DATA_I = _cmsg_align(_CMSG_HDR) // 4
+assert CONTROL_SPACE % 4 == 0
 # sockaddr_in6 is 28 bytes; a stride of 32 keeps each slot 8-byte aligned.
 NAME_SPACE = 32
 
@@ -248,6 +253,7 @@ class MsgArray:
         self.template = bytes(self.hdrs)
         self.names_q = self.names_view.cast("Q") if len(self.names) else None
         self.hdrs_p = ctypes.c_void_p(self.hdrs_addr)
+        self.control_i32 = self.control_view.cast("i") if len(self.control) else None
         self._stride32 = MM // 4
         self._stride_sz = MM // _SIZE_T
 
@@ -313,6 +319,28 @@ class MsgArray:
         assert q is not None
         s = NAME_SPACE // 8
         return q[0 : k * s : s].tolist()
+
+    def gro_sizes(self, k: int, ctl: list[int]) -> list[int] | None:
+        """Each message's UDP_GRO segment size (0: not coalesced), read for the batch at once.
+
+        Only when every message carries nothing but that one control message
+        (``ctl`` holds their ``msg_controllen``); ``None`` otherwise, and the
+        caller reads the control messages one by one.
+        """
+        if not set(ctl) <= {0, _GRO_CMSG_SPACE} or self.control_i32 is None:
+            return None
+        v = self.control_i32
+        s = CONTROL_SPACE // 4
+        end = k * s
+        levels = v[_CMSG_LEVEL_I:end:s].tolist()
+        types = v[_CMSG_LEVEL_I + 1 : end : s].tolist()
+        if any(
+            c and (lv != SOL_UDP or ty != UDP_GRO)
+            for c, lv, ty in zip(ctl, levels, types, strict=False)
+        ):
+            return None
+        values = v[_CMSG_DATA_I:end:s].tolist()
+        return [x if c else 0 for x, c in zip(values, ctl, strict=False)]
 
     def cmsg_ints(self, i: int, controllen: int) -> list[tuple[int, int, int]]:
         """Message ``i``'s control messages as (level, type, first 4 data bytes as int)."""
