@@ -25,6 +25,7 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from . import _mmsg
@@ -289,6 +290,8 @@ class Engine:
             self._arena_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._arena))
             if self._whole is not None:
                 self._init_whole(slot)
+            dv = self._rx.data_view
+            self._slots = [dv[o : o + slot] for o in range(0, batch * slot, slot)]
         # Created last: nothing after this can raise and leak them.
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -688,12 +691,14 @@ class Engine:
             if self._whole is not None and self._step.serve_whole(distinct, lens):
                 self._send_whole(n, lens, total, len(found) == 1)
                 return n
-            dv = rx.data_view
-            peers = list(map(found.__getitem__, keys))
-            dgrams = [
-                _new(Datagram, (dv[o : o + ln].tobytes(), p, ln))
-                for o, ln, p in zip(range(0, n * bufsize, bufsize), lens, peers, strict=False)
-            ]
+            datas = [m[:ln].tobytes() for m, ln in zip(self._slots, lens, strict=False)]
+            dgrams = list(
+                map(
+                    _new,
+                    repeat(Datagram),
+                    zip(datas, map(found.__getitem__, keys), lens, strict=True),
+                )
+            )
             src: Sequence[int] = range(n)
         else:
             peers = list(map(found.__getitem__, keys))

@@ -28,6 +28,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import is_not
 from typing import Any, Protocol, runtime_checkable
 
 from ._policy import ADMIT, Policy
@@ -53,6 +55,7 @@ BatchObserver = Callable[[Sequence[Datagram]], None]
 """Called with each batch of admitted datagrams, before the replies are sent."""
 
 _INF = math.inf
+_PLAIN = frozenset({bytes, type(None)})
 
 # Counting distinct peers must not let spoofed sources grow memory: exact up to
 # this many, then an estimate from a fixed-size bitmap (linear counting).
@@ -387,6 +390,8 @@ class ServeStep:
         policy = self.policy
         checked = policy is not None
         charged: Any = None
+        # Every source an address (never an unbound Unix client): no check per datagram.
+        named = peers is not None and all([type(p) is tuple for p in peers])
         index: Sequence[int] = range(len(batch))
         if self._admits:
             assert policy is not None
@@ -414,8 +419,11 @@ class ServeStep:
             self.observer(batch)
         if self.answer is None or not batch:
             return (), []
+        out: tuple[Sequence[int], list[Any]]
         if self._batch_answer is not None:
             out = self._answer_batch(batch, index, now, checked)
+        elif not checked and named and not self.halted:
+            out = self._answer_mapped(batch, index)
         else:
             out = self._answer_each(batch, index, now, checked)
         if charged is not None and out[1]:
@@ -423,9 +431,52 @@ class ServeStep:
             policy.charge(charged, 0, sum([len(r) for r in out[1]]))
         return out
 
+    def _answer_mapped(
+        self, batch: Sequence[Datagram], index: Sequence[int]
+    ) -> tuple[Sequence[int], list[Any]]:
+        """Call the handler on every datagram with no Python loop of our own around it.
+
+        For batches whose sources are all addresses and whose replies need no
+        budget check.  A handler that raises is counted and the rest go on.
+        """
+        results: list[Any] = []
+        calls = map(self.answer, batch)  # type: ignore[arg-type]
+        while True:
+            try:
+                results.extend(calls)  # keeps what came before a raise; `calls` goes on after it
+                break
+            except Exception as exc:
+                self._failed(exc)
+                results.append(None)
+        nothing = results.count(None)
+        if nothing == len(results):
+            return (), []
+        kinds = set(map(type, results))
+        if kinds <= _PLAIN:
+            if not nothing:
+                return index, results
+            keep = list(map(is_not, results, repeat(None)))
+            return list(compress(index, keep)), list(compress(results, keep))
+        sources: list[int] = []
+        replies: list[Any] = []
+        for j, r in zip(index, results, strict=True):
+            if r is None:
+                continue
+            if isinstance(r, bytes | bytearray | memoryview):
+                sources.append(j)
+                replies.append(r)
+                continue
+            try:
+                for x in reply_items(r):
+                    sources.append(j)
+                    replies.append(x)
+            except Exception as exc:
+                self._failed(exc)  # a bad reply is the handler's error; the ones before go
+        return sources, replies
+
     def _answer_each(
         self, batch: Sequence[Datagram], index: Sequence[int], now: float, checked: bool
-    ) -> tuple[list[int], list[Any]]:
+    ) -> tuple[Sequence[int], list[Any]]:
         answer = self.answer
         assert answer is not None and callable(answer)
         may_reply = self.policy.may_reply if checked and self.policy is not None else None
