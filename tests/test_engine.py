@@ -29,6 +29,7 @@ from udpkit._mmsg import (
     encode_sockaddr,
     proc_drops,
 )
+from udpkit._replies import wait_writable
 from udpkit._serving import ECHO, Fixed
 from udpkit._sockets import Datagram
 
@@ -593,6 +594,6 @@ def test_waiting_for_room_works_on_a_high_descriptor() -> None:
             high = os.dup2(s.fileno(), 1500)
         except OSError as exc:  # a descriptor limit below 1501
             pytest.skip(f"cannot use descriptor 1500 here: {exc}")
-        with socket.socket(fileno=high) as dup, Engine(dup, None) as e:
-            waited = e._wait_writable(0.01)  # writable at once: no error, a short wait
+        with socket.socket(fileno=high) as dup:
+            waited = wait_writable(dup.fileno(), 0.01)  # writable at once: a short wait
             assert 0 < waited < 1

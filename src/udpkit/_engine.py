@@ -15,33 +15,27 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import functools
 import os
 import select
 import socket
 import struct
 import sys
 import time
-from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any
 
-from . import _mmsg
 from ._errors import Unsupported, UsageError, map_oserror
 from ._mmsg import (
     AGAIN,
-    GSO_MAX_BYTES,
     ICMP_ERRORS,
     MM,
     MSG_DONTWAIT,
     MSG_TRUNC,
-    OFFLOAD_REFUSED,
     SO_RXQ_OVFL,
     SOL_UDP,
     UDP_GRO,
-    UDP_MAX_SEGMENTS,
     MsgArray,
     PeerCache,
     errno_name,
@@ -50,7 +44,8 @@ from ._mmsg import (
     proc_drops,
     send_batch,
 )
-from ._serving import Echo, Handler, ServeStep, reply_items
+from ._replies import SEND_WAIT, Replies, wait_writable
+from ._serving import Handler, ServeStep, reply_items
 from ._sigwake import signals_wake
 from ._sockets import Datagram
 
@@ -72,7 +67,6 @@ _WAIT_FLAGS = MSG_TRUNC | MSG_WAITFORONE
 _TICK = 0.1
 _LINUX = sys.platform.startswith("linux")
 _GRO_BUFSIZE = 65535
-_SEND_WAIT = 1.0  # longest wait for a full send buffer to drain before counting EAGAIN
 _SO_BUSY_POLL = 46
 _COUNTING_SLOT = 2048  # receive slot per datagram when only counting
 _BATCH = 64  # datagrams per receive call (the default)
@@ -234,13 +228,10 @@ class Engine:
         self._stop = False
         self._cmsg_drops = 0
         self._peers = PeerCache(self._v4)
-        self._namelen = 16 if self._v4 else 28  # sockaddr_in / sockaddr_in6
-        self._keys: list[Any] = []
         self._whole = step.whole_reply
         self._blocking = False  # asleep in recvmmsg itself (decided per run)
         self._short = False  # the last receive took less than it asked: the socket is empty
         self._rx: MsgArray | None = None
-        self._tx: MsgArray | None = None
         self._buf = bytearray(bufsize)
         # Kernel drops come from /proc/net/udp where the socket is listed there (the
         # same counter, read when asked: no cost per datagram); SO_RXQ_OVFL, a control
@@ -283,13 +274,9 @@ class Engine:
             if self._counting:
                 self._rx.strip(names=False, control=self._gro or self._ovfl)
             self._rx_template = memoryview(self._rx.template)
-            # Send side: headers for a batch's replies, a packed arena for their bytes.
-            self._tx = MsgArray(max(batch, 16), 0)
-            self._arena = bytearray(max(batch * 2048, 2 * 65536))
-            self._arena_view = memoryview(self._arena)
-            self._arena_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._arena))
-            if self._whole is not None:
-                self._init_whole(slot)
+            self._replies = Replies(
+                sock, self._rx, self._st, gso=self._gso, whole=self._whole, slot=slot
+            )
             dv = self._rx.data_view
             self._slots = [dv[o : o + slot] for o in range(0, batch * slot, slot)]
         # Created last: nothing after this can raise and leak them.
@@ -307,44 +294,6 @@ class Engine:
             self._poll = select.poll()
             self._poll.register(self._fd, select.POLLIN)
             self._poll.register(self._wake_r.fileno(), select.POLLIN)
-
-    def _init_whole(self, slot: int) -> None:
-        """Send headers for whole-batch replies: header j answers received message j.
-
-        Header j's address is receive slot j's (as the kernel filled it); its one
-        iovec points at receive buffer j (echo: its length is set per batch) or at
-        the fixed reply.  Nothing in them changes per datagram.  For GSO, the
-        second half of the headers sends runs of those same iovecs, each run as
-        one message cut into equal segments by the kernel.
-        """
-        rx = self._rx
-        assert rx is not None
-        n = rx.n
-        wtx = self._wtx = MsgArray(2 * n, 0)
-        namelen = self._namelen
-        whole = self._whole
-        if isinstance(whole, Echo):
-            base, stride, length = rx.data_addr, slot, slot
-        else:
-            assert isinstance(whole, bytes)
-            self._fixed_buf = bytearray(whole or b"\0")
-            base = ctypes.addressof(ctypes.c_char.from_buffer(self._fixed_buf))
-            stride, length = 0, len(whole)
-        for j in range(n):
-            wtx.set_iov(j, base + j * stride, length)
-            wtx.set_send(
-                j,
-                rx.names_addr + j * _mmsg.NAME_SPACE,
-                namelen,
-                iov_index=j,
-                control_off=0,
-                controllen=0,
-            )
-        wide = ctypes.sizeof(ctypes.c_size_t) == 8
-        self._wtx_lens = memoryview(wtx.iovs).cast("Q" if wide else "I")  # iov_len: size_t
-        self._len_array = functools.partial(array, "Q" if wide else "I")
-        self._gso_size = 0  # the segment size the GSO headers are written for
-        self._whole_size = -1 if isinstance(whole, Echo) else len(whole)  # -1: echo
 
     @property
     def stats(self) -> EngineStats:
@@ -378,7 +327,7 @@ class Engine:
     @property
     def gso(self) -> bool:
         """Whether replies may go out with UDP GSO."""
-        return self._gso
+        return self._replies.gso if self._fast else False
 
     def __enter__(self) -> Engine:
         return self
@@ -681,7 +630,6 @@ class Engine:
         keys, found = self._peers.batch(rx, n)
         # Everything is read from the headers: ready for the next call.
         rx.hdr_view[: n * MM] = self._rx_template[: n * MM]
-        self._keys = keys
         distinct = found.values()
         whole = segs is None and max(lens) <= bufsize
         if whole:
@@ -689,7 +637,7 @@ class Engine:
             st.rx_datagrams += n
             st.rx_bytes += total
             if self._whole is not None and self._step.serve_whole(distinct, lens):
-                self._send_whole(n, lens, total, len(found) == 1)
+                self._replies.send_whole(n, lens, len(found) == 1)
                 return n
             datas = [m[:ln].tobytes() for m, ln in zip(self._slots, lens, strict=False)]
             dgrams = list(
@@ -705,8 +653,7 @@ class Engine:
             dgrams, src = self._split(rx, n, lens, peers, segs or {})
         sources, replies = self._step.serve(dgrams, time.monotonic(), distinct)
         if replies:
-            rsrc = sources if whole else [src[i] for i in sources]
-            self._reply_fast(list(rsrc), replies)
+            self._replies.send(sources if whole else [src[i] for i in sources], replies, keys)
         return len(dgrams)
 
     def _took_one(self, rx: MsgArray, st: EngineStats) -> int:
@@ -721,14 +668,13 @@ class Engine:
             st.truncated_bytes_lost += ln - self._bufsize
             dgram = _new(Datagram, (rx.data_view[: self._bufsize].tobytes(), peer, ln))
         elif self._whole is not None and self._step.serve_one(peer, ln):
-            self._send_one(ln)
+            self._replies.send_one(ln)
             return 1
         else:
             dgram = _new(Datagram, (rx.data_view[:ln].tobytes(), peer, ln))
         sources, replies = self._step.serve((dgram,), time.monotonic(), (peer,))
         if replies:
-            self._keys = [0]
-            self._reply_fast(list(sources), replies)
+            self._replies.send(sources, replies, (0,))
         return 1
 
     def _count(self, lens: list[int], segs: dict[int, int] | None) -> int:
@@ -811,219 +757,6 @@ class Engine:
 
     # -- replies ----------------------------------------------------------------
 
-    def _send_one(self, length: int) -> None:
-        """Answer received message 0 with the whole-batch reply (a lone request)."""
-        size = self._whole_size
-        if size < 0:  # echo
-            self._wtx_lens[1] = size = length
-        if libc_mmsg.sendmmsg_p(self._fd, self._wtx.hdrs_p, 1, MSG_DONTWAIT) == 1:
-            st = self._st
-            st.tx_datagrams += 1
-            st.tx_bytes += size
-        else:
-            self._send_whole(1, [length], length, False)  # waits for room, or counts why
-
-    def _send_whole(self, n: int, lens: list[int], total: int, one_peer: bool) -> None:
-        """Answer received messages 0..n-1 with the whole-batch reply, straight from the buffers.
-
-        Same-size replies to one peer go out as GSO runs (one message per run,
-        cut by the kernel), else one message each.
-        """
-        echo = self._whole_size < 0
-        if echo:
-            self._wtx_lens[1 : 2 * n : 2] = self._len_array(lens)
-            size = lens[0]
-            same = one_peer and size == max(lens) == min(lens)
-        else:
-            assert isinstance(self._whole, bytes)
-            size = len(self._whole)
-            same = one_peer
-        if same and n > 1 and size and self._gso and self._send_runs(n, size):
-            return
-        st = self._st
-        wtx = self._wtx
-        sent = 0
-        waited = 0.0
-        fd = self._fd
-        while sent < n:
-            r = libc_mmsg.sendmmsg_p(fd, wtx.hdr_p(sent), n - sent, MSG_DONTWAIT)
-            if r > 0:
-                st.tx_datagrams += r
-                if r == n:
-                    st.tx_bytes += total if echo else n * size
-                else:
-                    st.tx_bytes += sum(lens[sent : sent + r]) if echo else r * size
-                sent += r
-                continue
-            code = ctypes.get_errno()
-            if code == errno.EINTR:
-                continue
-            if code in AGAIN and waited < _SEND_WAIT:
-                waited += self._wait_writable(_SEND_WAIT - waited)
-                continue
-            st.count_error(code)
-            sent += 1
-
-    def _send_runs(self, n: int, size: int) -> bool:
-        """Send n same-size replies to one peer as GSO runs; False if GSO was refused first."""
-        wtx = self._wtx
-        per = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // size)
-        if size != self._gso_size:
-            # Headers n.. send runs of `per` iovecs from the same address, cut at `size`.
-            space = _mmsg.CONTROL_SPACE
-            rx = self._rx
-            assert rx is not None
-            base = wtx.n // 2
-            for r in range(base):
-                clen = wtx.put_segment_cmsg(r * space, size)
-                wtx.set_send(
-                    base + r,
-                    rx.names_addr,
-                    self._namelen,
-                    iov_index=r * per if r * per < base else 0,
-                    control_off=r * space,
-                    controllen=clen,
-                    iovlen=per,
-                )
-            self._gso_size = size
-        runs = -(-n // per)
-        last = n - (runs - 1) * per
-        hdr0 = wtx.n // 2
-        if last != per:
-            wtx.set_iovlen(wtx.n // 2 + runs - 1, last)
-        st = self._st
-        sent = 0
-        waited = 0.0
-        try:
-            while sent < runs:
-                r = libc_mmsg.sendmmsg_p(
-                    self._fd, wtx.hdr_p(hdr0 + sent), runs - sent, MSG_DONTWAIT
-                )
-                if r > 0:
-                    k = min(r * per, n - sent * per)
-                    st.tx_datagrams += k
-                    st.tx_bytes += k * size
-                    sent += r
-                    continue
-                code = ctypes.get_errno()
-                if code == errno.EINTR:
-                    continue
-                if code in AGAIN and waited < _SEND_WAIT:
-                    waited += self._wait_writable(_SEND_WAIT - waited)
-                    continue
-                if sent == 0 and code in OFFLOAD_REFUSED:
-                    self._gso = False  # off for good: the caller sends one by one
-                    return False
-                st.count_error(code, min(per, n - sent * per))
-                sent += 1
-        finally:
-            if last != per:
-                wtx.set_iovlen(wtx.n // 2 + runs - 1, per)
-        return True
-
-    def _reply_fast(self, rsrc: list[int], replies: list[Any]) -> None:
-        rx = self._rx
-        assert rx is not None
-        k = 0
-        while k < len(replies):
-            k = self._send_some(rsrc, replies, k)
-
-    def _send_some(self, rsrc: list[int], replies: list[Any], k: int) -> int:
-        """Pack replies from index ``k`` into send headers, sendmmsg them; return the next k."""
-        rx, tx = self._rx, self._tx
-        assert rx is not None and tx is not None
-        st = self.stats
-        arena, av, aaddr = self._arena, self._arena_view, self._arena_addr
-        keys = self._keys
-        names_addr = rx.names_addr
-        space = _mmsg.NAME_SPACE
-        gso = self._gso
-        total = len(replies)
-        firsts: list[int] = []
-        counts: list[int] = []
-        nbytes: list[int] = []
-        off = 0
-        j = 0
-        ctl_space = _mmsg.CONTROL_SPACE
-        while k < total and j < tx.n:
-            r = replies[k]
-            size = len(r)
-            if size > len(arena):
-                st.count_error(errno.EMSGSIZE)
-                k += 1
-                continue
-            if off + size > len(arena):
-                break
-            first = k
-            i = rsrc[k]
-            av[off : off + size] = r
-            run = 1
-            k += 1
-            if gso and size:
-                limit = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // size)
-                key = keys[i]
-                while (
-                    k < total
-                    and run < limit
-                    and 0 < len(replies[k]) <= size
-                    and keys[rsrc[k]] == key
-                    and off + (run + 1) * size <= len(arena)
-                ):
-                    nxt = replies[k]
-                    av[off + run * size : off + run * size + len(nxt)] = nxt
-                    run += 1
-                    k += 1
-                    if len(nxt) < size:
-                        break  # a shorter datagram can only end a GSO run
-            length = size * (run - 1) + len(replies[k - 1])
-            tx.set_iov(j, aaddr + off, length)
-            clen = tx.put_segment_cmsg(j * ctl_space, size) if run > 1 else 0
-            tx.set_send(
-                j,
-                names_addr + i * space,
-                self._namelen,
-                iov_index=j,
-                control_off=j * ctl_space,
-                controllen=clen,
-            )
-            firsts.append(first)
-            counts.append(run)
-            nbytes.append(length)
-            off += length
-            j += 1
-        sent = 0
-        waited = 0.0
-        while sent < j:
-            r = libc_mmsg.sendmmsg_p(self._fd, tx.hdr_p(sent), j - sent, MSG_DONTWAIT)
-            if r > 0:
-                st.tx_datagrams += sum(counts[sent : sent + r])
-                st.tx_bytes += sum(nbytes[sent : sent + r])
-                sent += r
-                continue
-            code = ctypes.get_errno()
-            if code == errno.EINTR:
-                continue
-            if code in AGAIN and waited < _SEND_WAIT:
-                waited += self._wait_writable(_SEND_WAIT - waited)
-                continue
-            if counts[sent] > 1 and code in OFFLOAD_REFUSED:
-                # GSO refused: off for good; resend this run as plain datagrams.
-                self._gso = False
-                return firsts[sent]
-            st.count_error(code, counts[sent])
-            sent += 1
-        return k
-
-    def _wait_writable(self, limit: float) -> float:
-        start = time.monotonic()
-        if hasattr(select, "poll"):  # select.select cannot take a descriptor >= 1024
-            p = select.poll()
-            p.register(self._fd, select.POLLOUT)
-            p.poll(max(1, int(limit * 1000)))
-        else:
-            select.select([], [self._fd], [], limit)
-        return max(time.monotonic() - start, 0.001)
-
     # -- the portable path --------------------------------------------------------
 
     def _recv_portable(self, vlen: int) -> int:
@@ -1072,10 +805,10 @@ class Engine:
             try:
                 n = self._sock.sendto(data, MSG_DONTWAIT, peer)
             except (BlockingIOError, InterruptedError) as exc:
-                if isinstance(exc, BlockingIOError) and waited >= _SEND_WAIT:
+                if isinstance(exc, BlockingIOError) and waited >= SEND_WAIT:
                     self._st.count_error(errno.EAGAIN)
                     return
-                waited += self._wait_writable(_SEND_WAIT - waited)
+                waited += wait_writable(self._fd, SEND_WAIT - waited)
                 continue
             except OSError as exc:
                 self._st.count_error(exc.errno)
