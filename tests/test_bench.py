@@ -442,3 +442,75 @@ def test_tools_are_optional() -> None:
         mark = needs_tool(tool)
         assert mark.kwargs["reason"] == f"{tool} is not installed"
         assert mark.args[0] == (shutil.which(tool) is None)
+
+
+@pytest.mark.parametrize("kind", [Kind.PROBE, Kind.PROBE_ONEWAY])
+def test_reflector_batch_at_once_matches_the_general_loop(
+    kind: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of one run's probes is read at once (map/zip, jitter in closed form);
+    it must leave every counter, answer and the jitter as the per-datagram loop does."""
+    from udpkit import _reflect
+    from udpkit._sockets import Datagram
+
+    clock = iter(range(9_000_000, 10**12, 250_000))
+    arrival = [0]  # both reflectors see each batch arrive at the same time
+    monkeypatch.setattr(_reflect, "_now", lambda: arrival[0])
+
+    peer = ("127.0.0.1", 40000)
+    sends = [1_000_000 + 37 * i + (i % 5) * 11_000 for i in range(100)]
+    batches = [
+        [
+            Datagram(p, peer, len(p))
+            for p in (build_probe(kind, 9, seq, sends[seq], 64 + seq % 3) for seq in rng)
+        ]
+        for rng in (range(0, 40), range(40, 41), range(43, 100), range(41, 43))  # reordered
+    ]
+    with udp_bind("127.0.0.1", 0) as a, udp_bind("127.0.0.1", 0) as b:
+        whole, loop = Reflector(a), Reflector(b)
+        loop._answer_uniform = lambda batch: None  # type: ignore[method-assign]
+        at_once = whole._answer_uniform
+        used: list[bool] = []
+
+        def spy(batch: Any) -> Any:
+            out = at_once(batch)
+            used.append(out is not None)
+            return out
+
+        whole._answer_uniform = spy  # type: ignore[method-assign]
+        try:
+            for batch in batches:
+                arrival[0] = next(clock)
+                assert whole.answer_batch(batch) == loop.answer_batch(batch)
+            assert used == [True] * len(batches)
+        finally:
+            whole.close()
+            loop.close()
+    w, g = whole.runs[9], loop.runs[9]
+    slots = w.tracker.__slots__
+    assert [getattr(w.tracker, k) for k in slots] == [getattr(g.tracker, k) for k in slots]
+    assert (w.bytes, w.echoed, w.jitter.samples) == (g.bytes, g.echoed, g.jitter.samples)
+    assert w.jitter.jitter_ns == pytest.approx(g.jitter.jitter_ns, rel=1e-9)
+    assert w.jitter.jitter_ns > 0
+
+
+def test_reflector_mixed_batch_goes_through_the_general_loop() -> None:
+    """A report request, a short datagram or a second run in the batch: not read at once."""
+    from udpkit._sockets import Datagram
+
+    peer = ("127.0.0.1", 40000)
+    probe = build_probe(Kind.PROBE, 1, 0, 5, 64)
+    with udp_bind("127.0.0.1", 0) as a:
+        refl = Reflector(a)
+        try:
+            for odd in (
+                build_probe(Kind.PROBE, 2, 0, 5, 64),  # another run
+                build_report_request(1, 7, 5),
+                b"short",
+                build_probe(Kind.PROBE_ONEWAY, 1, 1, 5, 64),  # another kind
+            ):
+                batch = [Datagram(probe, peer, 64), Datagram(odd, peer, len(odd))]
+                assert refl._answer_uniform(batch) is None
+            assert refl._answer_uniform([Datagram(probe[:40], peer, 64)]) is None  # truncated
+        finally:
+            refl.close()
