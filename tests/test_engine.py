@@ -516,6 +516,35 @@ class TestOffloads:
         if gro:
             assert st.batches < n  # really coalesced
 
+    @pytest.mark.parametrize("last", [1000, 333])
+    def test_gro_echo_sends_coalesced_buffers_back_whole(self, family: Family, last: int) -> None:
+        """ECHO with GRO: each coalesced buffer goes back as one GSO send, and the sender
+        receives exactly the datagrams it sent, in order, with every one counted."""
+        if not _probe_gro():
+            pytest.skip("kernel refuses UDP GRO")
+        fam, host = family
+        n = 120
+        payloads = [bytes([i % 251]) * 1000 for i in range(n - 1)] + [b"L" * last]
+        with (
+            socket.socket(fam, socket.SOCK_DGRAM) as server,
+            socket.socket(fam, socket.SOCK_DGRAM) as client,
+        ):
+            for s in (server, client):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            server.bind((host, 0))
+            client.bind((host, 0))
+            client.settimeout(2.0)
+            with Engine(server, ECHO, gro=True) as e:
+                assert e.gro
+                assert send_batch(client, payloads, server.getsockname(), gso=True) == n
+                st = e.run(count=n, duration=5)
+                whole = e.step.stats.whole_batches
+            assert _recv_n(client, n) == payloads
+        assert st.kernel_drops == 0, "receive buffer overflowed: test invalid"
+        assert (st.rx_datagrams, st.tx_datagrams) == (n, n)
+        assert st.rx_bytes == st.tx_bytes == 1000 * (n - 1) + last
+        assert st.batches < n and whole >= 1  # really coalesced, and echoed as such
+
     def test_same_size_replies_leave_as_separate_datagrams(
         self, pair: tuple[socket.socket, socket.socket]
     ) -> None:

@@ -45,7 +45,7 @@ from ._mmsg import (
     send_batch,
 )
 from ._replies import SEND_WAIT, Replies, wait_writable
-from ._serving import Handler, ServeStep, reply_items
+from ._serving import Echo, Handler, ServeStep, reply_items
 from ._sigwake import signals_wake
 from ._sockets import Datagram
 
@@ -277,6 +277,8 @@ class Engine:
             self._replies = Replies(
                 sock, self._rx, self._st, gso=self._gso, whole=self._whole, slot=slot
             )
+            # Echoing with GRO: coalesced buffers are echoed whole, with GSO.
+            self._echo_gro = self._gro and isinstance(self._whole, Echo) and self._replies.gso
             dv = self._rx.data_view
             self._slots = [dv[o : o + slot] for o in range(0, batch * slot, slot)]
         # Created last: nothing after this can raise and leak them.
@@ -649,6 +651,17 @@ class Engine:
             )
             src: Sequence[int] = range(n)
         else:
+            if segs is not None and self._echo_gro and max(lens) <= bufsize:
+                # GRO-coalesced echoes go back as they came: each buffer one GSO send.
+                sizes = [segs.get(i, 0) for i in range(n)]
+                pairs = zip(lens, sizes, strict=True)
+                counts = [-(-ln // sz) if sz and ln > sz else 1 for ln, sz in pairs]
+                got = sum(counts)
+                if self._step.serve_whole(distinct, lens, count=got):
+                    st.rx_datagrams += got
+                    st.rx_bytes += sum(lens)
+                    self._replies.send_coalesced(n, lens, sizes, counts)
+                    return got
             peers = list(map(found.__getitem__, keys))
             dgrams, src = self._split(rx, n, lens, peers, segs or {})
         sources, replies = self._step.serve(dgrams, time.monotonic(), distinct)

@@ -82,6 +82,7 @@ class Replies:
         self._arena_view = memoryview(self._arena)
         self._arena_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._arena))
         self._whole_size = 0
+        self._slot = slot
         if whole is not None:
             self._init_whole(whole, slot)
 
@@ -187,6 +188,36 @@ class Replies:
             if last != per:
                 wtx.set_iovlen(base + runs - 1, per)
         return n if refused < 0 else refused * per
+
+    def send_coalesced(self, n: int, lens: list[int], sizes: list[int], counts: list[int]) -> None:
+        """Echo GRO-coalesced buffers 0..n-1 as they came: each one GSO send cut at its size.
+
+        ``sizes``: each buffer's segment size (0: one datagram); ``counts``: how
+        many datagrams each holds.
+        """
+        rx, tx = self._rx, self._tx
+        space, ctl = _mmsg.NAME_SPACE, _mmsg.CONTROL_SPACE
+        for i in range(n):
+            tx.set_iov(i, rx.data_addr + i * self._slot, lens[i])
+            tx.set_send(
+                i,
+                rx.names_addr + i * space,
+                self._namelen,
+                iov_index=i,
+                control_off=i * ctl,
+                controllen=tx.put_segment_cmsg(i * ctl, sizes[i]) if counts[i] > 1 else 0,
+            )
+        refused = self._push(tx, 0, n, counts, lens)
+        if refused >= 0:  # GSO refused (now off): the rest one datagram at a time
+            dv = rx.data_view
+            sources: list[int] = []
+            replies: list[Any] = []
+            for i in range(refused, n):
+                base, size = i * self._slot, sizes[i] or max(lens[i], 1)
+                for o in range(0, max(lens[i], 1), size):
+                    sources.append(i)
+                    replies.append(dv[base + o : base + min(o + size, lens[i])])
+            self.send(sources, replies, range(n))
 
     # -- replies a handler returned ---------------------------------------------------
 

@@ -329,7 +329,9 @@ class ServeStep:
             self.peers.add((peer,))
         return True
 
-    def serve_whole(self, peers: Collection[Any], lens: Sequence[int]) -> bool:
+    def serve_whole(
+        self, peers: Collection[Any], lens: Sequence[int], count: int | None = None
+    ) -> bool:
         """Decide a whole batch for :attr:`whole_reply`, or say it must go per datagram.
 
         For a loop that can send :attr:`whole_reply` to every datagram of the
@@ -337,16 +339,17 @@ class ServeStep:
 
         Args:
             peers: the batch's distinct sources (every one a replyable address).
-            lens: every datagram's length, none truncated.
+            lens: every datagram's length, none truncated; with ``count``, the
+                lengths of GRO-coalesced buffers holding ``count`` datagrams (ECHO only).
 
         Returns:
             ``True``: every datagram is admitted and answered, counted so; the
             loop sends the replies.  ``False``: nothing was counted; call
             :meth:`serve` with the datagrams.
         """
-        if not self._wholesale:
+        if not self._wholesale or (count is not None and not self._echo):
             return False
-        n = len(lens)
+        n = len(lens) if count is None else count
         fixed = self._fixed
         if self._echo:
             need = 1.0
