@@ -463,18 +463,7 @@ class ServeStep:
         sources: list[int] = []
         replies: list[Any] = []
         for j, r in zip(index, results, strict=True):
-            if r is None:
-                continue
-            if isinstance(r, bytes | bytearray | memoryview):
-                sources.append(j)
-                replies.append(r)
-                continue
-            try:
-                for x in reply_items(r):
-                    sources.append(j)
-                    replies.append(x)
-            except Exception as exc:
-                self._failed(exc)  # a bad reply is the handler's error; the ones before go
+            self._take(j, None, r, 0.0, None, sources, replies)
         return sources, replies
 
     def _answer_each(
@@ -499,21 +488,29 @@ class ServeStep:
             except Exception as exc:
                 self._failed(exc)
                 continue
-            if r is None:
-                continue
-            if isinstance(r, bytes | bytearray | memoryview):
-                if may_reply is None or may_reply(peer, len(r), now):
-                    sources.append(j)
-                    replies.append(r)
-                continue
-            try:
-                for x in reply_items(r):
-                    if may_reply is None or may_reply(peer, len(x), now):
-                        sources.append(j)
-                        replies.append(x)
-            except Exception as exc:
-                self._failed(exc)  # a bad reply is the handler's error; the ones before go
+            self._take(j, peer, r, now, may_reply, sources, replies)
         return sources, replies
+
+    def _take(  # noqa: PLR0917 - the answering loop's locals
+        self,
+        j: int,
+        peer: Any,
+        r: Any,
+        now: float,
+        may_reply: Callable[[Any, int, float], bool] | None,
+        sources: list[int],
+        replies: list[Any],
+    ) -> None:
+        """Add what a handler returned for datagram ``j``: checked, each reply within budget."""
+        if r is None:
+            return
+        try:
+            for x in (r,) if isinstance(r, bytes | bytearray | memoryview) else reply_items(r):
+                if may_reply is None or may_reply(peer, len(x), now):
+                    sources.append(j)
+                    replies.append(x)
+        except Exception as exc:
+            self._failed(exc)  # a bad reply is the handler's error; the ones before go
 
     def _answer_batch(
         self, batch: Sequence[Datagram], index: Sequence[int], now: float, checked: bool
