@@ -1,13 +1,24 @@
-"""The datagram engine: batched receive, a handler per datagram, batched replies.
+"""The datagram engine: the socket loop that drives a serving step.
 
-The engine owns a socket's I/O loop and the clock, nothing else: what to answer
-is the handler's business, what to show is ``on_batch``'s.  On Linux it receives
-with ``recvmmsg`` into buffers allocated once and answers with one ``sendmmsg``
-per batch (see :mod:`._mmsg`); elsewhere, or when asked, a portable path
-(``recvfrom_into``/``sendto``) behaves the same way, batch for batch.
+The engine owns a socket's I/O and the clock, nothing else; what to do with a
+batch is the :class:`~udpkit._serving.ServeStep`'s business.  One datagram's
+route, top to bottom:
 
-Every datagram ends in a counter: received (whole or truncated, with its real
-length), or dropped by the kernel (``SO_RXQ_OVFL`` and ``/proc/net/udp``).
+1. :meth:`Engine._serve`, the loop, sleeps in ``recvmmsg`` itself
+   (``MSG_WAITFORONE``; epoll only for a socket with a timeout) and takes
+   everything queued, into buffers allocated once (:mod:`._mmsg`).
+2. :meth:`Engine._took` reads the batch's lengths and sources from the headers
+   and calls up once: ``step.serve_whole`` when the answer needs no Python per
+   datagram (an echo, a fixed reply), else ``step.serve`` with one
+   :class:`~udpkit.Datagram` each.
+3. What the step returns goes out with ``sendmmsg`` (:mod:`._replies`): a whole
+   batch straight from the receive buffers, or the handler's replies packed
+   into an arena; one peer's same-size replies as GSO runs.
+
+Elsewhere, or when asked, a portable path (``recvfrom_into``/``sendto``)
+behaves the same way, batch for batch.  Every datagram ends in a counter:
+received (whole or truncated, with its real length), or dropped by the kernel
+(``/proc/net/udp``, or ``SO_RXQ_OVFL`` where /proc cannot tell).
 """
 
 from __future__ import annotations

@@ -442,7 +442,12 @@ class Policy:
             info = self._remember(peer)
         if info.refuse is not None or info.denied:
             return -1.0
-        return math.inf if info.trusted else self.amplification
+        if info.trusted:
+            return math.inf
+        budget = self._budgets.get(info.key)
+        if budget is not None and budget.sent > self.amplification * budget.received:
+            return -1.0  # spent beyond its factor while validated: decide per datagram
+        return self.amplification
 
     def charge(self, peer: Any, received: int, replied: int) -> None:
         """Charge a batch's totals to ``peer``'s budget (nothing for a trusted peer).

@@ -1,9 +1,12 @@
-"""Serving loops: receive, report and reply, for datagram and stream sockets.
+"""Servers: a datagram socket on the engine, and the textbook's stream server.
 
-The loops own no policy: what to answer is a *handler* ``(datagram) -> reply |
-None`` and what to show is an *observer*, called once per received batch.  The
-CLI builds both; a library user passes their own.  Datagram sockets are served
-by the batching :class:`~udpkit._engine.Engine`.
+:class:`DatagramServer` is what ``udpkit serve`` runs: it builds one
+:class:`~udpkit._serving.ServeStep` (the answer, the policy, what to show, the
+recorder) and hands it to the batching :class:`~udpkit._engine.Engine`; its
+:attr:`~DatagramServer.stats` gather every counter, live.  What to answer is a
+*handler* ``(datagram) -> reply | None`` (or ECHO, or a Fixed reply) and what
+to show an *observer*, called once per admitted batch; the CLI builds both, a
+library user passes their own.
 """
 
 from __future__ import annotations

@@ -284,9 +284,10 @@ class ServeStep:
         if b is None:
             assert self.policy is not None
             b = self.policy.reply_bound(peer)
-            if len(bounds) >= _BOUND_CACHE_MAX:
-                bounds.clear()  # derived data: cheaper to start over than to age it
-            bounds[peer] = b
+            if b == _INF:  # trusted for good; an untrusted peer's budget changes
+                if len(bounds) >= _BOUND_CACHE_MAX:
+                    bounds.clear()  # derived data: cheaper to start over than to age it
+                bounds[peer] = b
         return b
 
     def _clear(self, peers: Collection[Any], need: float) -> tuple[bool, Any]:
