@@ -92,6 +92,19 @@ def _echo(d: Datagram) -> bytes:
     return d.data
 
 
+def _run_in_thread(e: Engine) -> tuple[threading.Thread, threading.Event]:
+    """Start ``e.run()`` in a thread; the event is set when it returns."""
+    done = threading.Event()
+
+    def serve() -> None:
+        e.run()
+        done.set()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    return t, done
+
+
 def _recv_n(sock: socket.socket, n: int) -> list[bytes]:
     return [sock.recvfrom(70000)[0] for _ in range(n)]
 
@@ -206,14 +219,7 @@ class EngineContract:
         server, client = pair
         server.settimeout(None)  # a blocking socket must not keep the engine asleep
         with self.engine(server, _echo) as e:
-            done = threading.Event()
-
-            def serve() -> None:
-                e.run()
-                done.set()
-
-            t = threading.Thread(target=serve)
-            t.start()
+            t, done = _run_in_thread(e)
             client.sendto(b"ping", server.getsockname())
             assert client.recvfrom(100)[0] == b"ping"
             t0 = time.monotonic()
@@ -435,14 +441,7 @@ def test_asleep_in_recvmmsg_a_stop_is_seen_within_a_tick() -> None:
         server.bind(("127.0.0.1", 0))
         before = server.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, 16)
         with Engine(server, _echo) as e:
-            ended = threading.Event()
-
-            def serve() -> None:
-                e.run()
-                ended.set()
-
-            t = threading.Thread(target=serve)
-            t.start()
+            t, ended = _run_in_thread(e)
             time.sleep(0.3)  # long asleep by now
             t0 = time.monotonic()
             e.stop()

@@ -201,9 +201,8 @@ class Server(Core):
         self._resume()
 
     def _on_close(self) -> None:
-        self._step.halted = (
-            True  # a handler closed the server: the rest of its batch is not answered
-        )
+        # A handler closed the server: the rest of its batch is not answered.
+        self._step.halted = True
         if self._done is not None and not self._done.done():
             self._done.set_result(None)
 

@@ -56,7 +56,7 @@ from ._mmsg import (
     send_batch,
 )
 from ._replies import SEND_WAIT, Replies, wait_writable
-from ._serving import Echo, Handler, ServeStep, reply_items
+from ._serving import Echo, Handler, ServeStep
 from ._sigwake import signals_wake
 from ._sockets import Datagram
 
@@ -65,7 +65,6 @@ __all__ = [
     "EngineStats",
     "Handler",
     "fast_path_available",
-    "reply_items",
     "send_batch",
 ]
 

@@ -302,11 +302,6 @@ class MsgArray:
         o = _OFF_FLAGS // 4
         return self.i32[o : o + k * s : s].tolist()
 
-    def namelens(self, k: int) -> list[int]:
-        s = self._stride32
-        o = _OFF_NAMELEN // 4
-        return self.u32[o : o + k * s : s].tolist()
-
     def controllens(self, k: int) -> list[int]:
         s = self._stride_sz
         o = _OFF_CONTROLLEN // _SIZE_T
@@ -441,42 +436,18 @@ class PeerCache:
 
     def peers(self, rx: MsgArray, n: int) -> tuple[list[Any], list[Any]]:
         """``(keys, peers)`` of the first ``n`` messages in ``rx``; equal keys, equal peers."""
-        cache = self.cache
-        nv = rx.names_view
-        keys: list[Any]
-        if self.v4:
-            keys = rx.name_keys_v4(n)
-            width = 16
-        else:
-            blob = nv[: n * NAME_SPACE].tobytes()
-            keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
-            width = 28
-        out = []
-        for i, k in enumerate(keys):
-            p = cache.get(k)
-            if p is None:
-                if len(cache) >= PEER_CACHE_MAX:
-                    cache.clear()
-                off = i * NAME_SPACE
-                p = cache[k] = decode_sockaddr(nv[off : off + width].tobytes())
-            out.append(p)
-        return keys, out
+        keys, found = self.batch(rx, n)
+        return keys, list(map(found.__getitem__, keys))
 
     def first(self, rx: MsgArray) -> Any:
         """The peer of the first message in ``rx``."""
         if self.v4:
             assert rx.names_q is not None
             key: Any = rx.names_q[0]
-            width = 16
         else:
             key = rx.names_view[:28].tobytes()
-            width = 28
         p = self.cache.get(key)
-        if p is None:
-            if len(self.cache) >= PEER_CACHE_MAX:
-                self.cache.clear()
-            p = self.cache[key] = decode_sockaddr(rx.names_view[:width].tobytes())
-        return p
+        return p if p is not None else self._decode(rx, 0, key)
 
     def batch(self, rx: MsgArray, n: int) -> tuple[list[Any], dict[Any, Any]]:
         """``(keys, {key: peer})`` for the first ``n`` messages in ``rx``.
@@ -486,22 +457,24 @@ class PeerCache:
         """
         if self.v4:
             keys: list[Any] = rx.name_keys_v4(n)
-            width = 16
         else:
             blob = rx.names_view[: n * NAME_SPACE].tobytes()
             keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
-            width = 28
         cache = self.cache
         found = {}
-        for k, i in dict(zip(keys, range(n), strict=False)).items():
+        for k, i in dict(zip(keys, range(n), strict=True)).items():
             p = cache.get(k)
-            if p is None:
-                if len(cache) >= PEER_CACHE_MAX:
-                    cache.clear()
-                off = i * NAME_SPACE
-                p = cache[k] = decode_sockaddr(rx.names_view[off : off + width].tobytes())
-            found[k] = p
+            found[k] = p if p is not None else self._decode(rx, i, k)
         return keys, found
+
+    def _decode(self, rx: MsgArray, i: int, key: Any) -> Any:
+        """Decode message ``i``'s sockaddr and remember it under ``key``."""
+        if len(self.cache) >= PEER_CACHE_MAX:
+            self.cache.clear()
+        off = i * NAME_SPACE
+        width = 16 if self.v4 else 28  # the whole key: family, port, address (and scope)
+        p = self.cache[key] = decode_sockaddr(rx.names_view[off : off + width].tobytes())
+        return p
 
 
 def encode_sockaddr(family: int, addr: Any) -> bytes:

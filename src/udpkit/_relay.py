@@ -40,6 +40,7 @@ from ._mmsg import (
 )
 from ._relaycore import Flow, FlowTable, ImpairConfig, Impairment, ImpairRng, ImpairStats
 from ._relaystats import RelayStats, _proc_drops_by_inode, _show, format_stats
+from ._replies import wait_writable
 from ._sigwake import signals_wake
 from ._sockets import set_receive_buffer
 
@@ -530,7 +531,7 @@ class Relay:
                     retried = done
                     continue
             elif code in AGAIN and waited < _SEND_WAIT:
-                waited += self._wait_writable(fd, _SEND_WAIT - waited)
+                waited += wait_writable(fd, _SEND_WAIT - waited)
                 continue
             self._count_error(code)
             flow.send_errors += 1
@@ -539,13 +540,6 @@ class Relay:
             hdrs += MM
             count -= 1
         return done, sum(sizes[:done])
-
-    def _wait_writable(self, fd: int, limit: float) -> float:
-        start = time.monotonic()
-        p = select.poll()
-        p.register(fd, select.POLLOUT)
-        p.poll(max(1, int(limit * 1000)))
-        return max(time.monotonic() - start, 0.001)
 
     # -- fast path: target -> client -------------------------------------------------
 
