@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from udpkit._engine import Engine, send_batch
+from udpkit._loops.engine import Engine, send_batch
 
 
 def _flood(addr: Any, size: int, seconds: float, gso: bool) -> None:

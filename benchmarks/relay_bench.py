@@ -45,7 +45,7 @@ RELAY_ARGS: list[str] = []  # extra `udpkit relay` options (--relay-arg)
 # then on SIGTERM the datagrams it received.
 _ENGINE = r"""
 import json, signal, socket, sys
-from udpkit._engine import Engine
+from udpkit._loops.engine import Engine
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("127.0.0.1", 0))
 with __import__("contextlib").suppress(OSError):

@@ -1,4 +1,4 @@
-"""Tests for udpkit._addr: every host and port form, to socket addresses."""
+"""Tests for udpkit._net.addr: every host and port form, to socket addresses."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from udpkit._addr import (
+from udpkit._core.errors import AddressError
+from udpkit._net.addr import (
     BROADCAST,
     MAX_UDP_PAYLOAD,
     Address,
@@ -22,7 +23,6 @@ from udpkit._addr import (
     resolve_one,
     split_hostport,
 )
-from udpkit._errors import AddressError
 
 try:
     from tests._proc import one_line_error
@@ -542,7 +542,7 @@ def test_scoped_link_local_and_other_ipv6_need_no_scope(host: str) -> None:
 
 def test_policy_cidrs_for_link_local_still_parse() -> None:
     """CIDRs are parsed by the policy rules, not resolve: fe80::/10 stays valid there."""
-    from udpkit._policy_rules import parse_cidr
+    from udpkit._core.policy_rules import parse_cidr
 
     assert parse_cidr("fe80::/10").prefixlen == 10
 

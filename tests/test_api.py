@@ -41,7 +41,7 @@ def test_errors_are_builtin_too() -> None:
 def test_cli_start_path_stays_light() -> None:
     """`udpkit send` must start fast: no heavy imports on the send/serve path."""
     code = (
-        "import sys, udpkit._cli; udpkit._cli.build_parser();"
+        "import sys, udpkit._cli.main; udpkit._cli.main.build_parser();"
         "heavy = {'asyncio', 'rich', 'matplotlib', 'hdrh', 'prometheus_client', 'json', 'base64'};"
         "print(sorted(heavy & set(sys.modules)))"
     )

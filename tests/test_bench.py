@@ -34,12 +34,12 @@ from tests._proc import (
 )
 from tests.conftest import needs_tool
 
-from udpkit._bench import BenchConfig, parse_rate, run_bench
-from udpkit._cmd_bench import bench_document
-from udpkit._errors import NetworkError, UsageError
-from udpkit._probe import HEADER_SIZE, Kind, build_probe, build_report_request
-from udpkit._reflect import Reflector
-from udpkit._sockets import set_receive_buffer, udp_bind
+from udpkit._cli.bench import bench_document
+from udpkit._core.errors import NetworkError, UsageError
+from udpkit._core.probe import HEADER_SIZE, Kind, build_probe, build_report_request
+from udpkit._loops.bench import BenchConfig, parse_rate, run_bench
+from udpkit._loops.reflect import Reflector
+from udpkit._net.sockets import set_receive_buffer, udp_bind
 
 Family = tuple[socket.AddressFamily, str]
 
@@ -302,8 +302,8 @@ def test_group_send_options_come_before_connect(
 ) -> None:
     """`bench ff12::6 5202 --one-way --iface eth0` failed "connect to [ff12::6]:5202:
     invalid argument": the probe socket was connected before IPV6_MULTICAST_IF was set."""
-    from udpkit import _bench
-    from udpkit._mcast import set_multicast_send as real
+    from udpkit._loops import bench as _bench
+    from udpkit._net.mcast import set_multicast_send as real
 
     unconnected: list[bool] = []
 
@@ -450,8 +450,8 @@ def test_reflector_batch_at_once_matches_the_general_loop(
 ) -> None:
     """A batch of one run's probes is read at once (map/zip, jitter in closed form);
     it must leave every counter, answer and the jitter as the per-datagram loop does."""
-    from udpkit import _reflect
-    from udpkit._sockets import Datagram
+    from udpkit._loops import reflect as _reflect
+    from udpkit._net.sockets import Datagram
 
     clock = iter(range(9_000_000, 10**12, 250_000))
     arrival = [0]  # both reflectors see each batch arrive at the same time
@@ -496,7 +496,7 @@ def test_reflector_batch_at_once_matches_the_general_loop(
 
 def test_reflector_mixed_batch_goes_through_the_general_loop() -> None:
     """A report request, a short datagram or a second run in the batch: not read at once."""
-    from udpkit._sockets import Datagram
+    from udpkit._net.sockets import Datagram
 
     peer = ("127.0.0.1", 40000)
     probe = build_probe(Kind.PROBE, 1, 0, 5, 64)

@@ -14,14 +14,16 @@ from typing import Any, ClassVar
 
 import pytest
 
-from udpkit._engine import (
+from udpkit._core.errors import UsageError
+from udpkit._core.serving import ECHO, Fixed
+from udpkit._loops.engine import (
     Engine,
     EngineStats,
     fast_path_available,
     send_batch,
 )
-from udpkit._errors import UsageError
-from udpkit._mmsg import (
+from udpkit._loops.replies import wait_writable
+from udpkit._net.mmsg import (
     SOL_UDP,
     UDP_GRO,
     UDP_SEGMENT,
@@ -29,9 +31,7 @@ from udpkit._mmsg import (
     encode_sockaddr,
     proc_drops,
 )
-from udpkit._replies import wait_writable
-from udpkit._serving import ECHO, Fixed
-from udpkit._sockets import Datagram
+from udpkit._net.sockets import Datagram
 
 LINUX = sys.platform.startswith("linux")
 Family = tuple[socket.AddressFamily, str]
@@ -138,7 +138,7 @@ class EngineContract:
         self, pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Twelve sources through a peer cache of four: every datagram keeps its own peer."""
-        from udpkit import _mmsg
+        from udpkit._net import mmsg as _mmsg
 
         monkeypatch.setattr(_mmsg, "PEER_CACHE_MAX", 4)
         server, _ = pair

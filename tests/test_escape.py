@@ -1,4 +1,4 @@
-"""Tests for udpkit._escape: nothing a peer sends reaches the terminal raw."""
+"""Tests for udpkit._core.escape: nothing a peer sends reaches the terminal raw."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from udpkit import _escape
-from udpkit._escape import escape_bytes, escape_controls, escape_text, safe_repr
+from udpkit._core import escape as _escape
+from udpkit._core.escape import escape_bytes, escape_controls, escape_text, safe_repr
 
 
 def _terminal_safe(text: str) -> bool:

@@ -52,7 +52,7 @@ SRC = str(Path(__file__).resolve().parent.parent / "src")
 _SENDER = r"""
 import socket, sys, time
 from udpkit import send_batch
-from udpkit._errors import NetworkError
+from udpkit._core.errors import NetworkError
 
 port, seconds, src, size = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -1,4 +1,4 @@
-"""Tests for udpkit._format: golden output per format, all of it terminal-safe."""
+"""Tests for udpkit._cli.format: golden output per format, all of it terminal-safe."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from udpkit import _format
-from udpkit._errors import UsageError
-from udpkit._format import FORMATS, banner, format_datagram, format_summary
+from udpkit._cli import format as _format
+from udpkit._cli.format import FORMATS, banner, format_datagram, format_summary
+from udpkit._core.errors import UsageError
 
 WHEN = 1795564741.123456  # 2026-11-24T23:59:01.123456 UTC
 ISO = "2026-11-24T23:59:01.123456"

@@ -22,10 +22,11 @@ from tests.test_netns_reach import STEP, running, serving
 from tests.test_netns_unseen import _one_line_error, _send_stdin, _udpkit, routed
 
 import udpkit
-from udpkit import _bench, _client
-from udpkit._cmd_bench import bench_document, format_table, icmp_errors
-from udpkit._errors import MessageTooLarge, NetworkError
-from udpkit._sockets import Datagram, DatagramSocket
+from udpkit._cli.bench import bench_document, format_table, icmp_errors
+from udpkit._core.errors import MessageTooLarge, NetworkError
+from udpkit._loops import bench as _bench
+from udpkit._loops import client as _client
+from udpkit._net.sockets import Datagram, DatagramSocket
 
 TRUST = ("--trust", "fd81::/16", "--trust", "10.81.0.0/16")
 PEER = ("192.0.2.1", 5000)

@@ -1,4 +1,4 @@
-"""Tests for udpkit._policy: allow/deny, rate limits, amplification budget, never-reply rules.
+"""Tests for udpkit._core.policy: allow/deny, rate limits, amplification budget, never-reply rules.
 
 The policy never reads the clock, so every test drives ``now`` by hand: no sleeps.
 The parsers live in ``_policy_rules``; they are imported here through ``_policy``.
@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from udpkit._errors import UsageError
-from udpkit._policy import (
+from udpkit._core.errors import UsageError
+from udpkit._core.policy import (
     ADMIT,
     DENIED,
     RATE_LIMITED,
@@ -40,7 +40,8 @@ def _nonzero(policy: Policy) -> dict[str, int]:
 
 def test_rule_names_stay_importable_from_policy() -> None:
     """The parsers moved to _policy_rules; _policy re-exports every public one."""
-    from udpkit import _policy, _policy_rules
+    from udpkit._core import policy as _policy
+    from udpkit._core import policy_rules as _policy_rules
 
     for name in _policy_rules.__all__:
         assert name in _policy.__all__

@@ -1,4 +1,4 @@
-"""Hypothesis properties of udpkit._policy: the budget and the bucket hold for any input."""
+"""Hypothesis properties of udpkit._core.policy: the budget and the bucket hold for any input."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from udpkit._errors import UsageError
-from udpkit._policy import ADMIT, DENIED, RATE_LIMITED, Policy, parse_cidr, parse_rate_limit
+from udpkit._core.errors import UsageError
+from udpkit._core.policy import ADMIT, DENIED, RATE_LIMITED, Policy, parse_cidr, parse_rate_limit
 
 # A few untrusted sources (two share an address on different ports, one is
 # IPv4-mapped) and one trusted loopback source.

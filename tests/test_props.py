@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.test_fuzz_corpus import TARGETS, load_module, load_target
 
-from udpkit._addr import parse_host, parse_port, resolve
-from udpkit._errors import AddressError
-from udpkit._escape import escape_bytes, escape_controls, escape_text, safe_repr
+from udpkit._core.errors import AddressError
+from udpkit._core.escape import escape_bytes, escape_controls, escape_text, safe_repr
+from udpkit._net.addr import parse_host, parse_port, resolve
 
 # The same check the atheris target runs on each input.
 check_address = load_module("addr").check

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from udpkit._errors import NetworkError, UsageError
-from udpkit._record import (
+from udpkit._core.errors import NetworkError, UsageError
+from udpkit._loops.record import (
     Record,
     Recorder,
     RecordError,
@@ -31,8 +31,8 @@ from udpkit._record import (
     parse_records_untrusted,
     read_records_untrusted,
 )
-from udpkit._server import DatagramServer
-from udpkit._sockets import Datagram, udp_bind, udp_connect
+from udpkit._loops.server import DatagramServer
+from udpkit._net.sockets import Datagram, udp_bind, udp_connect
 
 # The same probes as conftest.py (which mypy cannot import as a module).
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -169,8 +169,8 @@ def test_torn_tail_at_every_offset_of_the_last_record(tmp_path: Path, fmt: str) 
 
 _CHILD = """
 import sys, time
-from udpkit._record import Recorder
-from udpkit._sockets import Datagram
+from udpkit._loops.record import Recorder
+from udpkit._net.sockets import Datagram
 rec = Recorder(sys.argv[1])
 i = 0
 while True:
@@ -485,7 +485,7 @@ def test_missing_file_is_a_record_error(tmp_path: Path) -> None:
 
 
 def test_reads_serve_format_json_and_foreign_pcap() -> None:
-    from udpkit._format import format_datagram
+    from udpkit._cli.format import format_datagram
 
     line = format_datagram("json", HOSTILE, ("::1", 7, 0, 0), length=99, when=NOW)
     (r,) = parse_records_untrusted(line.encode())
@@ -577,7 +577,8 @@ class Sink:
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    from udpkit import _cli, _cmd_record
+    from udpkit._cli import main as _cli
+    from udpkit._cli import read as _cmd_record
 
     parser = _cli._Parser(prog="udpkit")
     sub = parser.add_subparsers(dest="command", parser_class=_cli._Parser)

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from udpkit._relay import Relay, RelayStats
-from udpkit._relaycore import ImpairConfig
-from udpkit._relaystats import _show, format_stats
+from udpkit._core.relay import ImpairConfig
+from udpkit._core.relaystats import _show, format_stats
+from udpkit._loops.relay import Relay, RelayStats
 
 try:
     from tests._proc import (

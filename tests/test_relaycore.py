@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from udpkit._errors import UsageError
-from udpkit._relaycore import (
+from udpkit._core.errors import UsageError
+from udpkit._core.relay import (
     FlowTable,
     ImpairConfig,
     Impairment,

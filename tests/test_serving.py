@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from udpkit import Datagram, Policy
-from udpkit._serving import ECHO, Fixed, ServeStep
+from udpkit._core.serving import ECHO, Fixed, ServeStep
 
 LOOP = ("127.0.0.1", 40000)
 REMOTE = ("192.0.2.7", 40000)

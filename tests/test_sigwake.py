@@ -20,12 +20,12 @@ from contextlib import contextmanager
 
 from tests.conftest import linux_only
 
-from udpkit._engine import Engine
-from udpkit._relay import Relay
-from udpkit._server import StreamServer
-from udpkit._sigwake import signals_wake
-from udpkit._sockets import udp_bind
-from udpkit._stream import tcp_listen
+from udpkit._loops.engine import Engine
+from udpkit._loops.relay import Relay
+from udpkit._loops.server import StreamServer
+from udpkit._loops.sigwake import signals_wake
+from udpkit._net.sockets import udp_bind
+from udpkit._net.stream import tcp_listen
 
 pytestmark = linux_only
 

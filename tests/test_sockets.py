@@ -1,4 +1,4 @@
-"""Tests for udpkit._sockets and _stream: the seed's domain/type/protocol vocabulary, transports.
+"""Tests for udpkit._net.sockets and stream: the domain/type/protocol vocabulary, transports.
 
 Real sockets on 127.0.0.1 and ::1 only, port 0, every receive bounded by a timeout.
 """
@@ -18,8 +18,7 @@ from collections.abc import Iterator
 import pytest
 from tests.conftest import LINUX, linux_only, needs_ipv6
 
-from udpkit._addr import MAX_UDP_PAYLOAD, resolve_one
-from udpkit._errors import (
+from udpkit._core.errors import (
     AddressError,
     AddressInUse,
     ConnectionRefused,
@@ -29,15 +28,22 @@ from udpkit._errors import (
     Unsupported,
     UsageError,
 )
-from udpkit._generic import IPPROTO_UDPLITE, open_socket, parse_domain, parse_protocol, parse_type
-from udpkit._sockets import (
+from udpkit._net.addr import MAX_UDP_PAYLOAD, resolve_one
+from udpkit._net.domains import (
+    IPPROTO_UDPLITE,
+    open_socket,
+    parse_domain,
+    parse_protocol,
+    parse_type,
+)
+from udpkit._net.sockets import (
     Datagram,
     DatagramSocket,
     udp_bind,
     udp_connect,
 )
-from udpkit._stream import StreamSocket, tcp_connect, tcp_listen
-from udpkit._unix import (
+from udpkit._net.stream import StreamSocket, tcp_connect, tcp_listen
+from udpkit._net.unix import (
     unix_datagram_bind,
     unix_datagram_connect,
     unix_stream_connect,
@@ -562,8 +568,8 @@ def test_kernel_length_default_matches_platform() -> None:
 def test_udp_does_not_load_the_stream_code() -> None:
     """The TCP side lives in _stream; the UDP send path never imports it."""
     code = (
-        "import sys, udpkit._sockets, udpkit._client, udpkit._unix; "
-        "print('udpkit._stream' in sys.modules)"
+        "import sys, udpkit._net.sockets, udpkit._loops.client, udpkit._net.unix; "
+        "print('udpkit._net.stream' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True

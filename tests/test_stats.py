@@ -11,7 +11,7 @@ from fractions import Fraction
 
 import pytest
 
-from udpkit._probe import (
+from udpkit._core.probe import (
     HEADER_SIZE,
     REPORT_REQUEST_SIZE,
     Kind,
@@ -23,7 +23,7 @@ from udpkit._probe import (
     parse_probe_untrusted,
     parse_report_untrusted,
 )
-from udpkit._stats import (
+from udpkit._core.stats import (
     IntervalMeter,
     Jitter,
     LatencyHistogram,

@@ -7,7 +7,7 @@ Three processes on 127.0.0.1, as a user would run them::
     udpkit bench 127.0.0.1 <relay> --count N --rate R --json
 
 The relay prints its own counters on SIGTERM (``key=value`` lines, see
-``udpkit._relaystats.format_stats``); bench prints its JSON.  Nothing below knows
+``udpkit._core.relaystats.format_stats``); bench prints its JSON.  Nothing below knows
 which datagrams a seed drops: every case parses both outputs and compares them,
 so a seed nobody tried is checked the same way.  Per direction:
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import _common
 
-from udpkit._engine import Engine
+from udpkit._loops.engine import Engine
 
 
 def _noop(d: Any) -> None:

@@ -20,8 +20,44 @@ Quick start::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazily below
-    from . import aio
-    from ._addr import (
+    from udpkit import aio
+    from udpkit._core.errors import (
+        AddressError,
+        AddressInUse,
+        ConnectionRefused,
+        MessageTooLarge,
+        NetworkError,
+        PermissionDenied,
+        Timeout,
+        UdpkitError,
+        Unsupported,
+        UsageError,
+    )
+    from udpkit._core.escape import escape_bytes, escape_text
+    from udpkit._core.policy import Policy, Verdict
+    from udpkit._core.relaystats import RelayStats
+    from udpkit._core.serving import ECHO, BatchAnswer, Echo, Fixed, ServeStep, StepStats
+    from udpkit._loops.bench import BenchConfig, run_bench
+    from udpkit._loops.client import request, request_all, stream_request
+    from udpkit._loops.engine import Engine, EngineStats, fast_path_available, send_batch
+    from udpkit._loops.record import (
+        Record,
+        Recorder,
+        RecordError,
+        RecordStats,
+        read_records_untrusted,
+    )
+    from udpkit._loops.reflect import Reflector
+    from udpkit._loops.relay import Relay
+    from udpkit._loops.server import (
+        BatchObserver,
+        DatagramServer,
+        Handler,
+        ServeStats,
+        StreamServer,
+        reply_handler,
+    )
+    from udpkit._net.addr import (
         BROADCAST,
         MAX_UDP_PAYLOAD,
         Address,
@@ -34,47 +70,23 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         resolve_one,
         split_hostport,
     )
-    from ._bench import BenchConfig, run_bench
-    from ._client import request, request_all, stream_request
-    from ._engine import Engine, EngineStats, fast_path_available, send_batch
-    from ._errors import (
-        AddressError,
-        AddressInUse,
-        ConnectionRefused,
-        MessageTooLarge,
-        NetworkError,
-        PermissionDenied,
-        Timeout,
-        UdpkitError,
-        Unsupported,
-        UsageError,
+    from udpkit._net.domains import (
+        IPPROTO_UDPLITE,
+        open_socket,
+        parse_domain,
+        parse_protocol,
+        parse_type,
     )
-    from ._escape import escape_bytes, escape_text
-    from ._generic import IPPROTO_UDPLITE, open_socket, parse_domain, parse_protocol, parse_type
-    from ._mcast import join_group, leave_group, set_multicast_send
-    from ._policy import Policy, Verdict
-    from ._record import Record, Recorder, RecordError, RecordStats, read_records_untrusted
-    from ._reflect import Reflector
-    from ._relay import Relay
-    from ._relaystats import RelayStats
-    from ._server import (
-        BatchObserver,
-        DatagramServer,
-        Handler,
-        ServeStats,
-        StreamServer,
-        reply_handler,
-    )
-    from ._serving import ECHO, BatchAnswer, Echo, Fixed, ServeStep, StepStats
-    from ._sockets import (
+    from udpkit._net.mcast import join_group, leave_group, set_multicast_send
+    from udpkit._net.sockets import (
         Datagram,
         DatagramSocket,
         set_receive_buffer,
         udp_bind,
         udp_connect,
     )
-    from ._stream import StreamListener, StreamSocket, tcp_connect, tcp_listen
-    from ._unix import (
+    from udpkit._net.stream import StreamListener, StreamSocket, tcp_connect, tcp_listen
+    from udpkit._net.unix import (
         unix_datagram_bind,
         unix_datagram_connect,
         unix_stream_connect,
@@ -166,81 +178,81 @@ __all__ = [
 # Public names load on first use (PEP 562), so `udpkit send` does not pay for
 # modules it never touches.
 _LAZY: dict[str, str] = {
-    "Policy": "_policy",
-    "Verdict": "_policy",
-    "Recorder": "_record",
-    "RecordStats": "_record",
-    "Record": "_record",
-    "RecordError": "_record",
-    "read_records_untrusted": "_record",
-    "Relay": "_relay",
-    "RelayStats": "_relaystats",
-    "BenchConfig": "_bench",
-    "run_bench": "_bench",
-    "Reflector": "_reflect",
-    "BROADCAST": "_addr",
-    "MAX_UDP_PAYLOAD": "_addr",
-    "Address": "_addr",
-    "format_sockaddr": "_addr",
-    "is_broadcast": "_addr",
-    "is_multicast": "_addr",
-    "join_group": "_mcast",
-    "leave_group": "_mcast",
-    "set_multicast_send": "_mcast",
-    "parse_host": "_addr",
-    "parse_port": "_addr",
-    "resolve": "_addr",
-    "resolve_one": "_addr",
-    "split_hostport": "_addr",
-    "request": "_client",
-    "request_all": "_client",
-    "stream_request": "_client",
-    "AddressError": "_errors",
-    "AddressInUse": "_errors",
-    "ConnectionRefused": "_errors",
-    "MessageTooLarge": "_errors",
-    "NetworkError": "_errors",
-    "PermissionDenied": "_errors",
-    "Timeout": "_errors",
-    "UdpkitError": "_errors",
-    "Unsupported": "_errors",
-    "UsageError": "_errors",
-    "escape_bytes": "_escape",
-    "escape_text": "_escape",
-    "DatagramServer": "_server",
-    "ECHO": "_serving",
-    "Echo": "_serving",
-    "Fixed": "_serving",
-    "ServeStep": "_serving",
-    "StepStats": "_serving",
-    "BatchAnswer": "_serving",
-    "Handler": "_serving",
-    "ServeStats": "_server",
-    "StreamServer": "_server",
-    "reply_handler": "_server",
-    "BatchObserver": "_serving",
-    "Engine": "_engine",
-    "EngineStats": "_engine",
-    "fast_path_available": "_engine",
-    "send_batch": "_engine",
-    "set_receive_buffer": "_sockets",
-    "IPPROTO_UDPLITE": "_generic",
-    "Datagram": "_sockets",
-    "DatagramSocket": "_sockets",
-    "StreamListener": "_stream",
-    "StreamSocket": "_stream",
-    "open_socket": "_generic",
-    "parse_domain": "_generic",
-    "parse_protocol": "_generic",
-    "parse_type": "_generic",
-    "tcp_connect": "_stream",
-    "tcp_listen": "_stream",
-    "udp_bind": "_sockets",
-    "udp_connect": "_sockets",
-    "unix_datagram_bind": "_unix",
-    "unix_datagram_connect": "_unix",
-    "unix_stream_connect": "_unix",
-    "unix_stream_listen": "_unix",
+    "Policy": "_core.policy",
+    "Verdict": "_core.policy",
+    "Recorder": "_loops.record",
+    "RecordStats": "_loops.record",
+    "Record": "_loops.record",
+    "RecordError": "_loops.record",
+    "read_records_untrusted": "_loops.record",
+    "Relay": "_loops.relay",
+    "RelayStats": "_core.relaystats",
+    "BenchConfig": "_loops.bench",
+    "run_bench": "_loops.bench",
+    "Reflector": "_loops.reflect",
+    "BROADCAST": "_net.addr",
+    "MAX_UDP_PAYLOAD": "_net.addr",
+    "Address": "_net.addr",
+    "format_sockaddr": "_net.addr",
+    "is_broadcast": "_net.addr",
+    "is_multicast": "_net.addr",
+    "join_group": "_net.mcast",
+    "leave_group": "_net.mcast",
+    "set_multicast_send": "_net.mcast",
+    "parse_host": "_net.addr",
+    "parse_port": "_net.addr",
+    "resolve": "_net.addr",
+    "resolve_one": "_net.addr",
+    "split_hostport": "_net.addr",
+    "request": "_loops.client",
+    "request_all": "_loops.client",
+    "stream_request": "_loops.client",
+    "AddressError": "_core.errors",
+    "AddressInUse": "_core.errors",
+    "ConnectionRefused": "_core.errors",
+    "MessageTooLarge": "_core.errors",
+    "NetworkError": "_core.errors",
+    "PermissionDenied": "_core.errors",
+    "Timeout": "_core.errors",
+    "UdpkitError": "_core.errors",
+    "Unsupported": "_core.errors",
+    "UsageError": "_core.errors",
+    "escape_bytes": "_core.escape",
+    "escape_text": "_core.escape",
+    "DatagramServer": "_loops.server",
+    "ECHO": "_core.serving",
+    "Echo": "_core.serving",
+    "Fixed": "_core.serving",
+    "ServeStep": "_core.serving",
+    "StepStats": "_core.serving",
+    "BatchAnswer": "_core.serving",
+    "Handler": "_core.serving",
+    "ServeStats": "_loops.server",
+    "StreamServer": "_loops.server",
+    "reply_handler": "_loops.server",
+    "BatchObserver": "_core.serving",
+    "Engine": "_loops.engine",
+    "EngineStats": "_loops.engine",
+    "fast_path_available": "_loops.engine",
+    "send_batch": "_loops.engine",
+    "set_receive_buffer": "_net.sockets",
+    "IPPROTO_UDPLITE": "_net.domains",
+    "Datagram": "_net.sockets",
+    "DatagramSocket": "_net.sockets",
+    "StreamListener": "_net.stream",
+    "StreamSocket": "_net.stream",
+    "open_socket": "_net.domains",
+    "parse_domain": "_net.domains",
+    "parse_protocol": "_net.domains",
+    "parse_type": "_net.domains",
+    "tcp_connect": "_net.stream",
+    "tcp_listen": "_net.stream",
+    "udp_bind": "_net.sockets",
+    "udp_connect": "_net.sockets",
+    "unix_datagram_bind": "_net.unix",
+    "unix_datagram_connect": "_net.unix",
+    "unix_stream_connect": "_net.unix",
+    "unix_stream_listen": "_net.unix",
 }
 
 

@@ -1,5 +1,5 @@
 """``python -m udpkit``: the same as the ``udpkit`` command."""
 
-from ._cli import run
+from udpkit._cli.main import run
 
 run()

@@ -61,13 +61,13 @@ import socket
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
 
-from ._addr import is_broadcast, is_multicast, resolve_one
-from ._aio_core import Core, EndpointStats
-from ._aio_endpoint import Endpoint
-from ._aio_server import Handler, Server
-from ._errors import PermissionDenied
-from ._policy import Policy
-from ._sockets import DatagramSocket, udp_bind, udp_connect
+from udpkit._aio.core import Core, EndpointStats
+from udpkit._aio.endpoint import Endpoint
+from udpkit._aio.server import Handler, Server
+from udpkit._core.errors import PermissionDenied
+from udpkit._core.policy import Policy
+from udpkit._net.addr import is_broadcast, is_multicast, resolve_one
+from udpkit._net.sockets import DatagramSocket, udp_bind, udp_connect
 
 __all__ = [
     "Endpoint",

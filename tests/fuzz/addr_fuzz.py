@@ -1,4 +1,4 @@
-"""atheris target for the address parser (``udpkit._addr``): only AddressError may escape.
+"""atheris target for the address parser (``udpkit._net.addr``): only AddressError may escape.
 
 Run it (with atheris installed) from the repository root::
 
@@ -7,7 +7,7 @@ Run it (with atheris installed) from the repository root::
 An input is ``HOST`` or ``HOST\\0PORT`` (UTF-8, bad bytes kept as lone
 surrogates); its first 9 bytes are also tried as a signed integer host and port.
 Host *names* are not resolved (that would be a DNS query per input): only hosts
-that parse as numeric go through :func:`udpkit._addr.resolve`.  The seed corpus
+that parse as numeric go through :func:`udpkit._net.addr.resolve`.  The seed corpus
 in ``tests/fuzz/corpus/addr`` is replayed by ``tests/test_fuzz_corpus.py``.
 """
 
@@ -34,8 +34,8 @@ def _is_numeric(text: str) -> bool:
 
 def check(host: str | int, port: str | int) -> None:
     """Parse ``host`` and ``port`` every way; anything but AddressError escapes (a bug)."""
-    from udpkit._addr import parse_host, parse_port, resolve, split_hostport
-    from udpkit._errors import AddressError
+    from udpkit._core.errors import AddressError
+    from udpkit._net.addr import parse_host, parse_port, resolve, split_hostport
 
     text: str | None = None
     with contextlib.suppress(AddressError):
@@ -71,7 +71,7 @@ def one_input(data: bytes) -> None:
 def main() -> None:
     atheris = importlib.import_module("atheris")  # optional: not a test dependency
     with atheris.instrument_imports(include=["udpkit"]):
-        import udpkit._addr  # noqa: F401 - instrumented before one_input imports it
+        import udpkit._net.addr  # noqa: F401 - instrumented before one_input imports it
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

@@ -1,4 +1,4 @@
-"""atheris target for the escaper (``udpkit._escape``): no control character survives.
+"""atheris target for the escaper (``udpkit._core.escape``): no control character survives.
 
 Run it (with atheris installed) from the repository root::
 
@@ -27,7 +27,7 @@ def check_printable(out: str, given: object) -> None:
 
 def one_input(data: bytes) -> None:
     """Escape ``data`` every way; the output must be printable text."""
-    from udpkit._escape import escape_bytes, escape_controls, escape_text
+    from udpkit._core.escape import escape_bytes, escape_controls, escape_text
 
     check_printable(escape_bytes(data), data)
     text = data.decode("utf-8", "surrogateescape")
@@ -38,7 +38,7 @@ def one_input(data: bytes) -> None:
 def main() -> None:
     atheris = importlib.import_module("atheris")  # optional: not a test dependency
     with atheris.instrument_imports(include=["udpkit"]):
-        import udpkit._escape  # noqa: F401 - instrumented before one_input imports it
+        import udpkit._core.escape  # noqa: F401 - instrumented before one_input imports it
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

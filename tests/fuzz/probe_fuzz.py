@@ -1,4 +1,4 @@
-"""atheris target for the probe parsers (``udpkit._probe``): only ProbeError may escape.
+"""atheris target for the probe parsers (``udpkit._core.probe``): only ProbeError may escape.
 
 Run it (with atheris installed) from the repository root::
 
@@ -19,7 +19,7 @@ import sys
 
 def one_input(data: bytes) -> None:
     """Parse ``data`` as a probe and as a report: only ProbeError may escape."""
-    from udpkit._probe import ProbeError, parse_probe_untrusted, parse_report_untrusted
+    from udpkit._core.probe import ProbeError, parse_probe_untrusted, parse_report_untrusted
 
     for view in (data, bytearray(data), memoryview(data)):
         try:
@@ -35,7 +35,7 @@ def one_input(data: bytes) -> None:
 def main() -> None:
     atheris = importlib.import_module("atheris")  # optional: not a test dependency
     with atheris.instrument_imports(include=["udpkit"]):
-        import udpkit._probe  # noqa: F401 - instrumented before one_input imports it
+        import udpkit._core.probe  # noqa: F401 - instrumented before one_input imports it
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

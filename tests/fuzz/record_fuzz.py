@@ -1,4 +1,4 @@
-"""atheris target for the recording reader (``udpkit._record``).
+"""atheris target for the recording reader (``udpkit._loops.record``).
 
 Run it (with atheris installed) from the repository root::
 
@@ -16,7 +16,7 @@ import sys
 
 def one_input(data: bytes) -> None:
     """Parse ``data`` as a recording in every way: only RecordError may escape."""
-    from udpkit._record import RecordError, parse_records_untrusted
+    from udpkit._loops.record import RecordError, parse_records_untrusted
 
     for fmt in (None, "jsonl", "pcap"):
         reader = parse_records_untrusted(data, fmt)
@@ -31,7 +31,7 @@ def one_input(data: bytes) -> None:
 def main() -> None:
     atheris = importlib.import_module("atheris")  # optional: not a test dependency
     with atheris.instrument_imports(include=["udpkit"]):
-        import udpkit._record  # noqa: F401 - instrumented before one_input imports it
+        import udpkit._loops.record  # noqa: F401 - instrumented before one_input imports it
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()
 

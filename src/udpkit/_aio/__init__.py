@@ -1,0 +1,1 @@
+"""The asyncio glue behind :mod:`udpkit.aio`."""

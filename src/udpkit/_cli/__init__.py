@@ -1,0 +1,1 @@
+"""The ``udpkit`` command line: argument parsing and printing over the library."""

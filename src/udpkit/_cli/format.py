@@ -1,0 +1,310 @@
+"""Render received datagrams as text: the ``udpkit serve --format`` choices.
+
+Four formats, all terminal-safe (nothing a peer controls reaches the
+terminal unescaped, see :mod:`udpkit._core.escape`):
+
+``seed``
+    The textbook's two lines, ``Message from Client:b'...'`` and
+    ``Client IP Address:('127.0.0.1', 51696)``, plus a third line
+    ``(truncated: 2000 bytes, 1024 kept)`` when the datagram was cut.
+``line``
+    One line per datagram: local ISO-8601 time with microseconds, the peer,
+    the size on the wire, the truncation note if any, the escaped text::
+
+        2026-11-24T23:59:01.123456 127.0.0.1:51696 16 B Hello UDP Server
+
+``hex``
+    The ``line`` header without the text, then ``hexdump -C`` rows (without
+    hexdump's ``*`` squeezing of repeated rows and its final offset row).
+``json``
+    One JSON object per line (JSON Lines), ASCII only. Every object has the
+    same keys: ``time`` (float epoch), ``iso_time`` (local time *with* UTC
+    offset, since machines read it), ``peer`` (display text), ``peer_host``
+    and ``peer_port`` (``peer_port`` is null for unix peers, ``peer_host``
+    null for an unnamed one), ``length``, ``kept``, ``truncated``,
+    ``payload_b64``, and ``text``: the kept bytes decoded as UTF-8, or null
+    when they are not valid UTF-8 (the bytes are always in ``payload_b64``).
+    ``local`` is added only when the caller passes the local address.
+
+Nothing here touches a socket; the caller passes the wall-clock time.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from udpkit._core.errors import UsageError
+from udpkit._core.escape import escape_bytes, escape_controls, escape_text, safe_repr
+from udpkit._net.addr import format_sockaddr, scope_text
+
+__all__ = ["FORMATS", "banner", "format_datagram", "format_summary"]
+
+FORMATS = ("seed", "line", "hex", "json")
+
+_UNNAMED = "(unnamed)"  # a unix peer with no address; as udpkit._net.addr spells it
+
+# hexdump -C's ASCII column: printable ASCII as is, everything else ".".
+_HEX_ASCII = bytes(b if 0x20 <= b < 0x7F else 0x2E for b in range(256))
+
+_json_dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def _unix_display(addr: object) -> str:
+    # Linux gives a pathname as str (os.fsdecode'd), an abstract name as
+    # bytes starting with NUL, and "" or None for an unbound peer.
+    if addr is None or addr in ("", b""):  # a tuple: addr may be unhashable
+        return _UNNAMED
+    if isinstance(addr, str):
+        try:
+            # Show undecodable path bytes as \xNN, not as their U+DCxx stand-in.
+            return escape_bytes(addr.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            return escape_text(addr)
+    if isinstance(addr, bytes):
+        if addr[:1] == b"\0":
+            return "@" + escape_bytes(addr[1:])  # the usual spelling (ss, lsof)
+        return escape_bytes(addr)
+    return safe_repr(addr)
+
+
+def _ip_host_port(addr: object) -> tuple[str, int] | None:
+    # (host, port) or (host, port, flowinfo, scope_id); None for anything else.
+    if (
+        isinstance(addr, tuple)
+        and len(addr) in (2, 4)
+        and isinstance(addr[0], str)
+        and isinstance(addr[1], int)
+    ):
+        host: str = addr[0]
+        # Since Python 3.7 the host omits "%scope"; put it back (by interface name
+        # where the index names one), or a link-local peer would be unreachable
+        # from what we print.
+        if len(addr) == 4 and addr[3] and "%" not in host and isinstance(addr[3], int):
+            host = f"{host}%{escape_text(scope_text(addr[3]))}"
+        return host, addr[1]
+    return None
+
+
+def _peer_text(addr: object) -> str:
+    """Display text for a sockaddr: ``127.0.0.1:5005``, ``[::1]:5005``, a path."""
+    # Unix addresses are escaped here: _addr's text for them is not meant for a
+    # terminal (it keeps backslashes and surrogates). IP text is cleaned again
+    # too: nothing from the network reaches a terminal raw.
+    if addr is None or isinstance(addr, (str, bytes)):
+        return _unix_display(addr)
+    try:
+        return escape_controls(format_sockaddr(addr))
+    except (ValueError, TypeError, OverflowError):
+        return safe_repr(addr)
+
+
+def _iso_local(when: float) -> str:
+    return datetime.fromtimestamp(when).isoformat(timespec="microseconds")
+
+
+def _truncated_note(length: int, kept: int) -> str:
+    return f"truncated: {length} bytes, {kept} kept"
+
+
+def _header(data: bytes, peer: object, length: int, when: float, local: object) -> str:
+    parts = [_iso_local(when), _peer_text(peer)]
+    if local is not None:
+        parts += ["->", _peer_text(local)]
+    parts.append(f"{length} B")
+    if length > len(data):
+        parts.append(f"({_truncated_note(length, len(data))})")
+    return " ".join(parts)
+
+
+def _format_seed(data: bytes, peer: object, length: int, when: float, local: object) -> str:
+    text = f"Message from Client:{safe_repr(data)}\nClient IP Address:{safe_repr(peer)}\n"
+    if length > len(data):
+        text += f"({_truncated_note(length, len(data))})\n"
+    return text
+
+
+def _format_line(data: bytes, peer: object, length: int, when: float, local: object) -> str:
+    header = _header(data, peer, length, when, local)
+    if not data:
+        return header + "\n"
+    return f"{header} {escape_bytes(data)}\n"
+
+
+def _hex_rows(data: bytes) -> list[str]:
+    rows = []
+    for offset in range(0, len(data), 16):
+        chunk = data[offset : offset + 16]
+        left = chunk[:8].hex(" ")
+        right = chunk[8:].hex(" ")
+        ascii_ = chunk.translate(_HEX_ASCII).decode("ascii")
+        # Same columns as hexdump -C, short last row padded to line up.
+        rows.append(f"{offset:08x}  {left:<23}  {right:<23}  |{ascii_}|")
+    return rows
+
+
+def _format_hex(data: bytes, peer: object, length: int, when: float, local: object) -> str:
+    lines = [_header(data, peer, length, when, local), *_hex_rows(data)]
+    lines.append("")  # the final newline
+    return "\n".join(lines)
+
+
+def _format_json(data: bytes, peer: object, length: int, when: float, local: object) -> str:
+    host_port = _ip_host_port(peer)
+    peer_host: str | None
+    peer_port: int | None
+    if host_port is not None:
+        peer_host, peer_port = host_port
+    elif isinstance(peer, str):
+        peer_host, peer_port = (peer or None), None  # the raw path; JSON escapes it
+    elif peer is None or peer == b"":
+        peer_host, peer_port = None, None
+    else:
+        peer_host, peer_port = _unix_display(peer), None
+    try:
+        text: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    record: dict[str, object] = {
+        "time": when,
+        # From UTC to local, so a DST fold cannot make the offset ambiguous.
+        "iso_time": datetime.fromtimestamp(when, UTC)
+        .astimezone()
+        .isoformat(timespec="microseconds"),
+        "peer": _peer_text(peer),
+        "peer_host": peer_host,
+        "peer_port": peer_port,
+        "length": length,
+        "kept": len(data),
+        "truncated": length > len(data),
+        "payload_b64": base64.b64encode(data).decode("ascii"),
+        "text": text,
+    }
+    if local is not None:
+        record["local"] = _peer_text(local)
+    return _json_dumps(record) + "\n"
+
+
+_FORMATTERS: dict[str, Callable[[bytes, object, int, float, object], str]] = {
+    "seed": _format_seed,
+    "line": _format_line,
+    "hex": _format_hex,
+    "json": _format_json,
+}
+
+
+def _unknown_format(fmt: str) -> UsageError:
+    return UsageError(f"unknown output format {fmt!r}: must be one of {', '.join(FORMATS)}")
+
+
+def banner(fmt: str, transport: str = "UDP") -> tuple[str, bool]:
+    """Return the start-up banner for output format ``fmt``.
+
+    Args:
+        fmt: One of :data:`FORMATS`.
+        transport: ``"UDP"``, ``"TCP"``, ``"Unix datagram"`` or ``"Unix stream"``.
+
+    Returns:
+        ``(text, to_stderr)``: the text ends in a newline, e.g. ``"UDP server up
+        and listening\\n"``; ``to_stderr`` is True only for ``"json"``, so that
+        stdout stays pure JSON Lines.
+
+    Raises:
+        UsageError: ``fmt`` is not one of :data:`FORMATS`.
+    """
+    if fmt not in _FORMATTERS:
+        raise _unknown_format(fmt)
+    return f"{escape_text(transport)} server up and listening\n", fmt == "json"
+
+
+def format_datagram(
+    fmt: str,
+    data: bytes | bytearray | memoryview,
+    peer: object,
+    *,
+    length: int | None = None,
+    when: float | None = None,
+    local: object = None,
+) -> str:
+    """Render one received datagram in output format ``fmt``.
+
+    Args:
+        fmt: One of :data:`FORMATS`.
+        data: The bytes kept (at most the receive buffer's size).
+        peer: The sender's address as the OS gave it: a tuple for IP, a str,
+            bytes or None for a unix peer.
+        length: The datagram's real length on the wire; None means
+            ``len(data)``. Larger than ``len(data)`` marks it truncated.
+        when: Wall-clock arrival time (``time.time()``); None means now.
+        local: The local address it arrived on; shown by ``line``, ``hex``
+            and ``json`` when not None (``seed`` keeps the textbook's lines).
+
+    Returns:
+        The text for this datagram, ending in ``"\\n"`` (several lines for
+        ``seed`` and ``hex``). Every character from the peer is escaped.
+
+    Raises:
+        UsageError: ``fmt`` is not one of :data:`FORMATS`, or ``length`` is
+            less than ``len(data)``.
+    """
+    try:
+        formatter = _FORMATTERS[fmt]
+    except KeyError:
+        raise _unknown_format(fmt) from None
+    if type(data) is not bytes:
+        data = bytes(data)  # repr, translate and slicing below want real bytes
+    if length is None:
+        length = len(data)
+    elif length < len(data):
+        raise UsageError(f"invalid length {length}: must be at least the {len(data)} bytes kept")
+    if when is None:
+        when = time.time()
+    if type(peer) is tuple and len(peer) == 4 and peer[0].startswith("::ffff:"):
+        peer = _unmap(peer)
+    return formatter(data, peer, length, when, local)
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _unmap(peer: tuple[str, int, int, int]) -> object:
+    """Show an IPv4 peer of a dual-stack socket as the IPv4 address it is.
+
+    ``('::ffff:127.0.0.1', 5005, 0, 0)`` reads ``('127.0.0.1', 5005)``, as an
+    IPv4 socket would report it; anything else is left alone.
+    """
+    v4 = peer[0][7:]
+    parts = v4.split(".")
+    if len(parts) == 4 and all(p.isdigit() for p in parts):
+        return (v4, peer[1])
+    return peer
+
+
+def format_summary(
+    received: int, bytes_: int, peers: int | None, truncated: int, **extra: int | str
+) -> str:
+    """Return the one-line shutdown summary (for stderr), without a newline.
+
+    Args:
+        received: Datagrams received.
+        bytes_: Bytes received (on the wire).
+        peers: Distinct peers seen, or ``None`` when they were not counted.
+        truncated: Datagrams that were truncated.
+        **extra: More counters, appended as ``name=value`` in the given order.
+
+    Returns:
+        E.g. ``"udpkit: 3 datagrams, 48 bytes from 1 peer, 0 truncated"``, or
+        ``"udpkit: 1 datagram, 5 bytes from 1 peer, 0 truncated; dropped=2"``.
+    """
+    source = "" if peers is None else f" from {_plural(peers, 'peer')}"
+    text = (
+        f"udpkit: {_plural(received, 'datagram')}, {_plural(bytes_, 'byte')}{source}, "
+        f"{truncated} truncated"
+    )
+    if extra:
+        text += "; " + " ".join(f"{name}={value}" for name, value in extra.items())
+    return text

@@ -1,0 +1,223 @@
+"""Client exchanges: send a message and wait for the answer, with deadlines.
+
+One monotonic deadline per attempt, computed once and passed to every wait;
+``retries`` resends after an attempt's deadline passes with no answer.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from typing import TYPE_CHECKING, Any
+
+from udpkit._core.errors import (
+    ConnectionRefused,
+    MessageTooLarge,
+    NetworkError,
+    Timeout,
+    UsageError,
+)
+from udpkit._net.sockets import Datagram, DatagramSocket
+
+if TYPE_CHECKING:
+    from udpkit._net.stream import StreamSocket
+
+__all__ = ["request", "request_all", "stream_request"]
+
+# After a stream reply starts, a pause this long with nothing more means the
+# server has said all it will say to this message (it may keep the connection).
+_STREAM_IDLE_GAP = 0.25
+
+
+def _check_timing(timeout: float, retries: int) -> None:
+    if not timeout >= 0:  # also rejects NaN
+        raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
+    if retries < 0:
+        raise UsageError(f"invalid retries {retries!r}: must be a whole number >= 0")
+
+
+def _path_mtu_error(exc: NetworkError, size: int) -> NetworkError:
+    """The last attempt's ICMP "fragmentation needed" / "packet too big", said plainly."""
+    what = str(exc).rpartition(": ")[0] or "receive"  # "receive from HOST:PORT"
+    return NetworkError(
+        errno.EMSGSIZE,
+        f"{what}: the path MTU is smaller than the {size}-byte datagram (ICMP "
+        "fragmentation needed / packet too big, again after a resend): send less, or "
+        "allow more resends (--retries N, or retries=N)",
+    )
+
+
+def _send(sock: DatagramSocket, message: bytes, to: Any) -> None:
+    """Send once; a kernel EMSGSIZE left over from an earlier datagram's ICMP is retried."""
+    try:
+        sock.send(message, to)
+    except MessageTooLarge as exc:
+        cause = exc.__cause__
+        if not (isinstance(cause, OSError) and cause.errno == errno.EMSGSIZE):
+            raise  # over the family's limit: checked before sending, final
+        # An ICMP packet-too-big for an earlier datagram is reported on the next
+        # call, and that call sends nothing (the report is consumed): send again.
+        # A datagram the kernel itself refuses fails the same way again.
+        sock.send(message, to)
+
+
+def request(
+    sock: DatagramSocket,
+    message: bytes,
+    to: Any = None,
+    *,
+    timeout: float = 2.0,
+    retries: int = 0,
+    bufsize: int = 65535,
+) -> tuple[Datagram, int]:
+    """Send ``message`` and return the first datagram that comes back.
+
+    Args:
+        sock: the socket to use; connected (``to`` is ``None``) or not.
+        message: the payload (zero-length is allowed).
+        to: the destination for an unconnected socket (e.g. a broadcast address).
+        timeout: seconds to wait for an answer after each send.
+        retries: how many times to resend when an attempt gets no answer.
+        bufsize: receive buffer; a longer answer comes back marked truncated.
+
+    Returns:
+        ``(reply, attempts)``: the answer and how many attempts it took (a resend
+        after "packet too big" is part of its attempt).
+
+    Raises:
+        Timeout: no answer after ``retries + 1`` attempts.
+        ConnectionRefused: nothing listens at the destination (ICMP port
+            unreachable, seen on a connected socket) on the last attempt.
+        NetworkError: ``errno.EMSGSIZE``: the last attempt drew ICMP
+            "fragmentation needed" / "packet too big" again after its resend
+            (the path MTU is smaller than the datagram).  One such report per
+            attempt is soft: the kernel has learned the path MTU, and the
+            attempt is resent at once, fragmented to it.
+        MessageTooLarge: over the family's largest datagram (at once).
+        UsageError: negative ``timeout`` or ``retries``.
+    """
+    _check_timing(timeout, retries)
+    for attempt in range(1, retries + 2):
+        # Only the last attempt's outcome counts: a server that came up
+        # after a refused attempt but stays silent is a timeout, not "refused".
+        last = attempt > retries
+        resent = False
+        deadline = time.monotonic() + timeout
+        _send(sock, message, to)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                return sock.recv(bufsize, timeout=left), attempt
+            except Timeout:
+                break
+            except ConnectionRefused:
+                if last:
+                    raise
+                # Nobody listens yet: wait out this attempt before resending,
+                # so retries give a starting server time instead of spinning.
+                time.sleep(max(0.0, deadline - time.monotonic()))
+                break
+            except NetworkError as exc:
+                if exc.errno != errno.EMSGSIZE:
+                    raise
+                # ICMP "fragmentation needed" / "packet too big": a router dropped
+                # the datagram for its size (never over the limit: that is
+                # checked before sending).  The kernel has learned the path MTU
+                # and fragments a resend to fit, so the attempt is resent at
+                # once, one time; a second report in the attempt ends it (soft,
+                # like a refusal) and, on the last attempt, is the error.
+                if resent:
+                    if last:
+                        raise _path_mtu_error(exc, len(message)) from exc
+                    break
+                resent = True
+                deadline = time.monotonic() + timeout
+                _send(sock, message, to)
+    tries = "attempt" if retries == 0 else "attempts"
+    raise Timeout(f"no reply within {timeout:g} s ({retries + 1} {tries})")
+
+
+def request_all(
+    sock: DatagramSocket,
+    message: bytes,
+    to: Any = None,
+    *,
+    timeout: float = 2.0,
+    bufsize: int = 65535,
+    limit: int = 4096,
+) -> list[Datagram]:
+    """Send ``message`` once and collect every datagram that comes back within ``timeout``.
+
+    For discovery: a request to a broadcast address or a multicast group is
+    answered by every responder, each from its own address (use an unconnected
+    socket, as :func:`udpkit.udp_bind` makes, and pass ``to``).
+
+    Args:
+        sock: the socket to use; connected (``to`` is ``None``) or not.
+        message: the payload (zero-length is allowed).
+        to: the destination for an unconnected socket.
+        timeout: seconds to collect for, from the send.
+        bufsize: receive buffer; a longer answer comes back marked truncated.
+        limit: stop after this many replies.
+
+    Returns:
+        The replies in arrival order (empty when none came).
+
+    Raises:
+        ConnectionRefused: on a connected socket, nothing listens at the peer.
+        UsageError: a negative ``timeout`` or a ``limit`` below 1.
+    """
+    _check_timing(timeout, 0)
+    if limit < 1:
+        raise UsageError(f"invalid limit {limit!r}: must be 1 or more replies")
+    deadline = time.monotonic() + timeout
+    sock.send(message, to)
+    replies: list[Datagram] = []
+    while len(replies) < limit:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            replies.append(sock.recv(bufsize, timeout=left))
+        except Timeout:
+            break
+        except ConnectionRefused:
+            if to is None:
+                raise  # a connected socket has one peer, and nothing listens there
+            continue  # one responder's port was closed: the others may still answer
+    return replies
+
+
+def stream_request(
+    conn: StreamSocket, message: bytes, *, timeout: float = 2.0, bufsize: int = 65535
+) -> bytes:
+    """Send ``message`` on a stream connection and collect the answer.
+
+    The answer ends at end-of-file, or when nothing more arrives for a short
+    pause after it began (a server may keep the connection open).
+
+    Raises:
+        Timeout: nothing arrived within ``timeout`` seconds.
+    """
+    _check_timing(timeout, 0)
+    conn.send_all(message)
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if chunks:
+            left = min(left, _STREAM_IDLE_GAP) if left > 0 else _STREAM_IDLE_GAP
+        if left <= 0:
+            break
+        try:
+            data = conn.recv(bufsize, timeout=left)
+        except Timeout:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    if not chunks:
+        raise Timeout(f"no reply within {timeout:g} s")
+    return b"".join(chunks)

@@ -1,0 +1,107 @@
+"""Prometheus metrics for a running server: every engine, policy and recording counter.
+
+prometheus-client is imported only when ``--metrics`` is asked for, so it
+costs nothing on the ``send``/``serve`` start-up path otherwise.  Figures are
+read at scrape time from a callable that returns the server's current
+counters, so nothing is copied on the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from udpkit._core.errors import UsageError, map_oserror
+
+__all__ = ["serve_metrics"]
+
+_PREFIX = "udpkit"
+
+# (counter key in ServeStats.as_dict(), metric name, help)
+_COUNTERS = (
+    ("received", "datagrams_received", "Datagrams read from the socket, whole or truncated."),
+    ("bytes_received", "bytes_received", "Bytes received, by real length on the wire."),
+    ("truncated", "datagrams_truncated", "Datagrams longer than the receive buffer."),
+    ("truncated_bytes_lost", "truncated_bytes_lost", "Bytes cut off by truncation."),
+    ("replies", "replies_sent", "Replies sent."),
+    ("bytes_sent", "bytes_sent", "Reply bytes sent."),
+    ("handler_errors", "handler_errors", "Exceptions raised by the handler."),
+    ("unreplyable", "unreplyable", "Datagrams from peers with no address to answer."),
+)
+
+
+def serve_metrics(
+    addr: tuple[str, int], snapshot: Callable[[], dict[str, Any]]
+) -> tuple[Callable[[], None], str]:
+    """Serve Prometheus text format at ``http://HOST:PORT/metrics`` from a daemon thread.
+
+    Args:
+        addr: the (host, port) to listen on.
+        snapshot: returns the current counters (``ServeStats.as_dict()`` shape,
+            plus optional ``"record"``: dict of recording counters).
+
+    Returns:
+        A function that stops the metrics server, and the URL it serves.
+
+    Raises:
+        UsageError: prometheus-client is not installed.
+        NetworkError: the address cannot be bound.
+    """
+    try:
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    except ImportError:
+        raise UsageError(
+            "--metrics needs prometheus-client: pip install prometheus-client"
+        ) from None
+
+    class _Collector:
+        def collect(self) -> Iterator[Any]:
+            snap = snapshot()
+            for key, name, doc in _COUNTERS:
+                c = CounterMetricFamily(f"{_PREFIX}_{name}", doc)
+                c.add_metric([], float(snap.get(key) or 0))
+                yield c
+            drops = snap.get("kernel_drops")
+            g = GaugeMetricFamily(
+                f"{_PREFIX}_kernel_drops",
+                "Datagrams the kernel dropped for a full receive buffer (absent when unknown).",
+            )
+            if drops is not None:
+                g.add_metric([], float(drops))
+            yield g
+            errs = CounterMetricFamily(
+                f"{_PREFIX}_reply_errors", "Reply send errors by errno.", labels=["errno"]
+            )
+            for code, n in sorted((snap.get("reply_errors") or {}).items()):
+                errs.add_metric([str(code)], float(n))
+            yield errs
+            pol = CounterMetricFamily(
+                f"{_PREFIX}_policy", "Policy decisions by kind.", labels=["kind"]
+            )
+            for kind, n in sorted((snap.get("policy") or {}).items()):
+                pol.add_metric([kind], float(n))
+            yield pol
+            rec = CounterMetricFamily(
+                f"{_PREFIX}_record", "Recording counters by kind.", labels=["kind"]
+            )
+            for kind, n in sorted((snap.get("record") or {}).items()):
+                rec.add_metric([kind], float(n))
+            yield rec
+
+    registry = CollectorRegistry()
+    registry.register(_Collector())
+    try:
+        server, thread = start_http_server(addr[1], addr=addr[0], registry=registry)
+    except OSError as exc:
+        raise map_oserror(exc, f"cannot serve metrics on {addr[0]}:{addr[1]}") from exc
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+    host, port = server.server_address[:2]
+    host = host.decode() if isinstance(host, bytes) else host
+    shown = f"[{host}]" if ":" in host else host
+    return stop, f"http://{shown}:{port}/metrics"

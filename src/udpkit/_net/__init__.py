@@ -1,0 +1,1 @@
+"""The OS layer: addresses, sockets, multicast, the recvmmsg/sendmmsg bindings and kernel facts."""
