@@ -119,8 +119,8 @@ _peer = st.one_of(
 
 
 @settings(max_examples=300)
-@given(peer=_peer, size=st.integers(0, 70000), cookie=st.binary(max_size=40))
-def test_admit_never_raises(peer: Any, size: int, cookie: bytes) -> None:
+@given(peer=_peer, size=st.integers(0, 70000))
+def test_admit_never_raises(peer: Any, size: int) -> None:
     policy = Policy(
         deny=["10.0.0.0/8"],
         rate_limit="5/s:2",
@@ -130,8 +130,6 @@ def test_admit_never_raises(peer: Any, size: int, cookie: bytes) -> None:
     )
     assert policy.admit(peer, size, 1.0) in (ADMIT, DENIED, RATE_LIMITED)
     assert isinstance(policy.may_reply(peer, size, 1.0), bool)
-    assert policy.check_cookie(peer, cookie, 1.0) is False  # random bytes never validate
-    assert policy.check_cookie(peer, policy.make_cookie(peer, 1.0), 1.0) is True
     assert all(isinstance(v, int) and v >= 0 for v in policy.counters.values())
 
 

@@ -192,13 +192,11 @@ def test_fixed_needs_bytes() -> None:
 
 
 def test_a_source_that_spent_beyond_its_factor_is_decided_per_datagram() -> None:
-    """A validated source may get more than its factor; once validation lapses, a whole
-    batch must not be cleared on the factor alone (its budget is already overdrawn)."""
-    policy = Policy(local=LOCAL, validation_ttl=1.0)
+    """A source charged past its factor (address validation once allowed it) must not
+    have a whole batch cleared on the factor alone: its budget is already overdrawn."""
+    policy = Policy(local=LOCAL)
     step = ServeStep(ECHO, policy=policy)
-    policy.admit(REMOTE, 10, 0.0)
-    assert policy.check_cookie(REMOTE, policy.make_cookie(REMOTE, 0.0), 0.0)
-    assert policy.may_reply(REMOTE, 100, 0.5)  # validated: 100 bytes for 10
+    policy.charge(REMOTE, 10, 100)  # 100 bytes sent for 10 received
     assert not step.serve_whole([REMOTE], [10])  # 100 > 1 x 10: not provable at once
-    _, replies = step.serve([dg(b"x" * 10, REMOTE)], now=5.0)  # validation over
+    _, replies = step.serve([dg(b"x" * 10, REMOTE)], now=5.0)
     assert replies == [] and policy.counters["over_budget"] == 1

@@ -30,14 +30,11 @@ its public names are re-exported here.
 from __future__ import annotations
 
 import enum
-import hmac
 import math
-import secrets
-import struct
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
-from typing import Any
 
+from udpkit._core.datagram import Peer, SockAddr
 from udpkit._core.errors import UsageError
 from udpkit._core.policy_rules import (
     RateLimit,
@@ -80,18 +77,11 @@ RATE_LIMITED = Verdict.RATE_LIMITED
 # server's memory then stays flat, large enough for the real clients of one host.
 DEFAULT_MAX_ENTRIES = 8192
 MAX_AMPLIFICATION = 3.0  # RFC 9000 §8.1's limit before address validation
-MAX_COOKIE_TTL = 60.0
 _PEER_CACHE_MAX = 4096
 
 # IPv6 keys get this bit so they never collide with IPv4 keys in one table.
 _V6_TAG = 1 << 128
-_MAPPED_PREFIX = 0xFFFF << 32  # ::ffff:0:0/96
 _V4_BROADCAST = 0xFFFFFFFF
-
-_COOKIE_VERSION = b"\x01"
-_COOKIE_EXPIRY = struct.Struct("!d")
-_COOKIE_MAC_LEN = 16  # 128-bit truncated HMAC-SHA256
-_COOKIE_LEN = 1 + _COOKIE_EXPIRY.size + _COOKIE_MAC_LEN
 
 _DEFAULT_TRUST = ("127.0.0.0/8", "::1/128", "::ffff:127.0.0.0/104")
 
@@ -100,8 +90,7 @@ _COUNTERS = (
     "admitted", "denied", "rate_limited", "rate_limited_logged", "over_budget",
     "unreplyable_port0", "unreplyable_invalid", "unreplyable_broadcast",
     "unreplyable_multicast", "unreplyable_unspecified", "unreplyable_self",
-    "unreplyable_denied", "cookies_issued", "cookies_valid", "cookies_invalid",
-    "rate_table_evictions", "budget_table_evictions",
+    "unreplyable_denied", "rate_table_evictions", "budget_table_evictions",
 )  # fmt: skip
 
 
@@ -113,7 +102,7 @@ class _Peer:
     def __init__(
         self, key: Hashable, rl_key: Hashable, denied: bool, trusted: bool, refuse: str | None
     ) -> None:
-        self.key = key  # amplification budget / cookie identity: the address
+        self.key = key  # amplification budget: the address
         self.rl_key = rl_key  # rate-limit bucket: the address or its prefix
         self.denied = denied
         self.trusted = trusted
@@ -121,12 +110,11 @@ class _Peer:
 
 
 class _Budget:
-    __slots__ = ("received", "sent", "validated_until")
+    __slots__ = ("received", "sent")
 
     def __init__(self) -> None:
         self.received = 0
         self.sent = 0
-        self.validated_until = -math.inf
 
 
 class _Bucket:
@@ -152,11 +140,6 @@ class Policy:
             the trusted set, 0 to 3 (RFC 9000's limit); 0 never answers them.
         trust: CIDRs added to the trusted set (loopback, always trusted), which is
             exempt from the amplification budget.
-        cookie_key: HMAC key for address-validation cookies, >= 16 bytes; random
-            (256 bits from :mod:`secrets`) when ``None``.  Share it between
-            worker processes so any worker can check any worker's cookie.
-        cookie_ttl: seconds a cookie stays valid, > 0 and <= 60.
-        validation_ttl: seconds a peer stays validated after a good cookie.
         local: the socket's own address (``getsockname()``); a wildcard host means
             "the own port on any local address".
         own_port: the own port, when ``local`` is not given (wildcard bind).
@@ -179,10 +162,7 @@ class Policy:
         log_only: bool = False,
         amplification: float = 1.0,
         trust: Iterable[str] | str | None = None,
-        cookie_key: bytes | None = None,
-        cookie_ttl: float = 30.0,
-        validation_ttl: float = 60.0,
-        local: tuple[Any, ...] | None = None,
+        local: SockAddr | None = None,
         own_port: int | None = None,
         local_addresses: Iterable[str] | str | None = None,
         broadcasts: Iterable[str] | str | None = None,
@@ -213,36 +193,20 @@ class Policy:
             )
         self.amplification = factor
 
-        if cookie_key is None:
-            cookie_key = secrets.token_bytes(32)
-        if not isinstance(cookie_key, bytes) or len(cookie_key) < 16:
-            raise UsageError("invalid cookie key: must be at least 16 bytes (128 bits)")
-        self._cookie_key = cookie_key
-        if not 0.0 < cookie_ttl <= MAX_COOKIE_TTL:
-            raise UsageError(
-                f"invalid cookie lifetime {cookie_ttl!r}: must be > 0 and <= 60 seconds"
-            )
-        self._cookie_ttl = float(cookie_ttl)
-        if not 0.0 < validation_ttl < math.inf:
-            raise UsageError(
-                f"invalid validation lifetime {validation_ttl!r}: must be a number of seconds > 0"
-            )
-        self._validation_ttl = float(validation_ttl)
-
         if not isinstance(max_entries, int) or max_entries < 1:
             raise UsageError(f"invalid table size {max_entries!r}: must be a whole number >= 1")
         self.max_entries = max_entries
 
         self._init_never_reply(local, own_port, local_addresses, broadcasts)
 
-        self._peers: dict[Any, _Peer] = {}
+        self._peers: dict[Peer, _Peer] = {}
         self._buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
         self._budgets: OrderedDict[Hashable, _Budget] = OrderedDict()
         self._c: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
 
     def _init_never_reply(
         self,
-        local: tuple[Any, ...] | None,
+        local: SockAddr | None,
         own_port: int | None,
         local_addresses: Iterable[str] | str | None,
         broadcasts: Iterable[str] | str | None,
@@ -262,7 +226,7 @@ class Policy:
             if not isinstance(local, tuple) or len(local) < 2:
                 raise UsageError(f"invalid local address {local!r}: expected (host, port)")
             if self._own_port is None:
-                self._own_port = local[1]
+                self._own_port = int(local[1])
             if _is_wildcard(local[0]):
                 self._wildcard = True
             else:
@@ -279,13 +243,7 @@ class Policy:
 
     # -- per-peer facts, cached -------------------------------------------------
 
-    def _lookup(self, peer: Any) -> _Peer:
-        try:
-            return self._peers[peer]
-        except (KeyError, TypeError):
-            return self._remember(peer)
-
-    def _remember(self, peer: Any) -> _Peer:
+    def _remember(self, peer: Peer) -> _Peer:
         info = self._classify(peer)
         try:
             if len(self._peers) >= _PEER_CACHE_MAX:
@@ -296,7 +254,7 @@ class Policy:
             pass
         return info
 
-    def _classify(self, peer: Any) -> _Peer:
+    def _classify(self, peer: Peer) -> _Peer:
         parsed = None
         port: object = None
         if isinstance(peer, tuple) and len(peer) >= 2:
@@ -360,7 +318,7 @@ class Policy:
 
     # -- the two questions ------------------------------------------------------
 
-    def admit(self, peer: Any, size: int, now: float) -> Verdict:
+    def admit(self, peer: Peer, size: int, now: float) -> Verdict:
         """Decide whether a datagram that arrived from ``peer`` is handled.
 
         Args:
@@ -388,7 +346,7 @@ class Policy:
         self._c["admitted"] += 1
         return ADMIT
 
-    def may_reply(self, peer: Any, reply_size: int, now: float) -> bool:
+    def may_reply(self, peer: Peer, reply_size: int, now: float) -> bool:
         """Decide whether a reply of ``reply_size`` bytes may go to ``peer`` now.
 
         ``True`` also charges the reply to the peer's budget: call it once per
@@ -417,9 +375,7 @@ class Policy:
         if budget is None:
             if reply_size <= 0:  # nothing received, so only an empty reply fits
                 return True
-        elif budget.validated_until >= now or (
-            budget.sent + reply_size <= self.amplification * budget.received
-        ):
+        elif budget.sent + reply_size <= self.amplification * budget.received:
             budget.sent += reply_size
             return True
         self._c["over_budget"] += 1
@@ -427,7 +383,7 @@ class Policy:
 
     # -- whole batches ----------------------------------------------------------
 
-    def reply_bound(self, peer: Any) -> float:
+    def reply_bound(self, peer: Peer) -> float:
         """How many reply bytes per request byte ``peer`` may always be sent.
 
         ``inf`` for a trusted source, the amplification factor for any other, and
@@ -446,10 +402,10 @@ class Policy:
             return math.inf
         budget = self._budgets.get(info.key)
         if budget is not None and budget.sent > self.amplification * budget.received:
-            return -1.0  # spent beyond its factor while validated: decide per datagram
+            return -1.0  # overdrawn (charged past its factor): decide per datagram
         return self.amplification
 
-    def charge(self, peer: Any, received: int, replied: int) -> None:
+    def charge(self, peer: Peer, received: int, replied: int) -> None:
         """Charge a batch's totals to ``peer``'s budget (nothing for a trusted peer).
 
         For a batch already cleared with :meth:`reply_bound` when no rule can
@@ -505,66 +461,6 @@ class Policy:
         else:
             budgets.move_to_end(key)
         return budget
-
-    # -- address validation -----------------------------------------------------
-
-    def _mac(self, key: Hashable, expiry: bytes) -> bytes:
-        msg = _COOKIE_VERSION + expiry + repr(key).encode()
-        return hmac.digest(self._cookie_key, msg, "sha256")[:_COOKIE_MAC_LEN]
-
-    def make_cookie(self, peer: Any, now: float) -> bytes:
-        """Make a stateless address-validation cookie for ``peer``.
-
-        The cookie is bound to the peer's address (not its port, so NAT
-        rebinding keeps it valid) and expires ``cookie_ttl`` seconds after ``now``.
-
-        Args:
-            peer: the sockaddr the cookie is sent to.
-            now: the monotonic clock.
-
-        Returns:
-            25 opaque bytes for the peer to echo back.
-        """
-        key = self._lookup(peer).key
-        expiry = _COOKIE_EXPIRY.pack(now + self._cookie_ttl)
-        self._c["cookies_issued"] += 1
-        return _COOKIE_VERSION + expiry + self._mac(key, expiry)
-
-    def check_cookie(self, peer: Any, cookie: object, now: float) -> bool:
-        """Check a cookie ``peer`` echoed; a good one lifts its amplification budget.
-
-        Args:
-            peer: the sockaddr the cookie came from.
-            cookie: the untrusted bytes the peer sent (any value: never raises).
-            now: the monotonic clock.
-
-        Returns:
-            ``True`` when the cookie was made for this address and has not
-            expired; the peer then stays validated for ``validation_ttl`` seconds.
-        """
-        ok = False
-        if isinstance(cookie, bytes | bytearray | memoryview):
-            raw = bytes(cookie)
-            if len(raw) == _COOKIE_LEN and raw[:1] == _COOKIE_VERSION:
-                expiry_raw = raw[1 : 1 + _COOKIE_EXPIRY.size]
-                (expiry,) = _COOKIE_EXPIRY.unpack(expiry_raw)
-                info = self._lookup(peer)
-                # NaN fails both comparisons, so a forged NaN expiry is rejected too.
-                ok = now <= expiry <= now + self._cookie_ttl and hmac.compare_digest(
-                    raw[1 + _COOKIE_EXPIRY.size :], self._mac(info.key, expiry_raw)
-                )
-                if ok:
-                    self._budget(info.key).validated_until = now + self._validation_ttl
-        self._c["cookies_valid" if ok else "cookies_invalid"] += 1
-        return ok
-
-    def is_validated(self, peer: Any, now: float) -> bool:
-        """Whether ``peer`` is trusted or holds an unexpired validation."""
-        info = self._lookup(peer)
-        if info.trusted:
-            return True
-        budget = self._budgets.get(info.key)
-        return budget is not None and budget.validated_until >= now
 
     # -- reporting --------------------------------------------------------------
 

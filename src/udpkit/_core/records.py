@@ -1,7 +1,9 @@
-"""Read recordings made by :class:`udpkit._loops.record.Recorder` (and foreign pcap files).
+"""The recording codec: parse recordings made by :class:`udpkit._loops.record.Recorder`
+(and foreign pcap files) from bytes or a byte stream, without touching the OS.
 
-Everything here parses untrusted bytes: :func:`read_records_untrusted` and
-:func:`parse_records_untrusted` raise only :class:`RecordError`.  A file that
+Everything here parses untrusted bytes: :func:`parse_records_untrusted` (and
+``udpkit.read_records_untrusted``, which opens a file and hands its stream to
+:class:`RecordReader`) raise only :class:`RecordError`.  A file that
 ends inside a record (``kill -9`` in the middle of a write) is not an error:
 every whole record before it is returned, and the torn tail is reported in
 :attr:`RecordReader.torn_tail_bytes`.  Formats are told apart by content.
@@ -19,8 +21,9 @@ import socket
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO
 
+from udpkit._core.datagram import AnySockAddr, SockAddr
 from udpkit._core.errors import UdpkitError
 
 __all__ = [
@@ -28,8 +31,8 @@ __all__ = [
     "Record",
     "RecordError",
     "RecordReader",
+    "format_from_name",
     "parse_records_untrusted",
-    "read_records_untrusted",
 ]
 
 RECORD_FORMATS = ("jsonl", "pcap")
@@ -60,8 +63,8 @@ class Record:
     """
 
     time: float
-    peer: Any
-    local: Any
+    peer: AnySockAddr
+    local: AnySockAddr
     length: int
     data: bytes
     offset: int
@@ -90,6 +93,13 @@ class RecordReader:
         name: the file name (or ``"<bytes>"``), for messages.
         format: ``"jsonl"`` or ``"pcap"`` (None until the first record is read).
         count: records yielded so far.
+
+    Args:
+        opener: called once, on the first ``next()``, for the stream to parse
+            (closed by the reader); an ``OSError`` it or a read raises becomes
+            :class:`RecordError`.
+        name: what messages call the recording (a file name, or ``"<bytes>"``).
+        fmt: ``"jsonl"`` or ``"pcap"``; None tells them apart by content.
     """
 
     def __init__(self, opener: Callable[[], io.BufferedReader], name: str, fmt: str | None) -> None:
@@ -133,34 +143,33 @@ class RecordReader:
                 ) from exc
 
 
-def read_records_untrusted(path: str | os.PathLike[str], fmt: str | None = None) -> RecordReader:
-    """Read a recording (JSONL or pcap) that may be torn or hostile.
+def parse_records_untrusted(data: bytes, fmt: str | None = None) -> RecordReader:
+    """Parse a recording (JSONL or pcap) held in memory that may be torn or hostile.
 
     Args:
-        path: the file; it is opened on the first ``next()``.
+        data: the recording's bytes.
         fmt: ``"jsonl"`` or ``"pcap"``; None tells them apart by content.
 
     Returns:
         A :class:`RecordReader`: iterate it for the records.
 
     Raises:
-        RecordError: (while iterating) the file cannot be read or is not a
-            recording; never anything else.
+        RecordError: (while iterating) the bytes are not a recording; never
+            anything else.
     """
-    p = os.fspath(path)
-    return RecordReader(lambda: open(p, "rb"), p, fmt)  # closed by the reader
-
-
-def parse_records_untrusted(data: bytes, fmt: str | None = None) -> RecordReader:
-    """Like :func:`read_records_untrusted`, over bytes in memory."""
     return RecordReader(lambda: io.BufferedReader(io.BytesIO(data)), "<bytes>", fmt)
+
+
+def format_from_name(name: str) -> str | None:
+    """The recording format a file name's suffix names (``.jsonl``, ``.ndjson``, ``.pcap``)."""
+    return _SUFFIXES.get(os.path.splitext(name)[1].lower())
 
 
 def _sniff(head: bytes, name: str) -> str:
     if not head or any(m.startswith(head) for m in _PCAP_MAGIC):
         # Empty, or a pcap header cut short: only the name can tell.
         if not head:
-            return _SUFFIXES.get(os.path.splitext(name)[1].lower(), "jsonl")
+            return format_from_name(name) or "jsonl"
         return "pcap"
     if head.lstrip()[:1] in (b"{", b""):
         return "jsonl"
@@ -228,7 +237,9 @@ _LINKS: dict[int, Callable[[bytes], tuple[int, int]]] = {
 }
 
 
-def _parse_packet(link: int, pkt: bytes, orig: int, where: str) -> tuple[Any, Any, int, bytes]:
+def _parse_packet(
+    link: int, pkt: bytes, orig: int, where: str
+) -> tuple[SockAddr, SockAddr, int, bytes]:
     off, etype = _LINKS[link](pkt)
     ip = pkt[off:]
     version = ip[0] >> 4 if ip else 0
@@ -258,7 +269,7 @@ def _parse_packet(link: int, pkt: bytes, orig: int, where: str) -> tuple[Any, An
         raise RecordError(f"{where}: invalid UDP length {ulen}: must be 0 or at least 8")
     data = ip[hl + 8 : hl + 8 + length]  # drops Ethernet padding
 
-    def addr(packed: bytes, port: int) -> Any:
+    def addr(packed: bytes, port: int) -> SockAddr:
         host = socket.inet_ntop(fam, packed)
         return (host, port) if fam == socket.AF_INET else (host, port, 0, 0)
 
@@ -315,7 +326,7 @@ def _parse_json(line: bytes, offset: int, where: str) -> Record:
     return Record(float(when), peer, local, length, data, offset)
 
 
-def _json_sockaddr(host: Any, port: Any, where: str, name: str) -> Any:
+def _json_sockaddr(host: object, port: object, where: str, name: str) -> SockAddr | None:
     if port is None:
         if host is None or (isinstance(host, str) and not host.startswith("\0")):
             return host or None

@@ -30,10 +30,10 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import is_not
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
+from udpkit._core.datagram import Datagram, Payload, Peer
 from udpkit._core.policy import ADMIT, Policy
-from udpkit._net.sockets import Datagram
 
 __all__ = [
     "ECHO",
@@ -122,7 +122,7 @@ class BatchAnswer(Protocol):
     def answer_batch(self, batch: Sequence[Datagram]) -> Sequence[bytes | None]: ...
 
 
-def reply_items(r: Any) -> Iterator[Any]:
+def reply_items(r: object) -> Iterator[Payload]:
     """The datagrams a handler's non-bytes reply stands for; a bad one is a TypeError.
 
     The message names what the handler returned: a ``str`` would otherwise be
@@ -142,7 +142,7 @@ def reply_items(r: Any) -> Iterator[Any]:
         yield x
 
 
-def _unnamed(peer: Any) -> bool:
+def _unnamed(peer: Peer) -> bool:
     # An unbound Unix-domain client has no address to answer to.
     return peer is None or peer in ("", b"")
 
@@ -151,11 +151,11 @@ class PeerSet:
     """Distinct peers in fixed memory: an exact set while small, then linear counting."""
 
     def __init__(self) -> None:
-        self.seen: set[Any] = set()
+        self.seen: set[Peer] = set()
         self.sketch: bytearray | None = None
         self.zeros = _SKETCH_BITS
 
-    def _mark(self, peers: Iterable[Any]) -> None:
+    def _mark(self, peers: Iterable[Peer]) -> None:
         sketch = self.sketch
         assert sketch is not None
         mask = _SKETCH_BITS - 1
@@ -166,7 +166,7 @@ class PeerSet:
                 sketch[h >> 3] |= bit
                 self.zeros -= 1
 
-    def add(self, peers: Iterable[Any]) -> None:
+    def add(self, peers: Iterable[Peer]) -> None:
         """Note these peers (repeats cost a set lookup each)."""
         if self.sketch is not None:
             self._mark(peers)
@@ -255,7 +255,7 @@ class ServeStep:
         self._screen = policy is not None and policy.screens_arrivals
         # Admission has work to do: a rule may refuse, or replies spend earned budget.
         self._admits = policy is not None and (self._screen or answer is not None)
-        self._bounds: dict[Any, float] = {}
+        self._bounds: dict[Peer, float] = {}
         # A whole batch may be decided at once: a reply known without calling up,
         # nothing to show, no rule that refuses arrivals.
         self._wholesale = (self._echo or self._fixed is not None) and observer is None
@@ -278,7 +278,7 @@ class ServeStep:
             return ECHO
         return self._fixed
 
-    def _bound(self, peer: Any) -> float:
+    def _bound(self, peer: Peer) -> float:
         bounds = self._bounds
         b = bounds.get(peer)
         if b is None:
@@ -290,7 +290,7 @@ class ServeStep:
                 bounds[peer] = b
         return b
 
-    def _clear(self, peers: Collection[Any], need: float) -> tuple[bool, Any]:
+    def _clear(self, peers: Collection[Peer], need: float) -> tuple[bool, Peer]:
         """Whether every reply of a batch provably fits, and the one source to charge.
 
         ``need``: reply bytes per request byte the batch may reach.  Trusted
@@ -310,7 +310,7 @@ class ServeStep:
                 return False, None
         return True, None
 
-    def serve_one(self, peer: Any, length: int) -> bool:
+    def serve_one(self, peer: Peer, length: int) -> bool:
         """:meth:`serve_whole` for a batch of one datagram (the cost of a lone request)."""
         if not self._wholesale:
             return False
@@ -331,7 +331,7 @@ class ServeStep:
         return True
 
     def serve_whole(
-        self, peers: Collection[Any], lens: Sequence[int], count: int | None = None
+        self, peers: Collection[Peer], lens: Sequence[int], count: int | None = None
     ) -> bool:
         """Decide a whole batch for :attr:`whole_reply`, or say it must go per datagram.
 
@@ -378,8 +378,8 @@ class ServeStep:
         return True
 
     def serve(
-        self, batch: Sequence[Datagram], now: float, peers: Collection[Any] | None = None
-    ) -> tuple[Sequence[int], list[Any]]:
+        self, batch: Sequence[Datagram], now: float, peers: Collection[Peer] | None = None
+    ) -> tuple[Sequence[int], list[Payload]]:
         """Serve one batch, datagram by datagram where it must.
 
         Args:
@@ -393,7 +393,7 @@ class ServeStep:
         """
         policy = self.policy
         checked = policy is not None
-        charged: Any = None
+        charged: Peer = None  # the one untrusted source a cleared batch is charged to
         # Every source an address (never an unbound Unix client): no check per datagram.
         named = peers is not None and all([type(p) is tuple for p in peers])
         index: Sequence[int] = range(len(batch))
@@ -423,7 +423,7 @@ class ServeStep:
             self.observer(batch)
         if self.answer is None or not batch:
             return (), []
-        out: tuple[Sequence[int], list[Any]]
+        out: tuple[Sequence[int], list[Payload]]
         if self._batch_answer is not None:
             out = self._answer_batch(batch, index, now, checked)
         elif not checked and named and not self.halted:
@@ -437,13 +437,13 @@ class ServeStep:
 
     def _answer_mapped(
         self, batch: Sequence[Datagram], index: Sequence[int]
-    ) -> tuple[Sequence[int], list[Any]]:
+    ) -> tuple[Sequence[int], list[Payload]]:
         """Call the handler on every datagram with no Python loop of our own around it.
 
         For batches whose sources are all addresses and whose replies need no
         budget check.  A handler that raises is counted and the rest go on.
         """
-        results: list[Any] = []
+        results: list[object] = []
         calls = map(self.answer, batch)  # type: ignore[arg-type]
         while True:
             try:
@@ -457,25 +457,26 @@ class ServeStep:
             return (), []
         kinds = set(map(type, results))
         if kinds <= _PLAIN:
+            plain = cast("list[bytes | None]", results)
             if not nothing:
-                return index, results
-            keep = list(map(is_not, results, repeat(None)))
-            return list(compress(index, keep)), list(compress(results, keep))
+                return index, cast("list[Payload]", plain)
+            keep = list(map(is_not, plain, repeat(None)))
+            return list(compress(index, keep)), cast("list[Payload]", list(compress(plain, keep)))
         sources: list[int] = []
-        replies: list[Any] = []
+        replies: list[Payload] = []
         for j, r in zip(index, results, strict=True):
             self._take(j, None, r, 0.0, None, sources, replies)
         return sources, replies
 
     def _answer_each(
         self, batch: Sequence[Datagram], index: Sequence[int], now: float, checked: bool
-    ) -> tuple[Sequence[int], list[Any]]:
+    ) -> tuple[Sequence[int], list[Payload]]:
         answer = self.answer
         assert answer is not None and callable(answer)
         may_reply = self.policy.may_reply if checked and self.policy is not None else None
         st = self.stats
         sources: list[int] = []
-        replies: list[Any] = []
+        replies: list[Payload] = []
         for j, d in zip(index, batch, strict=True):
             peer = d[1]
             if type(peer) is not tuple and _unnamed(peer):
@@ -495,12 +496,12 @@ class ServeStep:
     def _take(  # noqa: PLR0917 - the answering loop's locals
         self,
         j: int,
-        peer: Any,
-        r: Any,
+        peer: Peer,
+        r: object,
         now: float,
-        may_reply: Callable[[Any, int, float], bool] | None,
+        may_reply: Callable[[Peer, int, float], bool] | None,
         sources: list[int],
-        replies: list[Any],
+        replies: list[Payload],
     ) -> None:
         """Add what a handler returned for datagram ``j``: checked, each reply within budget."""
         if r is None:
@@ -515,7 +516,7 @@ class ServeStep:
 
     def _answer_batch(
         self, batch: Sequence[Datagram], index: Sequence[int], now: float, checked: bool
-    ) -> tuple[list[int], list[Any]]:
+    ) -> tuple[list[int], list[Payload]]:
         assert self._batch_answer is not None
         try:
             answers = self._batch_answer.answer_batch(batch)
@@ -524,7 +525,7 @@ class ServeStep:
             return [], []
         may_reply = self.policy.may_reply if checked and self.policy is not None else None
         sources: list[int] = []
-        replies: list[Any] = []
+        replies: list[Payload] = []
         for j, d, r in zip(index, batch, answers, strict=True):
             if r is not None and (may_reply is None or may_reply(d[1], len(r), now)):
                 sources.append(j)

@@ -28,11 +28,11 @@ Formats:
     have no IP address: they are written as ``192.0.2.1`` port 0 to
     ``192.0.2.2`` port 0 (TEST-NET-1, RFC 5737, never routed).
 
-Reading (``_record_read.py``, re-exported here) goes through
-:func:`read_records_untrusted` (a file) or :func:`parse_records_untrusted`
-(bytes), which raise only :class:`RecordError` and recover every whole record
-before a torn tail (what ``kill -9`` in the middle of a write leaves),
-reporting the tail instead of failing.
+Reading goes through :func:`read_records_untrusted` (a file, opened here) or
+:func:`parse_records_untrusted` (bytes); the parsing itself is the I/O-free
+codec in ``udpkit._core.records``.  Both raise only :class:`RecordError` and
+recover every whole record before a torn tail (what ``kill -9`` in the middle
+of a write leaves), reporting the tail instead of failing.
 """
 
 from __future__ import annotations
@@ -51,22 +51,21 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _jstr
-from typing import Any
+from typing import TypeVar
 
+from udpkit._core.datagram import Datagram, Peer, SockAddr
 from udpkit._core.errors import UdpkitError, UsageError, map_oserror
 from udpkit._core.records import (
     _SNAPLEN,
-    _SUFFIXES,
     _UDP,
     RECORD_FORMATS,
     Record,
     RecordError,
     RecordReader,
+    format_from_name,
     parse_records_untrusted,
-    read_records_untrusted,
 )
 from udpkit._net.addr import format_sockaddr
-from udpkit._net.sockets import Datagram
 
 __all__ = [
     "RECORD_FORMATS",
@@ -82,6 +81,7 @@ __all__ = [
 DEFAULT_QUEUE_MAX = 65536  # datagrams waiting for the writer
 _CHUNK = 1 << 20  # bytes encoded before one os.write: bounds the writer's memory
 _CACHE_MAX = 4096  # peers whose encoded address is remembered
+_V = TypeVar("_V")
 
 _LINKTYPE_RAW = 101
 _PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, _SNAPLEN, _LINKTYPE_RAW)
@@ -111,7 +111,25 @@ def _csum_sum(data: bytes) -> int:
 _Ip = tuple[int, bytes, int]  # (family, packed address, port) as a pcap header wants it
 
 
-def _ip_of(addr: Any) -> _Ip | None:
+def read_records_untrusted(path: str | os.PathLike[str], fmt: str | None = None) -> RecordReader:
+    """Read a recording (JSONL or pcap) that may be torn or hostile.
+
+    Args:
+        path: the file; it is opened on the first ``next()``.
+        fmt: ``"jsonl"`` or ``"pcap"``; None tells them apart by content.
+
+    Returns:
+        A :class:`RecordReader`: iterate it for the records.
+
+    Raises:
+        RecordError: (while iterating) the file cannot be read or is not a
+            recording; never anything else.
+    """
+    p = os.fspath(path)
+    return RecordReader(lambda: open(p, "rb"), p, fmt)  # closed by the reader
+
+
+def _ip_of(addr: Peer) -> _Ip | None:
     if not (isinstance(addr, tuple) and len(addr) in (2, 4) and isinstance(addr[0], str)):
         return None
     host, port = addr[0].partition("%")[0], addr[1]
@@ -155,10 +173,10 @@ def _pcap_packet(src: _Ip, dst: _Ip, data: bytes, length: int, now: float) -> by
     return rec + head + kept
 
 
-def _json_addr(addr: Any) -> tuple[str, str, int | None]:
+def _json_addr(addr: Peer) -> tuple[str, str, int | None]:
     """(display, host, port) of a sockaddr, for the JSONL fields."""
-    if _ip_of(addr) is not None:
-        host: str = addr[0]
+    if isinstance(addr, tuple) and _ip_of(addr) is not None:
+        host = addr[0]
         if len(addr) == 4 and addr[3] and "%" not in host:
             host = f"{host}%{addr[3]}"  # numeric scope: reads back as scope_id
         return format_sockaddr(addr), host, addr[1]
@@ -169,7 +187,7 @@ def _json_addr(addr: Any) -> tuple[str, str, int | None]:
     return format_sockaddr(None), "", None
 
 
-def _json_fields(name: str, addr: Any) -> str:
+def _json_fields(name: str, addr: Peer) -> str:
     display, host, port = _json_addr(addr)
     jhost = _jstr(host) if host else "null"
     jport = "null" if port is None else str(port)
@@ -255,13 +273,13 @@ class Recorder:
         force: bool = False,
         queue_max: int = DEFAULT_QUEUE_MAX,
         on_full: str = "stop",
-        local: Any = None,
+        local: SockAddr | None = None,
         stop_server: Callable[[], None] | None = None,
         write: Callable[[int, memoryview], int] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         if fmt is None:
-            fmt = _SUFFIXES.get(os.path.splitext(self.path)[1].lower())
+            fmt = format_from_name(self.path)
             if fmt is None:
                 raise UsageError(
                     f"cannot tell the recording format of {self.path!r}: "
@@ -280,7 +298,9 @@ class Recorder:
         self._write = write if write is not None else os.write
         self._queue_max = queue_max
         self._local = local
-        self._peer_cache: dict[Any, Any] = {}
+        # Each peer's encoded address (only the cache of the file's format fills).
+        self._json_cache: dict[Peer, str] = {}
+        self._pcap_cache: dict[Peer, _Ip] = {}
         self._local_pcap = _ip_of(local) or (_DUMMY_DST if local is not None else None)
         self._local_json = _json_fields("local", local) if local is not None else ""
         self._fd = _create(self.path, force)
@@ -471,7 +491,7 @@ class Recorder:
         except (OverflowError, ValueError, OSError):  # a clock outside datetime's years
             iso_json = "null"
         prefix = f'{{"time":{now!r},"iso_time":{iso_json},'
-        local, cache = self._local_json, self._peer_cache
+        local, cache = self._local_json, self._json_cache
 
         def enc(d: Datagram) -> bytes:
             try:
@@ -484,7 +504,7 @@ class Recorder:
         return enc
 
     def _pcap_encoder(self, now: float) -> Callable[[Datagram], bytes]:
-        cache = self._peer_cache
+        cache = self._pcap_cache
 
         def enc(d: Datagram) -> bytes:
             try:
@@ -500,7 +520,7 @@ class Recorder:
         return enc
 
 
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+def _remember(cache: dict[Peer, _V], key: Peer, value: _V) -> None:
     if len(cache) >= _CACHE_MAX:
         cache.clear()  # spoofed floods would grow it without bound
     with contextlib.suppress(TypeError):  # an unhashable peer is just not cached

@@ -26,6 +26,7 @@ import os
 import socket
 import struct
 
+from udpkit._core.datagram import SockAddr
 from udpkit._core.errors import AddressError
 
 __all__ = [
@@ -67,8 +68,6 @@ _V6_HELP = "write it like '2001:db8::1' or 'fe80::1%eth0', and pass the port sep
 # Service names in /etc/services are letters, digits, '-', '_', '+', '.', '/'.
 _SERVICE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_+./")
 
-Sockaddr = tuple[str, int] | tuple[str, int, int, int] | str | bytes
-
 
 class Address:
     """A resolved socket address, ready for ``bind`` or ``sendto``.
@@ -85,9 +84,9 @@ class Address:
     # dataclasses costs ~9 ms, a third of `udpkit send`'s start-up.
     __slots__ = ("_family", "_sockaddr")
     _family: socket.AddressFamily
-    _sockaddr: Sockaddr
+    _sockaddr: SockAddr
 
-    def __init__(self, family: socket.AddressFamily, sockaddr: Sockaddr) -> None:
+    def __init__(self, family: socket.AddressFamily, sockaddr: SockAddr) -> None:
         object.__setattr__(self, "_family", family)
         object.__setattr__(self, "_sockaddr", sockaddr)
 
@@ -97,7 +96,7 @@ class Address:
         return self._family
 
     @property
-    def sockaddr(self) -> Sockaddr:
+    def sockaddr(self) -> SockAddr:
         """What the socket module takes for ``bind``/``connect``/``sendto``."""
         return self._sockaddr
 

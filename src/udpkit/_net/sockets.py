@@ -24,8 +24,9 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, Self, TypeVar
+from typing import Self, TypeVar
 
+from udpkit._core.datagram import AnySockAddr, Datagram, Payload, SockAddr
 from udpkit._core.errors import (
     AddressError,
     MessageTooLarge,
@@ -49,6 +50,11 @@ from udpkit._net.domains import (
 
 _T = TypeVar("_T")
 
+Destination = Address | tuple[str | int | None, int | str] | tuple[str, int, int, int] | str | bytes
+"""Where :meth:`DatagramSocket.send` may send: an Address, a ``(host, port)``
+tuple in any form udpkit accepts (or a full IPv6 sockaddr), or a unix path,
+``@name`` or abstract name."""
+
 __all__ = [
     "Datagram",
     "DatagramSocket",
@@ -71,7 +77,7 @@ _GROUP_ROUTE_HINT = (
 )
 
 
-def _is_group_dest(dest: Any) -> bool:
+def _is_group_dest(dest: object) -> bool:
     from udpkit._net.mcast import group_family
 
     if not (isinstance(dest, tuple) and dest and isinstance(dest[0], str)):
@@ -117,33 +123,6 @@ def _close_on_error(sock: socket.socket, build: Callable[[], _T]) -> _T:
 _FAMILY_LABEL: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 
 
-class Datagram(NamedTuple):
-    """One datagram as received.
-
-    Attributes:
-        data: the bytes kept (at most the buffer size given to ``recv``).
-        peer: the sender's socket address, as the socket module gives it.
-        length: the datagram's real length on the wire; larger than
-            ``len(data)`` when it was truncated.
-    """
-
-    data: bytes
-    peer: Any
-    length: int
-
-    @property
-    def truncated(self) -> bool:
-        """Whether bytes were cut off because the buffer was too small."""
-        return self.length > len(self.data)
-
-    def __repr__(self) -> str:
-        # A 64 KiB payload would bury the peer and length: show its start only.
-        data = self.data
-        shown = repr(data) if len(data) <= 32 else f"{data[:32]!r}... ({len(data)} bytes)"
-        cut = ", truncated" if self.truncated else ""
-        return f"Datagram(data={shown}, peer={self.peer!r}, length={self.length}{cut})"
-
-
 class _Wrapped:
     """What every socket wrapper shares: ownership, closing, local address."""
 
@@ -180,12 +159,13 @@ class _Wrapped:
         return self._sock.fileno()
 
     @property
-    def local_address(self) -> Any:
+    def local_address(self) -> AnySockAddr:
         """The raw local socket address from ``getsockname()``."""
         try:
-            return self._sock.getsockname()
+            addr: AnySockAddr = self._sock.getsockname()
         except OSError as exc:
             raise map_oserror(exc, "cannot read the local address") from exc
+        return addr
 
     @property
     def local_text(self) -> str:
@@ -211,11 +191,12 @@ class _Wrapped:
         return f"<{type(self).__name__} {_domain_name(self.family)} {self.local_text}>"
 
 
-def _peer_of(sock: socket.socket) -> Any:
+def _peer_of(sock: socket.socket) -> AnySockAddr:
     try:
-        return sock.getpeername()
+        addr: AnySockAddr = sock.getpeername()
     except OSError:
         return None  # not connected
+    return addr
 
 
 class DatagramSocket(_Wrapped):
@@ -248,14 +229,14 @@ class DatagramSocket(_Wrapped):
         self._buf = bytearray()
         self._view = memoryview(self._buf)
         self._floor = 0  # portable path: the smallest safe buffer, found on first use
-        self._peer: Any = _peer_of(sock)
+        self._peer = _peer_of(sock)
         self._limit: int | None = None
         if sock.proto in (0, socket.IPPROTO_UDP, IPPROTO_UDPLITE):
             self._limit = MAX_UDP_PAYLOAD.get(sock.family)
-        self._last_to: tuple[Any, Any] | None = None  # (destination as given, sockaddr)
+        self._last_to: tuple[Destination, SockAddr] | None = None  # (as given, sockaddr)
 
     @property
-    def peer(self) -> Any:
+    def peer(self) -> AnySockAddr:
         """The connected peer's socket address, or ``None`` if not connected."""
         return self._peer
 
@@ -316,7 +297,7 @@ class DatagramSocket(_Wrapped):
             raise map_oserror(exc, f"receive {self._where()}", hint) from exc
         return Datagram(bytes(view[: min(n, bufsize)]), peer, n)
 
-    def _sockaddr(self, to: Address | tuple[Any, ...] | str | bytes) -> Any:
+    def _sockaddr(self, to: Destination) -> SockAddr:
         if isinstance(to, Address):
             if to.family != self.family:
                 raise UsageError(
@@ -326,7 +307,7 @@ class DatagramSocket(_Wrapped):
             return to.sockaddr
         if self._last_to is not None and self._last_to[0] == to:
             return self._last_to[1]  # a reply to the same peer: skip resolving
-        sockaddr: Any
+        sockaddr: SockAddr
         if self.family in (socket.AF_INET, socket.AF_INET6) and isinstance(to, tuple):
             if len(to) != 2:
                 sockaddr = to  # a full IPv6 (host, port, flowinfo, scope_id)
@@ -342,7 +323,7 @@ class DatagramSocket(_Wrapped):
         self._last_to = (to, sockaddr)
         return sockaddr
 
-    def send(self, data: bytes, to: Address | tuple[Any, ...] | str | None = None) -> int:
+    def send(self, data: Payload, to: Destination | None = None) -> int:
         """Send one datagram.
 
         Args:
@@ -382,7 +363,7 @@ class DatagramSocket(_Wrapped):
         except OSError as exc:
             raise self._send_error(exc, size, dest) from exc
 
-    def _send_error(self, exc: OSError, size: int, dest: Any) -> UdpkitError:
+    def _send_error(self, exc: OSError, size: int, dest: SockAddr | None) -> UdpkitError:
         where = format_sockaddr(dest if dest is not None else self._peer)
         what = f"send to {where}"
         if isinstance(exc, TimeoutError):
@@ -407,14 +388,14 @@ class DatagramSocket(_Wrapped):
 # --- constructors for the common transports -------------------------------------------------
 
 
-def _bind(sock: socket.socket, sockaddr: Any, shown: str) -> None:
+def _bind(sock: socket.socket, sockaddr: SockAddr, shown: str) -> None:
     try:
         sock.bind(sockaddr)
     except OSError as exc:
         raise map_oserror(exc, f"cannot bind {shown}") from exc
 
 
-def _connect(sock: socket.socket, sockaddr: Any, shown: str, timeout: float | None) -> None:
+def _connect(sock: socket.socket, sockaddr: SockAddr, shown: str, timeout: float | None) -> None:
     _set_timeout(sock, timeout)
     try:
         sock.connect(sockaddr)
