@@ -1,4 +1,12 @@
-"""udpkit.aio.Endpoint: ``await recv()``, ``await send()``, ``async for`` and ``request``."""
+"""udpkit.aio.Endpoint: ``await recv()``, ``await send()``, ``async for`` and ``request``.
+
+One responsibility: the asyncio face of one datagram socket, i.e. when to read,
+when to send, and which waiting task gets each datagram.  The socket plumbing
+(readiness callbacks, batches, the send queue) is in ``_aio/core.py``; which
+running request a datagram answers is decided by the I/O-free
+``udpkit._core.requests``; this module connects the two to the event loop and
+its clock.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +16,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Self
 
 from udpkit._aio.core import (
     BUSY_SLICE,
@@ -17,6 +25,7 @@ from udpkit._aio.core import (
     Core,
     resolve_waiter,
 )
+from udpkit._core.datagram import AnySockAddr, Payload, SockAddr
 from udpkit._core.errors import (
     ConnectionRefused,
     MessageTooLarge,
@@ -25,9 +34,10 @@ from udpkit._core.errors import (
     UsageError,
     map_oserror,
 )
+from udpkit._core.requests import Request, Requests
 from udpkit._net.addr import Address, is_broadcast, resolve_one
 from udpkit._net.mmsg import ICMP_ERRORS
-from udpkit._net.sockets import Datagram, DatagramSocket
+from udpkit._net.sockets import Datagram, DatagramSocket, Destination
 
 __all__ = ["Endpoint"]
 
@@ -35,26 +45,6 @@ __all__ = ["Endpoint"]
 def _check_timeout(timeout: object) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
         raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
-
-
-class _Asker:
-    """A running request: what it accepts, what was routed to it, and its match's error.
-
-    ``want`` is how many datagrams satisfy it (1 for ``request``, ``limit`` for
-    ``request_all``). A matched asker keeps accepting what its ``match`` accepts
-    after that (a second answer to a resent request): the surplus is stale.
-    """
-
-    __slots__ = ("error", "got", "match", "want")
-
-    def __init__(self, match: Callable[[Datagram], bool] | None, want: int) -> None:
-        self.match = match
-        self.want = want
-        self.got: list[Datagram] = []
-        self.error: Exception | None = None
-
-    def satisfied(self) -> bool:
-        return self.error is not None or len(self.got) >= self.want
 
 
 _DONE, _TIMEOUT, _REFUSED = 0, 1, 2
@@ -97,7 +87,7 @@ class Endpoint(Core):
         batch: int = 64,
         send_queue: int = 1024,
         fast: bool | None = None,
-        default_to: Any = None,
+        default_to: Destination | None = None,
         busy_poll_us: int = 0,
     ) -> None:
         if queue_size < 1:
@@ -108,13 +98,13 @@ class Endpoint(Core):
         self._low = max(queue_size // 2, queue_size - batch)
         self._waiters: list[asyncio.Future[None]] = []
         self._send_waiters: list[asyncio.Future[None]] = []
-        self._known: dict[Any, Any] = {}
+        self._known: dict[Destination, SockAddr] = {}
         self._follow = False
         self._requests: asyncio.Lock | None = None
         # Running requests: those with ``match`` (concurrent, in start order), and the
         # one without (``request`` or ``request_all``: they take turns) as catch-all.
-        self._askers: list[_Asker] = []
-        self._catch: _Asker | None = None
+        self._reqs = Requests()
+        self._askers = self._reqs.matching  # the same list: recv tests it per datagram
         self._yielded = 0.0  # perf_counter when a busy-polling recv last let the loop run
         super().__init__(
             sock,
@@ -125,7 +115,7 @@ class Endpoint(Core):
             busy_poll_us=busy_poll_us,
         )
         # Where send(data) goes: None sends on the connected socket without an address.
-        self._default: Any = None
+        self._default: SockAddr | None = None
         self._has_default = self._connected is not None or default_to is not None
         if default_to is not None:
             try:
@@ -135,7 +125,7 @@ class Endpoint(Core):
                 raise
 
     @property
-    def peer(self) -> Any:
+    def peer(self) -> AnySockAddr:
         """The connected peer's address, or ``None`` when the socket is not connected."""
         return self._connected
 
@@ -278,7 +268,7 @@ class Endpoint(Core):
             await self._wait(left)
 
     async def _busy_recv(
-        self, timeout: float | None, asker: _Asker | None = None
+        self, timeout: float | None, asker: Request | None = None
     ) -> Datagram | None:
         """Busy-poll up to ``busy_poll_us`` (and ``timeout``): a datagram, or None to sleep.
 
@@ -319,48 +309,22 @@ class Endpoint(Core):
 
     # -- routing datagrams to running requests -------------------------------------------
 
-    def _claim(self, d: Datagram) -> _Asker | None:
-        """The first request with ``match`` that accepts ``d`` gets it; None if none does.
-
-        A ``match`` that raises keeps the exception, for its own request to raise.
-        """
-        for a in self._askers:
-            match = a.match
-            if a.error is not None or match is None:  # askers here all have a match
-                continue
-            try:
-                ok = match(d)
-            except Exception as exc:
-                a.error = exc
-                continue
-            if ok:
-                a.got.append(d)
-                return a
-        return None
-
     def _give(self, d: Datagram) -> bool:
         """For recv(): whether a request with ``match`` took ``d`` (its task is woken)."""
-        if self._claim(d) is None:
+        if self._reqs.claim(d) is None:
             return False
         if self._waiters:
             self._wake()
         return True
 
-    def _route(self, d: Datagram) -> _Asker | None:
-        """Route a datagram a request took: to a matching request, else the catch-all
-        request (while it wants more), else it is stale (None)."""
-        if self._askers:
-            a = self._claim(d)
-            if a is not None:
-                return a
-        c = self._catch
-        if c is not None and len(c.got) < c.want:
-            c.got.append(d)
-            return c
-        self._st.stale += 1
-        return None
+    def _route(self, d: Datagram) -> Request | None:
+        """:meth:`Requests.route`, counting what no request takes as stale."""
+        a = self._reqs.route(d)
+        if a is None:
+            self._st.stale += 1
+        return a
 
-    def _feed(self, me: _Asker) -> None:
+    def _feed(self, me: Request) -> None:
         """Take queued datagrams until ``me`` is satisfied, routing each; wake the owners
         of what went to other requests. The rest stays queued (for recv)."""
         q = self._queue
@@ -372,7 +336,7 @@ class Endpoint(Core):
         if other and self._waiters:
             self._wake()
 
-    async def _collect(self, me: _Asker, deadline: float, seen: int | None) -> int:
+    async def _collect(self, me: Request, deadline: float, seen: int | None) -> int:
         """Wait until ``me`` is satisfied (_DONE), ``deadline`` passes (_TIMEOUT) or, with
         ``seen``, a connected endpoint hears a new ICMP port unreachable (_REFUSED)."""
         while True:
@@ -416,7 +380,7 @@ class Endpoint(Core):
                 raise StopAsyncIteration from None
             raise
 
-    def _resolve(self, to: Any) -> tuple[Any, bool]:
+    def _resolve(self, to: Destination) -> tuple[SockAddr, bool]:
         """``to`` as a sockaddr, and whether it is new; raises for a bad or forbidden one."""
         dest = self._known.get(to)
         if dest is not None:
@@ -454,7 +418,7 @@ class Endpoint(Core):
         self._known[to] = addr.sockaddr
         return addr.sockaddr, True
 
-    def _send_now(self, data: bytes, dest: Any, new: bool) -> bool:
+    def _send_now(self, data: bytes, dest: SockAddr | None, new: bool) -> bool:
         """Send at once (nothing is queued); False when it must be queued instead.
 
         Raises for this datagram's own errors; reports about earlier datagrams are soft.
@@ -491,7 +455,7 @@ class Endpoint(Core):
         self._st.sent_bytes += len(data)
         return True
 
-    async def send(self, data: bytes | bytearray | memoryview, to: Any = None) -> None:
+    async def send(self, data: Payload, to: Destination | None = None) -> None:
         """Send one datagram (``b""`` sends a zero-length one).
 
         Datagrams are queued and go out together when the task next waits (or on
@@ -556,7 +520,7 @@ class Endpoint(Core):
     async def request(
         self,
         data: bytes | bytearray | memoryview,
-        to: Any = None,
+        to: Destination | None = None,
         *,
         timeout: float = 2.0,
         retries: int = 0,
@@ -610,14 +574,14 @@ class Endpoint(Core):
     async def _request(
         self,
         data: bytes | bytearray | memoryview,
-        to: Any,
+        to: Destination | None,
         timeout: float,
         retries: int,
         match: Callable[[Datagram], bool] | None,
     ) -> Datagram:
         self._discard_waiting()
-        me = _Asker(match, 1)
-        self._enter(me)
+        me = Request(match, 1)
+        self._reqs.enter(me)
         try:
             for attempt in range(retries + 1):
                 if me.got:  # arrived while the last attempt's time ran out: no resend
@@ -644,22 +608,7 @@ class Endpoint(Core):
             tries = "attempt" if retries == 0 else "attempts"
             raise Timeout(f"no reply to the request within {timeout:g} s ({retries + 1} {tries})")
         finally:
-            self._leave(me)
-
-    def _enter(self, me: _Asker) -> None:
-        if me.match is not None:
-            self._askers.append(me)
-        else:
-            self._catch = me  # under the turn lock: the only one
-
-    def _leave(self, me: _Asker) -> None:
-        if me.match is not None:
-            self._askers.remove(me)
-        elif self._catch is me:
-            self._catch = None
-        if me.got:  # routed to it, never taken (timed out, cancelled, match raised)
-            self._st.stale += len(me.got)
-            me.got.clear()
+            self._st.stale += self._reqs.leave(me)
 
     def _turn(self) -> asyncio.Lock:
         """The lock requests without ``match`` take turns with (made on first use)."""
@@ -677,7 +626,7 @@ class Endpoint(Core):
             n = len(q)
             if not n:
                 return
-            if self._askers or self._catch is not None:
+            if self._reqs.active:
                 routed = False
                 while q:
                     if self._route(q.popleft()) is not None:
@@ -693,7 +642,7 @@ class Endpoint(Core):
     async def request_all(
         self,
         data: bytes | bytearray | memoryview,
-        to: Any = None,
+        to: Destination | None = None,
         *,
         timeout: float = 2.0,
         limit: int = 4096,
@@ -724,8 +673,8 @@ class Endpoint(Core):
             raise UsageError(f"invalid limit {limit!r}: must be 1 or more datagrams")
         async with self._turn():
             self._discard_waiting()
-            me = _Asker(None, limit)
-            self._enter(me)
+            me = Request(None, limit)
+            self._reqs.enter(me)
             try:
                 deadline = time.monotonic() + timeout
                 await self.send(data, to)
@@ -733,4 +682,4 @@ class Endpoint(Core):
                 out, me.got = me.got, []
                 return out
             finally:
-                self._leave(me)
+                self._st.stale += self._reqs.leave(me)
