@@ -16,6 +16,7 @@ from udpkit._core.errors import UsageError, map_oserror
 __all__ = ["serve_metrics"]
 
 _PREFIX = "udpkit"
+_HOST = "127.0.0.1"  # metrics stay on this host unless asked
 
 # (counter key in ServeStats.as_dict(), metric name, help)
 _COUNTERS = (
@@ -31,12 +32,12 @@ _COUNTERS = (
 
 
 def serve_metrics(
-    addr: tuple[str, int], snapshot: Callable[[], dict[str, Any]]
+    where: str | tuple[str, int | str], snapshot: Callable[[], dict[str, Any]]
 ) -> tuple[Callable[[], None], str]:
     """Serve Prometheus text format at ``http://HOST:PORT/metrics`` from a daemon thread.
 
     Args:
-        addr: the (host, port) to listen on.
+        where: ``"[HOST:]PORT"`` (host 127.0.0.1) or ``(host, port)`` to listen on.
         snapshot: returns the current counters (``ServeStats.as_dict()`` shape,
             plus optional ``"record"``: dict of recording counters).
 
@@ -45,8 +46,15 @@ def serve_metrics(
 
     Raises:
         UsageError: prometheus-client is not installed.
+        AddressError: a bad host or port.
         NetworkError: the address cannot be bound.
     """
+    import socket
+
+    from udpkit._net.addr import resolve_one, split_hostport
+
+    host, port = where if isinstance(where, tuple) else split_hostport(where, default_host=_HOST)
+    addr = resolve_one(host, port, type=socket.SOCK_STREAM, proto="tcp")
     try:
         from prometheus_client import CollectorRegistry, start_http_server
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -92,16 +100,16 @@ def serve_metrics(
     registry = CollectorRegistry()
     registry.register(_Collector())
     try:
-        server, thread = start_http_server(addr[1], addr=addr[0], registry=registry)
+        server, thread = start_http_server(addr.port, addr=addr.host, registry=registry)
     except OSError as exc:
-        raise map_oserror(exc, f"cannot serve metrics on {addr[0]}:{addr[1]}") from exc
+        raise map_oserror(exc, f"cannot serve metrics on {addr}") from exc
 
     def stop() -> None:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
 
-    host, port = server.server_address[:2]
-    host = host.decode() if isinstance(host, bytes) else host
-    shown = f"[{host}]" if ":" in host else host
-    return stop, f"http://{shown}:{port}/metrics"
+    bound_host, bound_port = server.server_address[:2]
+    text = bound_host.decode() if isinstance(bound_host, bytes | bytearray) else str(bound_host)
+    shown = f"[{text}]" if ":" in text else text
+    return stop, f"http://{shown}:{bound_port}/metrics"

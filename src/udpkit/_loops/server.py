@@ -15,11 +15,11 @@ import contextlib
 import selectors
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from udpkit._core.errors import NetworkError, Timeout, map_oserror
+from udpkit._core.errors import NetworkError, Timeout, UsageError, map_oserror
 from udpkit._core.policy import Policy
 from udpkit._core.serving import ECHO, BatchObserver, Fixed, Handler, PeerSet, ServeStep, _unnamed
 from udpkit._loops.engine import Engine, EngineStats
@@ -144,7 +144,46 @@ def reply_handler(mode: str, text: bytes = b"Hello UDP Client") -> Handler | Non
     raise ValueError(f"unknown reply mode {mode!r}: use 'reply', 'echo' or 'none'")
 
 
-class DatagramServer:
+class _Metrics:
+    """:meth:`start_metrics` for both servers: their live :attr:`stats` for Prometheus."""
+
+    _stop_metrics: Callable[[], None] | None = None
+
+    @property
+    def stats(self) -> ServeStats:
+        raise NotImplementedError  # each server's own
+
+    def start_metrics(self, where: str | tuple[str, int | str]) -> str:
+        """Serve :attr:`stats` for Prometheus from a thread, until :meth:`close`.
+
+        Every scrape reads the counters afresh; nothing is copied on the hot path.
+
+        Args:
+            where: ``"[HOST:]PORT"`` (host 127.0.0.1) or ``(host, port)`` to listen on (TCP).
+
+        Returns:
+            The URL, ``http://HOST:PORT/metrics``.
+
+        Raises:
+            UsageError: prometheus-client is not installed, or metrics already run.
+            AddressError: a bad host or port.
+            NetworkError: the address cannot be bound.
+        """
+        from udpkit._loops.metrics import serve_metrics
+
+        if self._stop_metrics is not None:
+            raise UsageError("metrics are served already: one start_metrics() per server")
+        # A fresh snapshot per scrape: `stats` is computed on access.
+        self._stop_metrics, url = serve_metrics(where, lambda: self.stats.as_dict())  # noqa: PLW0108
+        return url
+
+    def _close_metrics(self) -> None:
+        stop_metrics, self._stop_metrics = self._stop_metrics, None
+        if stop_metrics is not None:
+            stop_metrics()  # may wait 0.5 s for the metrics thread
+
+
+class DatagramServer(_Metrics):
     """Receive datagrams on a socket, report each batch, and answer through a handler.
 
     Built on the batching engine: each received batch goes through one
@@ -174,6 +213,10 @@ class DatagramServer:
             Datagrams it refuses are counted, not shown, not answered.
         recorder: a :class:`~udpkit.Recorder` that writes every admitted datagram;
             its counters are part of :attr:`stats` (``record``) at every moment.
+            A recorder with no ``stop_server`` of its own stops this server when
+            its disk fails (with ``on_full="stop"``).
+
+    Prometheus metrics of the live counters: :meth:`start_metrics`.
     """
 
     def __init__(
@@ -194,6 +237,8 @@ class DatagramServer:
         self.sock = sock
         self.count = count
         self.recorder = recorder
+        if recorder is not None and recorder.stop_server is None:
+            recorder.stop_server = self.stop  # a failed disk ends serving, counted
         if policy is None and sock.family != socket.AF_UNIX:
             policy = Policy(local=sock.local_address)
         self.policy = policy
@@ -267,11 +312,12 @@ class DatagramServer:
         self.engine.stop()
 
     def close(self) -> None:
-        """Release the engine's wake-up sockets (not the served socket: the caller owns it)."""
+        """Release the engine's wake-up sockets and stop the metrics (not the served socket)."""
         self.engine.close()
+        self._close_metrics()
 
 
-class StreamServer:
+class StreamServer(_Metrics):
     """The seed's simple TCP server: every chunk a client sends is one message.
 
     Each message is reported and answered on its connection; a connection ends
@@ -293,12 +339,17 @@ class StreamServer:
         self.bufsize = bufsize
         self.count = count
         self.observer = observer
-        self.stats = ServeStats(peers=0)
+        self._stats = ServeStats(peers=0)
         self._peers = PeerSet()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._stopping = False
+
+    @property
+    def stats(self) -> ServeStats:
+        """The counters so far (final once :meth:`serve` returned)."""
+        return self._stats
 
     def stop(self) -> None:
         """Ask :meth:`serve` to end; safe from any thread and from signal handlers."""
@@ -307,9 +358,10 @@ class StreamServer:
             self._wake_w.send(b"x")
 
     def close(self) -> None:
-        """Release the wake-up sockets (the listener belongs to the caller)."""
+        """Release the wake-up sockets and stop the metrics (the listener is the caller's)."""
         self._wake_r.close()
         self._wake_w.close()
+        self._close_metrics()
 
     def serve(self) -> ServeStats:
         """Serve until ``count`` messages arrived or :meth:`stop` was called."""

@@ -15,12 +15,11 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from types import FrameType
 from typing import NoReturn
 
 from udpkit._core.errors import UsageError
 from udpkit._loops.server import DatagramServer, ServeStats
-from udpkit._net.sockets import DatagramSocket
+from udpkit._loops.sigwake import on_signals, stops_held
 
 __all__ = ["cpu_count", "parse_workers", "run_workers"]
 
@@ -53,31 +52,44 @@ def parse_workers(text: str) -> int:
     return n
 
 
-def run_workers(
-    socks: Sequence[DatagramSocket],
-    servers: Sequence[DatagramServer],
-    stopped: list[int],
-) -> ServeStats:
-    """Serve each socket in a child process until SIGINT/SIGTERM; return the summed counters.
+def run_workers(servers: Sequence[DatagramServer]) -> tuple[ServeStats, list[int]]:
+    """Serve each server in a child process until SIGINT/SIGTERM; return the summed counters.
 
     Args:
-        socks: bound sockets sharing one port (SO_REUSEPORT); closed here in the parent.
-        servers: one ready server per socket (built before forking, so a worker
-            serves the moment it exists); the parent closes them.
-        stopped: the signal numbers that stopped the parent are appended here.
+        servers: one ready server per socket, the sockets sharing one port
+            (:func:`udpkit.bind_server` with ``workers``), built before forking so
+            a worker serves the moment it exists.  The parent closes the servers
+            and their sockets once the children have them.
 
     Returns:
-        The counters of every worker, merged.
+        ``(counters of every worker merged, the stop signals the parent received)``.
+
+    Raises:
+        UsageError: no ``os.fork`` here.
     """
     if not hasattr(os, "fork"):
         raise UsageError("--workers needs a POSIX system (os.fork)")
-    children: dict[int, int] = {}  # pid -> read end of its report pipe
     sys.stdout.flush()
     sys.stderr.flush()
-    # Signals wait (blocked) until each process has the handler meant for it:
+    # Signals wait (held) until each process has the handler meant for it:
     # a worker must never die to a stop that arrives while it starts.
-    stops = {signal.SIGINT, signal.SIGTERM}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    with stops_held():
+        children = _fork_workers(servers)
+
+        def forward(signum: int) -> None:
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+
+        with on_signals(
+            lambda: forward(signal.SIGTERM), lambda: forward(signal.SIGUSR1)
+        ) as stopped:
+            return _collect(children, stopped), stopped
+
+
+def _fork_workers(servers: Sequence[DatagramServer]) -> dict[int, int]:
+    """Start one child per server; return ``{pid: read end of its report pipe}``."""
+    children: dict[int, int] = {}
     parent = os.getpid()
     try:
         for i in range(len(servers)):
@@ -85,57 +97,41 @@ def run_workers(
             pid = os.fork()
             if pid == 0:
                 os.close(r)
-                _worker(i, socks, servers, w, parent)  # never returns
+                _worker(i, servers, w, parent)  # never returns
             os.close(w)
             children[pid] = r
     finally:
         for server in servers:
             server.close()
-        for sock in socks:
-            sock.close()
+            server.sock.close()
+    return children
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        stopped.append(signum)
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
 
-    def forward_usr1(_signum: int, _frame: FrameType | None) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGUSR1)
-
-    old = {s: signal.signal(s, forward) for s in stops}
-    old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, forward_usr1)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+def _collect(children: dict[int, int], stopped: list[int]) -> ServeStats:
+    """Wait for every child and sum their reports; SIGKILL stragglers _GRACE s after a stop."""
     total = ServeStats()
-    try:
-        pending = dict(children)
-        deadline: float | None = None
-        while pending:
-            if stopped and deadline is None:
-                deadline = time.monotonic() + _GRACE
-            if deadline is not None and time.monotonic() > deadline:
-                for pid in pending:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                time.sleep(0.05)
-                continue
-            if pid not in pending:
-                continue
-            r = pending.pop(pid)
-            with os.fdopen(r, "rb") as report:
-                data = report.read()
-            if data:
-                total.merge(ServeStats.from_dict(json.loads(data)))
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+    pending = dict(children)
+    deadline: float | None = None
+    while pending:
+        if stopped and deadline is None:
+            deadline = time.monotonic() + _GRACE
+        if deadline is not None and time.monotonic() > deadline:
+            for pid in pending:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            time.sleep(0.05)
+            continue
+        if pid not in pending:
+            continue
+        with os.fdopen(pending.pop(pid), "rb") as report:
+            data = report.read()
+        if data:
+            total.merge(ServeStats.from_dict(json.loads(data)))
     return total
 
 
@@ -154,26 +150,17 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker(
-    i: int,
-    socks: Sequence[DatagramSocket],
-    servers: Sequence[DatagramServer],
-    report: int,
-    parent: int,
-) -> NoReturn:
-    """A worker's whole life: serve socket ``i``, write its counters to ``report``, exit."""
+def _worker(i: int, servers: Sequence[DatagramServer], report: int, parent: int) -> NoReturn:
+    """A worker's whole life: serve server ``i``, write its counters to ``report``, exit."""
     code = 0
     try:
         server = servers[i]
         for j, other in enumerate(servers):
             if j != i:
                 other.close()
-                socks[j].close()
+                other.sock.close()
 
-        def on_signal(_signum: int, _frame: FrameType | None) -> None:
-            server.stop()
-
-        def on_usr1(_signum: int, _frame: FrameType | None) -> None:
+        def counters() -> None:
             st = server.stats
             kd = "unavailable" if st.kernel_drops is None else st.kernel_drops
             sys.stderr.write(
@@ -182,12 +169,9 @@ def _worker(
             )
             sys.stderr.flush()
 
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, on_signal)
-        signal.signal(signal.SIGUSR1, on_usr1)
-        _die_with_parent(parent)  # its SIGTERM waits, blocked, for the handler above
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-        stats = server.serve()
+        _die_with_parent(parent)  # its SIGTERM waits, held, for the handler below
+        with on_signals(server.stop, counters):
+            stats = server.serve()
         os.write(report, json.dumps(stats.as_dict()).encode())
     except BaseException as exc:  # a worker must always exit here, never return to the CLI
         code = 1

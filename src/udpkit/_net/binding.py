@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from udpkit._core.errors import UsageError, map_oserror
 from udpkit._net.addr import Address, resolve
@@ -25,7 +25,7 @@ from udpkit._net.mcast import (
 )
 from udpkit._net.sockets import DatagramSocket, first_that_binds, udp_bind
 
-__all__ = ["DEFAULT_SERVER_HOST", "bind_server"]
+__all__ = ["DEFAULT_SERVER_HOST", "bind_server", "default_host"]
 
 DEFAULT_SERVER_HOST = "127.0.0.1"  # the textbook server's address
 
@@ -85,7 +85,7 @@ def bind_server(
         raise UsageError(f"invalid workers {workers!r}: must be 1 or more sockets")
     fam = parse_domain(family)
     if host is None:
-        host = _default_host(fam, groups)
+        host = default_host(fam, [g for g, _ in groups])
     candidates = resolve(host, port, family=fam, passive=True)
     if len(candidates) == 1:  # refused before binding, whatever bind would say
         _check_groups(groups, candidates[0])
@@ -117,12 +117,17 @@ def bind_server(
     return socks
 
 
-def _default_host(family: int, groups: list[tuple[str, str | None]]) -> str:
+def default_host(family: int, groups: Sequence[str] = ()) -> str:
+    """Where a server listens when no host is given (for UDP and TCP alike).
+
+    Loopback of ``family`` (``-6`` alone means ::1, never 127.0.0.1); with
+    groups, the wildcard of ``family``, or else of the first group's family.
+    """
     v6 = family == socket.AF_INET6
     if not groups:
         return "::1" if v6 else DEFAULT_SERVER_HOST
     if family == socket.AF_UNSPEC:
-        v6 = group_family(groups[0][0]) == socket.AF_INET6
+        v6 = group_family(groups[0]) == socket.AF_INET6
     return "::" if v6 else "0.0.0.0"
 
 
