@@ -308,7 +308,8 @@ FORMAT_TABLE: list[tuple[object, str]] = [
     (("fe80::1", 5005, 0, 987654), "[fe80::1%987654]:5005"),
     # A dual-stack socket's IPv4 peer reads as IPv4, as serve shows it.
     (("::ffff:127.0.0.1", 5005, 0, 0), "127.0.0.1:5005"),
-    (("::ffff:7f00:1", 5005, 0, 0), "[::ffff:7f00:1]:5005"),
+    (("::ffff:7f00:1", 5005, 0, 0), "127.0.0.1:5005"),  # any spelling of it
+    (("::ffff:1:2:3", 5005, 0, 0), "[::ffff:1:2:3]:5005"),  # not a mapped address
     ("/tmp/udpkit.sock", "/tmp/udpkit.sock"),
     (b"/tmp/udpkit.sock", "/tmp/udpkit.sock"),
     (b"\0udpkit", "@udpkit"),

@@ -10,9 +10,10 @@ can catch either::
     │   └── MessageTooLarge               payload over the largest datagram
     ├── Timeout (TimeoutError)            no answer before the deadline
     ├── ProbeError (ValueError)           a bench probe or report that does not parse
-    │                                     (``_probe.py``: its untrusted parsers raise only this)
+    │                                     (``_core/probe.py``: its untrusted parsers
+    │                                     raise only this)
     ├── RecordError (ValueError)          a recording that cannot be read
-    │                                     (``_record_read.py``: the same rule)
+    │                                     (``_core/records.py``: the same rule)
     └── NetworkError (OSError)            the OS refused a socket operation
         ├── AddressInUse                  EADDRINUSE on bind
         ├── ConnectionRefused (ConnectionRefusedError)
@@ -28,8 +29,6 @@ Policy verdicts (denied, rate limited) are never exceptions: they are counted.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 __all__ = [
     "AddressError",
@@ -138,14 +137,3 @@ def map_oserror(exc: OSError, what: str, hint: str = "") -> NetworkError:
     else:
         err = NetworkError(code, msg)
     return err
-
-
-@contextmanager
-def mapped_oserrors(what: str) -> Iterator[None]:
-    """Re-raise any ``OSError`` inside the block as a :class:`NetworkError`."""
-    try:
-        yield
-    except UdpkitError:
-        raise
-    except OSError as exc:
-        raise map_oserror(exc, what) from exc

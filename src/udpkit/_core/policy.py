@@ -23,7 +23,7 @@ least-recently-seen eviction, so 100k spoofed sources cost at most
 back with zero credit) and, for rate limits, gives a source back a full bucket
 (the usual trade-off of bounded rate limiters: BIND's RRL does the same).
 
-Parsing the options (rate limits, CIDRs, numeric hosts) is in ``_policy_rules.py``;
+Parsing the options (rate limits, CIDRs, numeric hosts) is in ``policy_rules.py``;
 its public names are re-exported here.
 """
 

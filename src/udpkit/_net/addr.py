@@ -26,7 +26,7 @@ import os
 import socket
 import struct
 
-from udpkit._core.datagram import SockAddr
+from udpkit._core.datagram import V4_MAPPED_PREFIX, SockAddr, unmap_v4
 from udpkit._core.errors import AddressError
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 BROADCAST: str = "<broadcast>"
-"""The seed's spelling of INADDR_BROADCAST (255.255.255.255)."""
+"""The textbook's spelling of INADDR_BROADCAST (255.255.255.255)."""
 
 #: Largest UDP payload per family: 65535 minus the UDP header (8) and, for
 #: IPv4, the minimal IP header (20). IPv6's 40-byte header is not counted in
@@ -403,6 +403,43 @@ def _resolves_at_all(text: str, port: int, type: int, flags: int) -> bool:
         return False
 
 
+def _lookup_name(text: str, number: int, family: int, type: int, passive: bool) -> list[Address]:
+    """A host name's addresses from ``getaddrinfo``, de-duplicated, in its order."""
+    flags = socket.AI_PASSIVE if passive else 0
+    try:
+        infos = socket.getaddrinfo(text, number, family, type, 0, flags)
+    except socket.gaierror as exc:
+        hint = ""
+        if family in _ASKED and _resolves_at_all(text, number, type, flags):
+            hint = f", and {_ASKED[family]}: drop {_FLAG[family]} or give a host that has one"
+        raise AddressError(f"cannot resolve host '{text}': {exc.strerror or exc}{hint}") from exc
+    except UnicodeError as exc:
+        # IDNA encoding refuses labels that are empty or over 63 characters.
+        raise AddressError(f"cannot resolve host '{text}': not a valid host name ({exc})") from exc
+    seen: set[tuple[int, object]] = set()
+    out: list[Address] = []
+    for fam, _type, _proto, _canon, sockaddr in infos:
+        if fam not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        key = (int(fam), sockaddr)
+        if key in seen:
+            continue
+        seen.add(key)
+        if fam == socket.AF_INET6:
+            h6, p6, flow, scope_id = sockaddr[:4]  # type: ignore[misc]
+            out.append(Address(socket.AF_INET6, (str(h6), int(p6), int(flow), int(scope_id))))
+        else:
+            out.append(Address(socket.AF_INET, (str(sockaddr[0]), int(sockaddr[1]))))
+    if not out:
+        if family in _ASKED:
+            raise AddressError(
+                f"cannot resolve host '{text}': it has no {_KIND[family]} address and "
+                f"{_ASKED[family]}: drop {_FLAG[family]} or give a host that has one"
+            )
+        raise AddressError(f"cannot resolve host '{text}': no IPv4 or IPv6 address for it")
+    return out
+
+
 def resolve(
     host: str | int | None,
     port: int | str,
@@ -420,7 +457,7 @@ def resolve(
 
     ``""`` (or ``None``) is the wildcard: 0.0.0.0, or ``::`` when ``family`` is
     AF_INET6. That is what ``passive=True`` (binding) wants. When sending
-    (``passive=False``) it is kept too, as the seed says ("a zero-length string
+    (``passive=False``) it is kept too, as the textbook says ("a zero-length string
     specifies INADDR_ANY"): Linux delivers datagrams sent to 0.0.0.0 (or ``::``)
     to this host, like 127.0.0.1 (or ``::1``).
 
@@ -455,39 +492,7 @@ def resolve(
     numeric = _numeric(text, number, family, shown)
     if numeric is not None:
         return [numeric]
-    flags = socket.AI_PASSIVE if passive else 0
-    try:
-        infos = socket.getaddrinfo(text, number, family, type, 0, flags)
-    except socket.gaierror as exc:
-        hint = ""
-        if family in _ASKED and _resolves_at_all(text, number, type, flags):
-            hint = f", and {_ASKED[family]}: drop {_FLAG[family]} or give a host that has one"
-        raise AddressError(f"cannot resolve host '{text}': {exc.strerror or exc}{hint}") from exc
-    except UnicodeError as exc:
-        # IDNA encoding refuses labels that are empty or over 63 characters.
-        raise AddressError(f"cannot resolve host '{text}': not a valid host name ({exc})") from exc
-    seen: set[tuple[int, object]] = set()
-    out: list[Address] = []
-    for fam, _type, _proto, _canon, sockaddr in infos:
-        if fam not in (socket.AF_INET, socket.AF_INET6):
-            continue
-        key = (int(fam), sockaddr)
-        if key in seen:
-            continue
-        seen.add(key)
-        if fam == socket.AF_INET6:
-            h6, p6, flow, scope_id = sockaddr[:4]  # type: ignore[misc]
-            out.append(Address(socket.AF_INET6, (str(h6), int(p6), int(flow), int(scope_id))))
-        else:
-            out.append(Address(socket.AF_INET, (str(sockaddr[0]), int(sockaddr[1]))))
-    if not out:
-        if family in _ASKED:
-            raise AddressError(
-                f"cannot resolve host '{text}': it has no {_KIND[family]} address and "
-                f"{_ASKED[family]}: drop {_FLAG[family]} or give a host that has one"
-            )
-        raise AddressError(f"cannot resolve host '{text}': no IPv4 or IPv6 address for it")
-    return out
+    return _lookup_name(text, number, family, type, passive)
 
 
 def resolve_one(
@@ -591,12 +596,11 @@ def format_sockaddr(sockaddr: object) -> str:
     if sockaddr is None or sockaddr in ("", b""):
         return "(unnamed)"
     if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
-        host, port = str(sockaddr[0]), sockaddr[1]
-        if host.startswith("::ffff:") and host.count(".") == 3:
-            host = host[7:]  # a dual-stack socket's IPv4 peer, shown as IPv4 (as serve does)
+        addr = unmap_v4(sockaddr)  # a dual-stack socket's IPv4 peer reads as IPv4
+        host, port = str(addr[0]), addr[1]
         if ":" not in host:
             return f"{host}:{port}"
-        scope = sockaddr[3] if len(sockaddr) >= 4 else 0
+        scope = addr[3] if len(addr) >= 4 else 0
         if isinstance(scope, int) and scope and "%" not in host:
             host = f"{host}%{scope_text(scope)}"
         return f"[{host}]:{port}"
@@ -620,7 +624,7 @@ def _packed_v4(addr: Address) -> bytes | None:
         return socket.inet_pton(socket.AF_INET, addr.host)
     if addr.family == socket.AF_INET6:
         packed = _packed_v6(addr)
-        if packed is not None and packed[:12] == _V4_MAPPED_PREFIX:
+        if packed is not None and packed[:12] == V4_MAPPED_PREFIX:
             return packed[12:]
     return None
 
@@ -630,9 +634,6 @@ def _packed_v6(addr: Address) -> bytes | None:
         return socket.inet_pton(socket.AF_INET6, addr.host.split("%", 1)[0])
     except (OSError, ValueError):
         return None
-
-
-_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
 
 
 def _as_address(addr: Address | str | int) -> Address:

@@ -1,6 +1,6 @@
-"""The seed's generic interface: sockets of any domain, type and protocol.
+"""The textbook's generic interface: sockets of any domain, type and protocol.
 
-The seed's vocabulary: a *domain* is the protocol family (``AF_INET``,
+The textbook's vocabulary: a *domain* is the protocol family (``AF_INET``,
 ``PF_UNIX``, ``PF_X25``, ...), a *type* the kind of communication
 (``SOCK_DGRAM``, ``SOCK_STREAM``, ...), and a *protocol*, "typically zero",
 picks a variant within a domain and type (UDP-Lite within inet/dgram).  Each
@@ -194,7 +194,7 @@ def open_socket(
 ) -> socket.socket:
     """Open a socket of any domain, type and protocol the OS supports.
 
-    This is the seed's "generic interface for handling the rest": nothing is
+    This is the textbook's "generic interface for handling the rest": nothing is
     assumed about the family, so ``open_socket("packet", "raw")`` or
     ``open_socket("unix", "seqpacket")`` work where the OS allows them.
 

@@ -1,19 +1,22 @@
-"""Sockets in the seed's vocabulary: domain, type and protocol.
+"""Sockets in the textbook's vocabulary: domain, type and protocol.
 
-The seed says the socket library "provides specific classes for handling the
+The textbook says the socket library "provides specific classes for handling the
 common transports as well as a generic interface for handling the rest".
 Here that is:
 
-* the generic interface, :func:`udpkit.open_socket` (in ``_generic.py``);
+* the generic interface, :func:`udpkit.open_socket` (in ``domains.py``);
 * specific classes for the common transports: :class:`DatagramSocket` (UDP
   over IPv4/IPv6, UDP-Lite, Unix datagrams), :class:`StreamSocket` and
-  :class:`StreamListener` (TCP and Unix streams, in ``_stream.py``), and the
+  :class:`StreamListener` (TCP and Unix streams, in ``stream.py``), and the
   constructors :func:`udp_bind`, :func:`udp_connect`, :func:`tcp_listen` and
-  :func:`tcp_connect` (Unix-domain constructors are in ``_unix.py``).
+  :func:`tcp_connect` (Unix-domain constructors are in ``unix.py``).
 
-Every ``OSError`` becomes a udpkit error (see ``_errors.py``) with a message
-saying what was being done, and every socket opened here is closed again on
-every error path.
+One responsibility, which is why it runs past 600 lines: turning OS sockets
+into udpkit's socket objects (what every wrapper shares, the datagram socket,
+and the constructors that bind and connect them).  Every ``OSError`` becomes a
+udpkit error (see ``_core/errors.py``) with a message saying what was being
+done, and every socket opened here is closed again on every error path.
+:class:`~udpkit.Datagram` itself lives in the core (``_core/datagram.py``).
 """
 
 from __future__ import annotations
@@ -561,7 +564,7 @@ def udp_connect(
     Args:
         host: the destination host, any form udpkit accepts.
         port: the destination port.
-        bind: an optional local ``(host, port)`` to bind first, like the seed's
+        bind: an optional local ``(host, port)`` to bind first, like the textbook's
             client binding ``('', 54312)``; it must be of the destination's family.
         family: AF_UNSPEC, AF_INET or AF_INET6.
         broadcast: set SO_BROADCAST (needed to connect to 255.255.255.255).

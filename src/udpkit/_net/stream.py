@@ -2,10 +2,9 @@
 
 :class:`StreamSocket` (a connection) and :class:`StreamListener` (a listening
 socket), with the constructors :func:`tcp_listen` and :func:`tcp_connect`
-(Unix-domain constructors are in ``_unix.py``).  What they share with the
+(Unix-domain constructors are in ``unix.py``).  What they share with the
 datagram side (ownership, closing, binding, connecting, timeouts) is in
-``_sockets.py``, which re-exports these names and loads this module on the
-first use of one.
+``sockets.py``.
 """
 
 from __future__ import annotations
@@ -154,7 +153,7 @@ def tcp_listen(
     family: int | str = socket.AF_UNSPEC,
     backlog: int = 128,
 ) -> StreamListener:
-    """Open a TCP socket listening on ``host``:``port`` (the seed's simple server).
+    """Open a TCP socket listening on ``host``:``port`` (the textbook's simple server).
 
     SO_REUSEADDR is on (not on Windows, where it means port stealing), so a
     restarted server can bind while old connections sit in TIME_WAIT.
@@ -200,7 +199,7 @@ def tcp_connect(
     bind: tuple[str | int | None, int | str] | None = None,
     family: int | str = socket.AF_UNSPEC,
 ) -> StreamSocket:
-    """Open a TCP connection to ``host``:``port`` (the seed's simple client).
+    """Open a TCP connection to ``host``:``port`` (the textbook's simple client).
 
     Args:
         host: the server host, any form udpkit accepts.

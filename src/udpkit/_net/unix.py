@@ -1,6 +1,6 @@
 """Unix-domain endpoints: datagram and stream sockets on a path or an abstract name.
 
-The seed's PF_UNIX, through the same classes as UDP and TCP.  A path that
+The textbook's PF_UNIX, through the same classes as UDP and TCP.  A path that
 starts with ``@`` is Linux's abstract namespace (no file).  A server removes
 the socket file it created when it closes, and replaces a stale one (its
 server gone) but never any other file.
