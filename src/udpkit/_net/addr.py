@@ -17,6 +17,10 @@ turned into a socket address directly, because every ``sendto`` may come
 through here. Malformed numeric-looking hosts (``"256.1.1.1"``, ``"1.2.3"``,
 ``"::1::2"``) are errors, not DNS lookups that fail slowly later, and so is a
 link-local address (fe80::/10) without the ``%scope`` that says which link.
+
+One responsibility, which is why it runs past 600 lines: address text to
+socket address and back (parse, resolve, format, classify), with an error
+message for every wrong form.
 """
 
 from __future__ import annotations
