@@ -1,0 +1,354 @@
+"""``udpkit ping HOST PORT``: the command line over :class:`udpkit._loops.ping.Pinger`.
+
+Output like ``ping``: a header line, a line per probe as it is settled
+(``seq=3 time=0.081 ms``, ``seq=4 timeout``, ``seq=5 duplicate``), and on the
+end, Ctrl-C or SIGTERM the statistics of what ran.  ``-J`` prints one JSON
+document instead, every key carrying its unit.
+
+Only argparse and the option validators are imported at the top: registering
+the command costs no start-up, and ``--help`` loads no socket code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from udpkit._cli.common import DEFAULT_HOST, family
+from udpkit._cli.options import (
+    BUSY_POLL,
+    COUNT,
+    PROBE_SIZE,
+    add_family_flags,
+    allow_negative_values,
+)
+from udpkit._core.errors import UsageError
+
+if TYPE_CHECKING:
+    from udpkit._core.pingstats import PingEvent, PingResult
+
+__all__ = ["add_parser", "main", "ping_document", "run_ping", "summary"]
+
+_WHOLE_WAIT = -1  # --busy-poll without a value: spin for the whole wait for a reply
+
+
+class _Writer(Protocol):
+    def write(self, text: str, /) -> Any: ...
+
+
+EPILOG = (
+    "exit codes:\n"
+    "  0  at least one reply came (also when stopped by Ctrl-C or SIGTERM)\n"
+    "  1  no reply at all, or a network error (nothing listening, no route)\n"
+    "  2  bad arguments\n"
+    "Ctrl-C (SIGINT) or SIGTERM stops it and prints the statistics of what ran; a\n"
+    "closed output pipe ends it quietly, the statistics then on stderr.\n"
+    "Replies are matched to probes by number: a reply after its timeout is shown\n"
+    "and counted as late; a second reply as a duplicate; a datagram that is no\n"
+    "echo of a probe is counted as unmatched and never shown.\n"
+)
+
+
+def _interval(text: str) -> float:
+    from udpkit._core.units import parse_duration
+
+    try:
+        return parse_duration(text, "--interval", high=3600.0)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _timeout(text: str) -> float:
+    from udpkit._core.units import parse_duration
+
+    try:
+        return parse_duration(text, "--timeout", above_low=True, high=86400.0)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``udpkit ping`` on the ``udpkit`` subcommand parsers.
+
+    Args:
+        sub: the object ``ArgumentParser.add_subparsers()`` returned.
+    """
+    p = sub.add_parser(
+        "ping",
+        help="measure round-trip time to any UDP echo, like ping",
+        description="Send numbered, timestamped probes to HOST PORT, one at a time, where "
+        "'udpkit serve --echo', 'udpkit reflect' or any UDP echo answers, and print each "
+        "round trip as it comes, then loss, duplicates, reordering and min/p50/p90/p99/max.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("host", metavar="HOST", help="the echo's address or name")
+    p.add_argument(
+        "port", nargs="?", default=None, metavar="PORT", help="the echo's port (number or name)"
+    )
+    p.add_argument(
+        "-c", "--count", type=COUNT, metavar="N", help="stop after N probes (default: until Ctrl-C)"
+    )
+    p.add_argument(
+        "-i",
+        "--interval",
+        type=_interval,
+        default=1.0,
+        metavar="SECONDS",
+        help="from one probe to the next (default 1; 0.2 or 200ms; 0: the next as soon as "
+        "the previous is answered)",
+    )
+    p.add_argument(
+        "-s",
+        "--size",
+        type=PROBE_SIZE,
+        default=64,
+        metavar="BYTES",
+        help="probe size, the UDP payload (default 64, at least the 32-byte probe header)",
+    )
+    p.add_argument(
+        "-W",
+        "--timeout",
+        type=_timeout,
+        default=None,
+        metavar="SECONDS",
+        help="how long to await each reply before the next probe (default 1, or the "
+        "interval if longer); a reply after it counts as late",
+    )
+    p.add_argument(
+        "--busy-poll",
+        type=BUSY_POLL,
+        nargs="?",
+        const=_WHOLE_WAIT,
+        default=0,
+        metavar="US",
+        help="spin on the socket instead of sleeping while a reply is awaited (lower "
+        "round-trip time, one core busy); with US, spin that long first "
+        "(--busy-poll=50us; a bare --busy-poll goes after HOST PORT)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="only the statistics at the end")
+    p.add_argument(
+        "-J", "--json", action="store_true", help="print one JSON document at the end, nothing else"
+    )
+    add_family_flags(p)
+    allow_negative_values(p)
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str]:
+    """HOST and PORT; a lone port (or ``HOST:PORT`` in one word) is told apart.
+
+    Raises:
+        UsageError: PORT missing, or a lone number where the host goes.
+    """
+    host: str = args.host
+    port: str | None = args.port
+    if host.isdigit() and int(host) <= 65535:
+        # As a host, 5005 is 0.0.19.141: never a destination, surely a port.
+        raise UsageError(
+            f"invalid host {host!r}: did you mean port {host}? give the host first: "
+            f"udpkit ping {DEFAULT_HOST} {host}"
+        )
+    if port is None:
+        if ":" in host:
+            from udpkit._net.addr import split_hostport
+
+            h, p = split_hostport(host, default_host="")
+            if h:
+                return h, p
+        raise UsageError(f"missing PORT: write udpkit ping {host} PORT")
+    return host, port
+
+
+def _shown(host: str, port: str) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _ms(ns: int) -> str:
+    # iputils ping's precision: three significant digits, at least one decimal below 100 ms.
+    us = ns // 1000
+    if us >= 100_000:
+        return f"{us // 1000}"
+    if us >= 10_000:
+        return f"{us / 1000:.1f}"
+    if us >= 1_000:
+        return f"{us / 1000:.2f}"
+    return f"{ns / 1e6:.3f}"
+
+
+def _event_line(ev: PingEvent, peer: str) -> str:
+    from udpkit._core import pingstats as ps
+
+    kind = ev.kind
+    if kind == ps.REPLY:
+        return f"{ev.length} bytes from {peer}: seq={ev.seq} time={_ms(ev.rtt_ns)} ms\n"
+    if kind == ps.LATE:
+        return f"{ev.length} bytes from {peer}: seq={ev.seq} time={_ms(ev.rtt_ns)} ms (late)\n"
+    if kind == ps.DUPLICATE:
+        return f"{ev.length} bytes from {peer}: seq={ev.seq} duplicate\n"
+    if kind == ps.TIMEOUT:
+        return f"seq={ev.seq} timeout\n"
+    if kind == ps.ERROR:
+        return f"seq={ev.seq} {ev.detail}\n"
+    return f"{ev.length} bytes from {peer}: unmatched (no reply to a probe of this run)\n"
+
+
+def _percent(ratio: float) -> str:
+    pct = ratio * 100
+    if 0 < pct < 0.1:
+        return f"{pct:.2g}"
+    return f"{pct:.1f}".rstrip("0").rstrip(".")
+
+
+def summary(shown: str, r: PingResult) -> str:
+    """The statistics at the end, as ``ping`` prints them (with percentiles)."""
+    extra = "".join(
+        f", {n} {what if n == 1 else whats}"
+        for n, what, whats in (
+            (r.late, "late", "late"),
+            (r.timeouts, "timeout", "timeouts"),
+            (r.unmatched, "unmatched", "unmatched"),
+            (r.errors, "error", "errors"),
+        )
+        if n
+    )
+    probes = "probe" if r.sent == 1 else "probes"
+    text = (
+        f"\n--- {shown} ping statistics ---\n"
+        f"{r.sent} {probes} sent, {r.received} received, {_percent(r.loss_ratio)}% loss, "
+        f"{r.duplicates} duplicates, {r.reordered} reordered{extra}, "
+        f"time {round(r.duration_ns / 1e6)} ms\n"
+    )
+    h = r.rtt
+    if h.count:
+        figures = (h.min_ns, h.percentile(50), h.percentile(90), h.percentile(99), h.max_ns)
+        text += "rtt min/p50/p90/p99/max = " + "/".join(f"{v / 1e6:.3f}" for v in figures)
+        text += " ms\n"
+    return text
+
+
+def ping_document(
+    args: argparse.Namespace, target: tuple[str, str], peer: str, r: PingResult, stopped: str | None
+) -> dict[str, Any]:
+    """The ``-J`` document: the run's settings, then every figure (units in key names)."""
+    doc: dict[str, Any] = {
+        "host": target[0],
+        "port": target[1],
+        "address": peer,
+        "count_probes": args.count,
+        "interval_s": args.interval,
+        "timeout_s": args.timeout,
+    }
+    doc.update(r.figures())
+    doc["stopped_by"] = stopped
+    return doc
+
+
+def run_ping(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
+    """Ping as ``args`` say; lines and statistics go to ``out``, hints to ``err``.
+
+    Returns:
+        0 when at least one reply came, 1 when none did.
+
+    Raises:
+        UsageError, AddressError: a bad argument (exit code 2).
+        NetworkError: the socket could not be opened (exit code 1).
+        BrokenPipeError: ``out`` was closed (after the statistics went to ``err``).
+    """
+    import signal
+
+    from udpkit._core.pingstats import UNMATCHED
+    from udpkit._loops.ping import Pinger
+
+    target = _target(args)
+    shown = _shown(*target)
+    timeout: float | None = args.timeout
+    busy = args.busy_poll
+    if busy == _WHOLE_WAIT:
+        busy = round((timeout or max(1.0, args.interval)) * 1e6)
+    with Pinger(
+        target[0],
+        target[1],
+        count=args.count,
+        interval=args.interval,
+        size=args.size,
+        timeout=timeout,
+        busy_poll_us=busy,
+        family=family(args),
+    ) as pinger:
+        args.timeout = pinger.timeout
+        peer = pinger.peer_text
+        lines = not (args.quiet or args.json)
+        closed = False
+        hinted = False
+        old: dict[int, Any] = {}
+        try:
+            for stop_sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    old[stop_sig] = signal.signal(stop_sig, lambda signum, _f: pinger.stop(signum))
+                except ValueError:  # not the main thread: the signals keep their meaning
+                    break
+            if not args.json:
+                where = shown if peer == shown else f"{shown} ({peer})"
+                out.write(f"PING {where}: {args.size} bytes per probe\n")
+            for ev in pinger.events():
+                if ev.kind == UNMATCHED and not hinted:
+                    hinted = True
+                    err.write(
+                        f"udpkit ping: {peer} sent {ev.length} bytes that are no echo of a "
+                        "probe (counted as unmatched): is it an echo? try 'udpkit serve "
+                        "--echo' or 'udpkit reflect' there\n"
+                    )
+                if lines:
+                    out.write(_event_line(ev, peer))
+        except BrokenPipeError:
+            closed = True
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        result = pinger.result()
+        stopped = signal.Signals(pinger.stopped_by).name if pinger.stopped_by else None
+    if closed:
+        err.write(summary(shown, result))
+        raise BrokenPipeError
+    if args.json:
+        import json
+
+        doc = ping_document(args, target, peer, result, stopped)
+        out.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        out.write(summary(shown, result))
+    return 0 if result.received else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``udpkit ping`` on its own (``python3 -m udpkit._cli.ping``), until the dispatcher has it."""
+    import contextlib
+    import os
+
+    from udpkit._cli.common import EXIT_NETWORK, EXIT_OK, EXIT_USAGE, Out, Parser, line
+    from udpkit._core.errors import AddressError, UdpkitError
+
+    parser = Parser(prog="udpkit")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
+    add_parser(sub)
+    args = parser.parse_args(["ping", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return run_ping(args, Out(sys.stdout), Out(sys.stderr))
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):  # no complaint at the interpreter's last flush
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_OK
+    except (UsageError, AddressError) as exc:
+        sys.stderr.write(line(f"udpkit ping: error: {exc}"))
+        return EXIT_USAGE
+    except (UdpkitError, OSError) as exc:
+        sys.stderr.write(line(f"udpkit ping: error: {exc}"))
+        return EXIT_NETWORK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
