@@ -577,11 +577,11 @@ class Sink:
 
 
 def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    from udpkit._cli import main as _cli
     from udpkit._cli import read as _cmd_record
+    from udpkit._cli.common import Parser
 
-    parser = _cli._Parser(prog="udpkit")
-    sub = parser.add_subparsers(dest="command", parser_class=_cli._Parser)
+    parser = Parser(prog="udpkit")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
     _cmd_record.add_parser(sub)
     args = parser.parse_args(["read", *argv])
     out, err = Sink(), Sink()

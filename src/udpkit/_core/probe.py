@@ -225,7 +225,7 @@ def parse_report_untrusted(data: bytes | bytearray | memoryview) -> tuple[Probe,
     if head.kind != Kind.REPORT:
         raise ProbeError(f"datagram of kind {head.kind} is not a report ({Kind.REPORT})")
     try:
-        body: Any = json.loads(bytes(data[HEADER_SIZE:]).decode("ascii"))
+        body: object = json.loads(bytes(data[HEADER_SIZE:]).decode("ascii"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProbeError(f"report body is not JSON: {exc}") from None
     if not isinstance(body, dict):

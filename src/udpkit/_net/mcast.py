@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import struct
 import sys
-from typing import Any
+from typing import Protocol
 
 from udpkit._core.errors import AddressError, UsageError, map_oserror
 from udpkit._net.addr import link_local_without_scope, parse_host, resolve_one
@@ -123,7 +123,16 @@ def parse_group(text: str) -> tuple[str, str | None]:
     return group, iface or None
 
 
-def _raw(sock: Any) -> socket.socket:
+class _HasSocket(Protocol):
+    @property
+    def sock(self) -> socket.socket: ...
+
+
+SocketLike = socket.socket | _HasSocket
+"""A socket.socket, or what wraps one as ``.sock`` (DatagramSocket, an aio endpoint)."""
+
+
+def _raw(sock: SocketLike) -> socket.socket:
     """The plain socket of a socket.socket, a DatagramSocket or an udpkit.aio endpoint."""
     raw = sock if isinstance(sock, socket.socket) else getattr(sock, "sock", None)
     if not isinstance(raw, socket.socket) or raw.family not in (socket.AF_INET, socket.AF_INET6):
@@ -132,7 +141,7 @@ def _raw(sock: Any) -> socket.socket:
 
 
 def join_group(
-    sock: Any, group: str, *, iface: str | None = None, source: str | None = None
+    sock: SocketLike, group: str, *, iface: str | None = None, source: str | None = None
 ) -> None:
     """Join multicast ``group`` on ``iface`` (any-source, or source-specific with ``source``).
 
@@ -158,7 +167,7 @@ def join_group(
 
 
 def leave_group(
-    sock: Any, group: str, *, iface: str | None = None, source: str | None = None
+    sock: SocketLike, group: str, *, iface: str | None = None, source: str | None = None
 ) -> None:
     """Leave a group joined with :func:`join_group` (the same arguments).
 
@@ -217,7 +226,7 @@ def _membership(
 
 
 def set_multicast_send(
-    sock: Any,
+    sock: SocketLike,
     *,
     ttl: int | None = None,
     loop: bool | None = None,

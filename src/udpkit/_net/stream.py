@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import socket
 import sys
-from typing import Any
 
+from udpkit._core.datagram import AnySockAddr
 from udpkit._core.errors import Timeout, UsageError, map_oserror
 from udpkit._net.addr import Address, format_sockaddr, resolve, resolve_one
 from udpkit._net.domains import _new_socket, parse_domain
@@ -47,10 +47,10 @@ class StreamSocket(_Wrapped):
             UsageError: ``sock`` is not a stream socket.
         """
         super().__init__(sock)
-        self._peer: Any = _peer_of(sock)
+        self._peer: AnySockAddr = _peer_of(sock)
 
     @property
-    def peer(self) -> Any:
+    def peer(self) -> AnySockAddr:
         """The peer's socket address (``""`` for an unnamed unix peer)."""
         return self._peer
 
@@ -118,7 +118,7 @@ class StreamListener(_Wrapped):
     _kind = socket.SOCK_STREAM
     _kind_hint = "listen on a stream socket"
 
-    def accept(self, *, timeout: float | None = None) -> tuple[StreamSocket, Any]:
+    def accept(self, *, timeout: float | None = None) -> tuple[StreamSocket, AnySockAddr]:
         """Accept one connection.
 
         Args:
