@@ -5,7 +5,7 @@ EMSGSIZE such an ICMP error reports on receive as soft: request resends at once
 (the kernel has learned the path MTU and fragments the resend), bench counts it
 per errno and carries on.  A datagram over the family's limit stays an immediate
 MessageTooLarge.  The scripted-socket tests run anywhere; the namespaced ones use
-the routed topology of tests/test_netns_unseen.py (a - router - b, MTU 1280 on
+the routed topology of tests/test_netns_routed.py (a - router - b, MTU 1280 on
 the r-b link) and are skipped where namespaces cannot be made.
 """
 
@@ -19,7 +19,7 @@ from typing import Any, cast
 import pytest
 from tests._netns import needs_netns
 from tests.test_netns_reach import STEP, running, serving
-from tests.test_netns_unseen import _one_line_error, _send_stdin, _udpkit, routed
+from tests.test_netns_routed import _one_line_error, _send_stdin, _udpkit, routed
 
 import udpkit
 from udpkit._cli.bench import bench_document, format_table, icmp_errors

@@ -1,4 +1,4 @@
-"""Multi-host scenarios not covered elsewhere, on test hosts in network namespaces.
+"""Scenarios across several hosts and a router, on test hosts in network namespaces.
 
 Host names with several addresses (a namespace's own /etc/hosts), groups that
 share a port, a member that leaves during a multicast bench, IPv4 broadcast on

@@ -1,4 +1,4 @@
-"""Regression tests for `udpkit serve` with --workers, --join, -6 and wildcard addresses.
+"""`udpkit serve` with --workers, --join, -6 and wildcard addresses.
 
 The usage errors and start-up warnings are checked over loopback (nothing is
 sent to a group); what the kernel delivers to several workers is checked on

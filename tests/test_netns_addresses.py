@@ -1,4 +1,4 @@
-"""Address and interface fixes, checked across real test hosts.
+"""Addresses and interfaces, checked across real test hosts.
 
 Link-scope IPv6 groups under bench, link-local unicast without a scope, and the
 flow labels of a dual-stack relay.  Each test builds hosts in network namespaces
