@@ -48,7 +48,7 @@ LO_INDEX = _lo_index()
 needs_lo = pytest.mark.skipif(LO_INDEX is None, reason="no interface named 'lo'")
 
 # (host, port, family, passive, expected sockaddr). The expected family
-# follows from the sockaddr's length. Every form the seed names is here.
+# follows from the sockaddr's length. Every form the textbook names is here.
 RESOLVE_TABLE: list[Any] = [
     # host name
     ("localhost", 5005, V4, False, ("127.0.0.1", 5005)),

@@ -220,7 +220,7 @@ def test_multicast_destination_is_not_connected(group: str, fam: socket.AddressF
     ("host", "fam"),
     [
         ("127.0.0.1", socket.AF_INET),
-        (2130706433, socket.AF_INET),  # the seed's integer form: 127.0.0.1
+        (2130706433, socket.AF_INET),  # the textbook's integer form: 127.0.0.1
         ("2130706433", socket.AF_INET),
         ("::1", socket.AF_INET6),
         ("[::1]", socket.AF_INET6),

@@ -25,7 +25,7 @@ from udpkit._core.policy import (
     wildcard_warning,
 )
 
-HELLO = b"Hello, World!"  # the seed client's 13-byte request
+HELLO = b"Hello, World!"  # the textbook client's 13-byte request
 REPLY = b"Hello UDP Client"  # a 16-byte answer: more than the request
 OUTSIDE = ("192.0.2.1", 40000)  # TEST-NET-1: never loopback, never trusted by default
 OUTSIDE6 = ("2001:db8::1", 40000, 0, 0)
@@ -268,7 +268,7 @@ def test_default_table_bound() -> None:
 @pytest.mark.parametrize(
     ("peer", "allowed"),
     [
-        (("127.0.0.1", 54312), True),  # the seed's exchange keeps working
+        (("127.0.0.1", 54312), True),  # the textbook's exchange keeps working
         (("127.9.8.7", 54312), True),
         (("::1", 54312, 0, 0), True),
         (("::ffff:127.0.0.1", 54312, 0, 0), True),
@@ -278,7 +278,7 @@ def test_default_table_bound() -> None:
         (("10.0.0.1", 54312), False),  # private is not trusted: it can be spoofed
     ],
 )
-def test_seed_exchange_13_bytes_answered_with_16(peer: Any, allowed: bool) -> None:
+def test_textbook_exchange_13_bytes_answered_with_16(peer: Any, allowed: bool) -> None:
     policy = Policy()
     assert policy.admit(peer, len(HELLO), 1.0) is ADMIT
     assert policy.may_reply(peer, len(REPLY), 1.0) is allowed
@@ -520,7 +520,7 @@ def test_wildcard_warning(host: str | None, replies: bool, warns: bool) -> None:
 # -- wired to a real socket ---------------------------------------------------------------
 
 
-def test_seed_exchange_over_loopback(family: tuple[socket.AddressFamily, str]) -> None:
+def test_textbook_exchange_over_loopback(family: tuple[socket.AddressFamily, str]) -> None:
     """The policy gates a real server loop the way the engine will: admit, then may_reply."""
     fam, host = family
     with socket.socket(fam, socket.SOCK_DGRAM) as server:

@@ -64,7 +64,7 @@ def test_odd_types_are_address_errors(value: Any) -> None:
 def test_dotted_quad_round_trips(ip: ipaddress.IPv4Address, port: int) -> None:
     text = str(ip)
     assert parse_host(text) == text
-    assert parse_host(int(ip)) == text  # host byte order integer, as the seed says
+    assert parse_host(int(ip)) == text  # host byte order integer, as the textbook says
     assert parse_host(str(int(ip))) == text
     (addr,) = resolve(text, port)
     assert (addr.family, addr.sockaddr, addr.host, addr.port) == (

@@ -221,7 +221,7 @@ def test_open_socket_with_protocol() -> None:
 
 @linux_only
 def test_x25_is_unsupported() -> None:
-    """The seed lists PF_X25; most Linux kernels lack it, and the error must say so."""
+    """The textbook lists PF_X25; most Linux kernels lack it, and the error must say so."""
     if _can_open(9, socket.SOCK_SEQPACKET, 0):
         pytest.skip("this kernel has X.25")
     with pytest.raises(Unsupported) as info:
@@ -411,8 +411,8 @@ def test_bind_family_must_match_destination() -> None:
         udp_connect("::1", 5005, bind=("127.0.0.1", 0))
 
 
-def test_connect_with_seed_style_bind() -> None:
-    """The seed's client binds ('', port) before sending."""
+def test_connect_with_textbook_style_bind() -> None:
+    """The textbook's client binds ('', port) before sending."""
     with (
         udp_bind() as server,
         udp_connect("127.0.0.1", server.local_address[1], bind=("", 0)) as client,
