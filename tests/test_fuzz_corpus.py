@@ -17,7 +17,7 @@ from types import ModuleType
 import pytest
 
 FUZZ = Path(__file__).parent / "fuzz"
-TARGETS = ["addr", "escape", "probe", "record"]
+TARGETS = ["addr", "capture", "escape", "probe", "record"]
 
 
 def load_module(name: str) -> ModuleType:

@@ -363,7 +363,10 @@ class CaptureReader:
                 + {
                     "pcap": "a pcap magic (a1b2c3d4 or a1b23c4d, either byte order)",
                     "pcapng": "a pcapng section header (0a0d0d0a)",
-                }.get(want, "a pcap magic (a1b2c3d4 or a1b23c4d) or a pcapng section header")
+                }.get(
+                    want,
+                    "a pcap magic (a1b2c3d4 or a1b23c4d) or a pcapng section header (0a0d0d0a)",
+                )
             )
         self.format = found
         yield from (self._pcap(head) if found == "pcap" else self._pcapng(head))
