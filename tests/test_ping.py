@@ -20,7 +20,17 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from tests._proc import STEP, UDPKIT, LineReader, end_process, serving, start_listening
+from tests._proc import (
+    STEP,
+    UDPKIT,
+    LineReader,
+    end_process,
+    free_port,
+    port_is_free,
+    serving,
+    start_listening,
+)
+from tests.conftest import needs_tool
 
 from udpkit._core.errors import UsageError
 from udpkit._core.pingstats import (
@@ -397,6 +407,28 @@ def test_cli_against_udpkit_reflect_json() -> None:
         assert key in doc, key
     assert doc["stopped_by"] is None and doc["size_bytes"] == 64
     assert 0 < doc["rtt_min_ms"] <= doc["rtt_p50_ms"] <= doc["rtt_max_ms"]
+
+
+@needs_tool("socat")
+def test_cli_against_socat_echo() -> None:
+    port = free_port(socket.AF_INET, "127.0.0.1")
+    proc = subprocess.Popen(
+        ["socat", f"UDP4-RECVFROM:{port},fork", "EXEC:cat"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + STEP
+        while port_is_free(socket.AF_INET, "127.0.0.1", port):
+            assert time.monotonic() < deadline and proc.poll() is None, "socat did not bind"
+            time.sleep(0.02)
+        res = run_ping("127.0.0.1", str(port), "-c", "3", "-i", "0.05", "-W", "2")
+    finally:
+        end_process(proc)
+    assert res.returncode == 0, res.stderr
+    assert len(_lines(res.stdout)) == 3
+    assert "3 probes sent, 3 received, 0% loss" in res.stdout
 
 
 def test_cli_against_a_plain_echo_counts_loss_and_duplicates() -> None:
