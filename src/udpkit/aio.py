@@ -63,9 +63,10 @@ from typing import Any, Generic, TypeVar
 
 from udpkit._aio.core import Core, EndpointStats
 from udpkit._aio.endpoint import Endpoint
-from udpkit._aio.server import Handler, Server
+from udpkit._aio.server import Server
 from udpkit._core.errors import PermissionDenied
 from udpkit._core.policy import Policy
+from udpkit._core.serving import Handler
 from udpkit._net.addr import is_broadcast, is_multicast, resolve_one
 from udpkit._net.sockets import DatagramSocket, udp_bind, udp_connect
 

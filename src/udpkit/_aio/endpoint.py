@@ -25,7 +25,7 @@ from udpkit._aio.core import (
     Core,
     resolve_waiter,
 )
-from udpkit._core.datagram import AnySockAddr, Payload, SockAddr
+from udpkit._core.datagram import AnySockAddr, Datagram, Payload, SockAddr
 from udpkit._core.errors import (
     ConnectionRefused,
     MessageTooLarge,
@@ -37,7 +37,7 @@ from udpkit._core.errors import (
 from udpkit._core.requests import Request, Requests
 from udpkit._net.addr import Address, is_broadcast, resolve_one
 from udpkit._net.mmsg import ICMP_ERRORS
-from udpkit._net.sockets import Datagram, DatagramSocket, Destination
+from udpkit._net.sockets import DatagramSocket, Destination
 
 __all__ = ["Endpoint"]
 

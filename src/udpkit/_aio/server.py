@@ -8,12 +8,13 @@ import socket
 import time
 
 from udpkit._aio.core import BUSY_SLICE, SERVER_BATCHES, Core, EndpointStats
+from udpkit._core.datagram import Datagram
 from udpkit._core.errors import UsageError
 from udpkit._core.policy import Policy
 from udpkit._core.serving import Handler, ServeStep
-from udpkit._net.sockets import Datagram, DatagramSocket
+from udpkit._net.sockets import DatagramSocket
 
-__all__ = ["Handler", "Server"]
+__all__ = ["Server"]
 
 
 class Server(Core):
