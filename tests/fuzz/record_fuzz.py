@@ -16,7 +16,7 @@ import sys
 
 def one_input(data: bytes) -> None:
     """Parse ``data`` as a recording in every way: only RecordError may escape."""
-    from udpkit._loops.record import RecordError, parse_records_untrusted
+    from udpkit._core.records import RecordError, parse_records_untrusted
 
     for fmt in (None, "jsonl", "pcap"):
         reader = parse_records_untrusted(data, fmt)
