@@ -355,7 +355,8 @@ class Policy:
         Args:
             peer: the destination sockaddr (the datagram's source).
             reply_size: the reply's length in bytes.
-            now: the monotonic clock, read once by the caller.
+            now: the monotonic clock, read once by the caller (no reply rule uses
+                it today; every verdict takes it, so a timed rule changes no caller).
 
         Returns:
             ``True`` to send; ``False`` (counted as ``over_budget`` or
