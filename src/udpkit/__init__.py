@@ -237,7 +237,7 @@ _LAZY: dict[str, str] = {
     "send_batch": "_loops.engine",
     "set_receive_buffer": "_net.sockets",
     "IPPROTO_UDPLITE": "_net.domains",
-    "Datagram": "_net.sockets",
+    "Datagram": "_core.datagram",
     "DatagramSocket": "_net.sockets",
     "StreamListener": "_net.stream",
     "StreamSocket": "_net.stream",
