@@ -37,7 +37,7 @@ from tests.conftest import needs_tool
 from udpkit._cli.bench import bench_document
 from udpkit._core.errors import NetworkError, UsageError
 from udpkit._core.probe import HEADER_SIZE, Kind, build_probe, build_report_request
-from udpkit._loops.bench import BenchConfig, parse_rate, run_bench
+from udpkit._loops.bench import BenchConfig, parse_bench_rate, run_bench
 from udpkit._loops.reflect import Reflector
 from udpkit._net.sockets import set_receive_buffer, udp_bind
 
@@ -353,16 +353,17 @@ def test_reflect_bad_port_exits_2() -> None:
         ("512kbps", 64, 1000.0),
         ("1Gb/s", 1250, 100_000.0),
         ("8bit/s", 1, 1.0),
+        ("640B/s", 64, 10.0),
     ],
 )
-def test_parse_rate(text: str, size: int, expect: float | None) -> None:
-    assert parse_rate(text, size) == expect
+def test_parse_bench_rate(text: str, size: int, expect: float | None) -> None:
+    assert parse_bench_rate(text, size) == expect
 
 
 @pytest.mark.parametrize("text", ["", "fast", "0", "-1k", "10m", "nan", "inf", "kbps"])
-def test_parse_rate_refuses(text: str) -> None:
+def test_parse_bench_rate_refuses(text: str) -> None:
     with pytest.raises(UsageError, match=re.escape(repr(text))):
-        parse_rate(text, 64)
+        parse_bench_rate(text, 64)
 
 
 # ---------------------------------------------------------------- other tools, same path

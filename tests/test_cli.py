@@ -843,3 +843,195 @@ def test_send_all_to_a_closed_port_says_refused() -> None:
     res = run("send", "127.0.0.1", str(port), "x", "--all", "--timeout", "2")
     assert res.returncode == 1
     assert b"connection refused" in res.stderr
+
+
+# ---------------------------------------------------------------- one option convention
+
+# The positionals each command needs before its options can be parsed.
+_POSITIONALS = {
+    "serve": [],
+    "send": [],
+    "bench": ["127.0.0.1", "5202"],
+    "reflect": [],
+    "relay": ["5000", "5001"],
+    "read": ["rec.jsonl"],
+}
+# Every option more than one command has, with the commands that have it.
+_SHARED = {
+    "--rcvbuf": ("serve", "reflect"),
+    "--busy-poll": ("serve", "reflect"),
+    "--timeout": ("send", "bench"),
+    "--count": ("serve", "bench"),
+    "--buffer-size": ("serve", "send"),
+    "--ttl": ("send", "bench"),
+    "--format": ("serve", "read"),
+}
+
+
+def _parse(command: str, *options: str) -> dict[str, object]:
+    from udpkit._cli.main import build_parser
+
+    args = build_parser().parse_args([command, *_POSITIONALS[command], *options])
+    return vars(args)
+
+
+def _refusal(command: str, *options: str, capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        _parse(command, *options)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err.replace(f"udpkit {command}", "udpkit COMMAND")
+
+
+def test_shared_options_are_listed_completely() -> None:
+    """Every option two commands share is in _SHARED, so the tests below cover it."""
+    from udpkit._cli.main import build_parser
+
+    seen: dict[str, set[str]] = {}
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert isinstance(sub.choices, dict)
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            for flag in action.option_strings:
+                seen.setdefault(flag, set()).add(command)
+    flags_only = {"-h", "--help", "-4", "-6", "--ipv4", "--ipv6", "-q", "--quiet", "--tcp",
+                  "--no-batch", "--join", "--source", "--iface", "--unix", "--stream",
+                  "--one-way", "--json", "--echo", "--rate"}  # fmt: skip
+    shared = {f for f, cmds in seen.items() if len(cmds) > 1 and f not in flags_only}
+    assert shared == set(_SHARED)
+    for flag, commands in _SHARED.items():
+        assert seen[flag] == set(commands), flag
+
+
+@pytest.mark.parametrize(
+    ("option", "text", "dest", "value"),
+    [
+        ("--rcvbuf", "8M", "rcvbuf", 8 << 20),
+        ("--rcvbuf", "65536", "rcvbuf", 65536),
+        ("--busy-poll", "50", "busy_poll", 50),
+        ("--busy-poll", "1ms", "busy_poll", 1000),
+        ("--timeout", "500ms", "timeout", 0.5),
+        ("--timeout", "2", "timeout", 2.0),
+        ("--count", "10k", "count", 10_000),
+        ("--buffer-size", "64K", "buffer_size", 65536),
+        ("--ttl", "3", "ttl", 3),
+        ("--format", "seed", "format", "textbook"),
+        ("--format", "textbook", "format", "textbook"),
+    ],
+)
+def test_shared_option_parses_the_same_in_every_command(
+    option: str, text: str, dest: str, value: object
+) -> None:
+    for command in _SHARED[option]:
+        assert _parse(command, option, text)[dest] == value, command
+
+
+@pytest.mark.parametrize(
+    ("option", "text"),
+    [
+        ("--rcvbuf", "0"),
+        ("--rcvbuf", "2G"),
+        ("--rcvbuf", "8X"),
+        ("--rcvbuf", "8m"),
+        ("--busy-poll", "-1"),
+        ("--busy-poll", "2s"),
+        ("--timeout", "-1"),
+        ("--timeout", "2m"),
+        ("--timeout", "2days"),
+        ("--count", "0"),
+        ("--count", "1.5"),
+        ("--buffer-size", "0"),
+        ("--buffer-size", "32M"),
+        ("--ttl", "256"),
+        ("--ttl", "-1"),
+        ("--format", "xml"),
+    ],
+)
+def test_shared_option_has_the_same_limits_in_every_command(
+    option: str, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Identical options refuse identical values with identical words (they once had
+    different limits: --ttl 256 passed send, --busy-poll had no cap in serve)."""
+    errors = {c: _refusal(c, option, text, capsys=capsys) for c in _SHARED[option]}
+    assert len(set(errors.values())) == 1, errors
+    line = next(iter(errors.values()))
+    assert repr(text) in line and option in line, line
+
+
+@pytest.mark.parametrize(
+    ("command", "options", "values"),
+    [
+        ("relay", ("--delay", "10ms"), {"delay": (0.01, 0.0)}),
+        ("relay", ("--delay", "20±5"), {"delay": (0.02, 0.005)}),  # bare numbers stay ms
+        ("relay", ("--delay", "20ms+-5ms"), {"delay": (0.02, 0.005)}),
+        ("relay", ("--rate", "10k", "--burst", "64K"), {"rate": 10_000.0, "burst": 65536}),
+        ("relay", ("--loss", "5%", "--reorder", "0.1"), {"loss": 0.05, "reorder": 0.1}),
+        ("relay", ("--reorder-max", "2s", "--idle-timeout", "5min"),
+         {"reorder_max": 2.0, "idle_timeout": 300.0}),
+        ("relay", ("--reorder-max", "100"), {"reorder_max": 0.1}),  # bare: ms, as before
+        ("relay", ("--spin-us", "1ms", "--max-flows", "2k"), {"spin_us": 1000, "max_flows": 2000}),
+        ("bench", ("--size", "1K", "-t", "2min", "-i", "500ms"),
+         {"size": 1024, "duration": 120.0, "interval": 0.5}),
+        ("bench", ("--window", "1k", "--parallel", "4"), {"window": 1000, "parallel": 4}),
+        ("serve", ("--rate-limit", "10k/s:2k"), {"rate_limit": (10_000.0, 2000)}),
+        ("send", ("--retries", "3"), {"retries": 3}),
+    ],
+)  # fmt: skip
+def test_command_options_read_units(
+    command: str, options: tuple[str, ...], values: dict[str, object]
+) -> None:
+    args = _parse(command, *options)
+    for dest, value in values.items():
+        assert args[dest] == pytest.approx(value), dest
+
+
+def test_bench_rate_reads_datagrams_bits_and_bytes() -> None:
+    from udpkit._cli.bench import config_from_args
+    from udpkit._cli.main import build_parser
+
+    def rate(*options: str) -> float | None:
+        args = build_parser().parse_args(["bench", "127.0.0.1", "5202", *options])
+        return config_from_args(args).rate
+
+    assert rate("--rate", "10k") == 10_000.0
+    assert rate("--rate", "512kbps", "--size", "64") == 1000.0
+    assert rate("--rate", "640kB/s", "--size", "64") == 10_000.0
+    assert rate("--rate", "max") is None
+    assert rate() == 1000.0
+    assert rate("--window", "8") is None
+
+
+@pytest.mark.parametrize(
+    ("command", "options", "says"),
+    [
+        ("relay", ("--delay", "5m"), "invalid --delay '5m': a delay like 20, 20ms or 20ms±5ms"),
+        ("relay", ("--rate", "10m"), "write M for mega"),
+        ("relay", ("--loss", "1.5"), "invalid --loss '1.5': must be a probability"),
+        ("bench", ("--rate", "10mbps"), "write M for mega"),
+        ("bench", ("-t", "2m"), "invalid --duration '2m'"),
+        ("bench", ("--size", "16"), "invalid --size '16': must be 32-65507 bytes"),
+        ("serve", ("--rate-limit", "0/s"), "invalid rate limit '0/s'"),
+    ],
+)
+def test_command_option_refusals_are_one_line_naming_the_input(
+    command: str, options: tuple[str, ...], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refusal(command, *options, capsys=capsys)
+    assert says in line, line
+    assert line.endswith("(see 'udpkit COMMAND --help')\n"), line
+
+
+def test_command_modules_do_not_import_the_dispatcher() -> None:
+    import ast
+
+    import udpkit._cli
+
+    root = Path(udpkit._cli.__file__).parent
+    for path in root.glob("*.py"):
+        if path.name == "main.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
+                assert "udpkit._cli.main" not in names, path.name

@@ -54,7 +54,7 @@ _GOLDEN: list[tuple[str, str, bytes, object, int | None, object, str]] = [
     # The textbook's output, character for character (with repr's quotes).
     (
         "basic",
-        "seed",
+        "textbook",
         b"Hello UDP Server",
         V4,
         None,
@@ -94,7 +94,7 @@ _GOLDEN: list[tuple[str, str, bytes, object, int | None, object, str]] = [
     ),
     (
         "truncated",
-        "seed",
+        "textbook",
         b"Hello",
         V4,
         2000,
@@ -134,7 +134,7 @@ _GOLDEN: list[tuple[str, str, bytes, object, int | None, object, str]] = [
     ),
     (
         "empty",
-        "seed",
+        "textbook",
         b"",
         V4,
         None,
@@ -156,7 +156,7 @@ _GOLDEN: list[tuple[str, str, bytes, object, int | None, object, str]] = [
     ),
     (
         "ipv6",
-        "seed",
+        "textbook",
         b"hi\n",
         ("::1", 5005, 0, 0),
         None,
@@ -187,7 +187,7 @@ _GOLDEN: list[tuple[str, str, bytes, object, int | None, object, str]] = [
     ),
     (
         "unix",
-        "seed",
+        "textbook",
         b"\x1b[2J\xff",
         HOSTILE_PATH,
         None,
@@ -227,7 +227,7 @@ _GOLDEN: list[tuple[str, str, bytes, object, int | None, object, str]] = [
     ),
     (
         "local",
-        "seed",
+        "textbook",
         b"ping",
         ("127.0.0.1", 40000),
         None,
@@ -278,7 +278,7 @@ def test_golden(row: tuple[str, str, bytes, object, int | None, object, str]) ->
 
 
 def test_golden_covers_every_format() -> None:
-    assert FORMATS == ("seed", "line", "hex", "json")
+    assert FORMATS == ("textbook", "line", "hex", "json")
     assert tuple(_format._FORMATTERS) == FORMATS
     for case in {row[0] for row in _GOLDEN}:
         assert sorted(row[1] for row in _GOLDEN if row[0] == case) == sorted(FORMATS), case
@@ -478,12 +478,12 @@ def test_banner(fmt: str, transport: str) -> None:
 
 
 def test_banner_default_is_the_textbook_line() -> None:
-    assert banner("seed") == ("UDP server up and listening\n", False)
+    assert banner("seed") == ("UDP server up and listening\n", False)  # the old name of "textbook"
 
 
 @pytest.mark.parametrize("fmt", ["xml", "", "JSON", "seed "])
 def test_unknown_format(fmt: str) -> None:
-    with pytest.raises(UsageError, match=r"must be one of seed, line, hex, json") as info:
+    with pytest.raises(UsageError, match=r"must be one of textbook, line, hex, json") as info:
         format_datagram(fmt, b"x", V4)
     assert repr(fmt) in str(info.value)
     with pytest.raises(UsageError, match=r"unknown output format"):

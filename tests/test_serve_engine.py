@@ -158,8 +158,8 @@ def test_quiet_prints_no_datagram_lines() -> None:
         (("--workers", "2", "--count", "3"), b"--count cannot be combined"),
         (("--workers", "2", "--tcp"), b"UDP only"),
         (("--gro", "--no-batch"), b"--gro needs the batched path"),
-        (("--rcvbuf", "-5"), b"invalid receive buffer"),
-        (("--busy-poll", "x"), b"invalid value"),
+        (("--rcvbuf", "-5"), b"invalid --rcvbuf '-5'"),
+        (("--busy-poll", "x"), b"invalid --busy-poll 'x'"),
     ],
 )
 def test_bad_engine_options(args: tuple[str, ...], message: bytes) -> None:

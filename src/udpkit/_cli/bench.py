@@ -8,11 +8,14 @@ iperf3 counts it.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
-import socket
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from udpkit._cli import options
+from udpkit._cli.common import family as _family
+from udpkit._core import units
 from udpkit._core.errors import UsageError
 
 # Registering the parsers must cost no start-up: the measuring modules load on use.
@@ -44,37 +47,77 @@ def add_parser(sub: Any) -> None:
     )
     bench.add_argument("host", metavar="HOST")
     bench.add_argument("port", metavar="PORT")
-    bench.add_argument("--size", default="64", metavar="BYTES", help="probe size (default 64)")
+    bench.add_argument(
+        "--size",
+        type=options.PROBE_SIZE,
+        default=64,
+        metavar="BYTES",
+        help="probe size (default 64)",
+    )
     bench.add_argument(
         "--rate",
+        type=options.BENCH_RATE,
         metavar="RATE",
-        help="datagrams/s (10000, 10k), bits/s of payload (100Mbps, 1Gb/s) or 'max'; "
-        "all flows together (default 1k, or max with --window)",
+        help="datagrams/s (10000, 10k), bits/s of payload (100Mbps, 1Gb/s), bytes/s of "
+        "payload (5MB/s) or 'max'; all flows together (default 1k, or max with --window)",
     )
-    bench.add_argument("--duration", "-t", metavar="S", help="seconds to send (default 10)")
-    bench.add_argument("--count", "-n", metavar="N", help="probes per flow (then no time limit)")
-    bench.add_argument("--window", metavar="N", help="request/response: N probes outstanding")
-    bench.add_argument("--parallel", "-P", default="1", metavar="N", help="flows (default 1)")
     bench.add_argument(
-        "--interval", "-i", default="1", metavar="S", help="seconds per live row (default 1)"
+        "--duration",
+        "-t",
+        type=options.DURATION,
+        metavar="S",
+        help="how long to send (default 10 seconds; 500ms, 2min)",
+    )
+    bench.add_argument(
+        "--count",
+        "-n",
+        type=options.COUNT,
+        metavar="N",
+        help="probes per flow (then no time limit)",
+    )
+    bench.add_argument(
+        "--window", type=options.WINDOW, metavar="N", help="request/response: N probes outstanding"
+    )
+    bench.add_argument(
+        "--parallel", "-P", type=options.PARALLEL, default=1, metavar="N", help="flows (default 1)"
+    )
+    bench.add_argument(
+        "--interval",
+        "-i",
+        type=options.INTERVAL,
+        default=1.0,
+        metavar="S",
+        help="seconds per live row (default 1; 500ms)",
     )
     bench.add_argument(
         "--one-way", action="store_true", help="the reflector only counts: no echoes"
     )
     bench.add_argument(
-        "--timeout", default="0.5", metavar="S", help="with --window: a probe's slot frees after S"
+        "--timeout",
+        type=options.TIMEOUT,
+        default=0.5,
+        metavar="S",
+        help="with --window: a probe's slot frees after S (default 500ms)",
     )
     bench.add_argument(
-        "--linger", default="1", metavar="S", help="longest wait for late replies (default 1)"
+        "--linger",
+        type=options.LINGER,
+        default=1.0,
+        metavar="S",
+        help="longest wait for late replies (default 1 second)",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     bench.add_argument("--plot", metavar="FILE.png", help="latency CDF and throughput plot")
     bench.add_argument("--quiet", "-q", action="store_true", help="no live rows")
     bench.add_argument("--no-batch", action="store_true", help="recv one datagram a call")
     bench.add_argument("--iface", metavar="IFACE", help="to a multicast group: send out of IFACE")
-    bench.add_argument("--ttl", metavar="N", help="to a multicast group: hop limit (0-255)")
-    _family_flags(bench)
+    options.add_ttl(bench, "to a multicast group: hop limit (0-255)")
+    options.add_family_flags(bench)
+    options.allow_negative_values(bench)
+    _add_reflect(sub)
 
+
+def _add_reflect(sub: Any) -> None:
     reflect = sub.add_parser(
         "reflect",
         help="answer 'udpkit bench': echo probes and report what arrived",
@@ -83,10 +126,8 @@ def add_parser(sub: Any) -> None:
     )
     reflect.add_argument("host", nargs="?", default="127.0.0.1", metavar="HOST")
     reflect.add_argument("port", nargs="?", default=DEFAULT_REFLECT_PORT, metavar="PORT")
-    reflect.add_argument("--rcvbuf", metavar="BYTES", help="kernel receive buffer (default 4 MiB)")
-    reflect.add_argument(
-        "--busy-poll", default="0", metavar="US", help="spin US microseconds first"
-    )
+    options.add_rcvbuf(reflect, "4M")
+    options.add_busy_poll(reflect)
     reflect.add_argument("--no-batch", action="store_true", help="recvfrom/sendto, no recvmmsg")
     reflect.add_argument("--quiet", "-q", action="store_true", help="no per-run lines at the end")
     reflect.add_argument(
@@ -97,77 +138,35 @@ def add_parser(sub: Any) -> None:
         help="join a multicast group (repeatable), for 'bench GROUP PORT --one-way'",
     )
     reflect.add_argument("--source", metavar="ADDR", help="with --join: source-specific")
-    _family_flags(reflect)
-
-
-def _family_flags(p: argparse.ArgumentParser) -> None:
-    fam = p.add_mutually_exclusive_group()
-    fam.add_argument("-4", "--ipv4", action="store_true", help="IPv4 only")
-    fam.add_argument("-6", "--ipv6", action="store_true", help="IPv6 only")
-    p._has_negative_number_optionals.clear()  # let '-1' reach the validators (see _cli)
-
-
-def _family(args: argparse.Namespace) -> int:
-    if args.ipv4:
-        return socket.AF_INET
-    return socket.AF_INET6 if args.ipv6 else socket.AF_UNSPEC
-
-
-def _number(text: str | None, option: str, what: str, lo: float, hi: float) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not lo <= value <= hi:
-        raise UsageError(f"invalid {option} {text!r}: must be {what}")
-    return value
-
-
-def _whole(text: str | None, option: str, lo: int, hi: int, unit: str) -> int | None:
-    if text is None:
-        return None
-    try:
-        value = int(text)
-    except ValueError:
-        value = lo - 1
-    if not lo <= value <= hi:
-        raise UsageError(f"invalid {option} {text!r}: must be a whole number of {unit}, {lo}-{hi}")
-    return value
+    options.add_family_flags(reflect)
+    options.allow_negative_values(reflect)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """Turn ``bench`` arguments into a :class:`BenchConfig` (UsageError naming a bad one)."""
-    from udpkit._loops.bench import BenchConfig, parse_rate
+    """Turn ``bench`` arguments (parsed by :mod:`udpkit._cli.options`) into a ``BenchConfig``."""
+    from udpkit._loops.bench import BenchConfig
 
-    size = _whole(args.size, "--size", 32, 65507, "bytes")
-    assert size is not None
-    count = _whole(args.count, "--count", 1, 2**62, "probes")
-    window = _whole(args.window, "--window", 1, 65536, "probes")
-    duration = _number(args.duration, "--duration", "0.001-86400 seconds", 0.001, 86400)
-    if duration is None and count is None:
+    duration = args.duration
+    if duration is None and args.count is None:
         duration = 10.0
-    rate_text = args.rate if args.rate is not None else ("max" if window else "1k")
-    parallel = _whole(args.parallel, "--parallel", 1, 128, "flows")
-    assert parallel is not None
+    rate = args.rate or units.Rate(math.inf if args.window else 1000.0, "")
     return BenchConfig(
         host=args.host,
         port=args.port,
         family=_family(args),
-        size=size,
-        rate=parse_rate(rate_text, size),
+        size=args.size,
+        rate=None if rate.value == math.inf else rate.per_item(args.size),
         duration=duration,
-        count=count,
-        window=window,
-        parallel=parallel,
-        interval=_number(args.interval, "--interval", "0.01-3600 seconds", 0.01, 3600) or 1.0,
+        count=args.count,
+        window=args.window,
+        parallel=args.parallel,
+        interval=args.interval,
         one_way=args.one_way,
-        timeout=_number(args.timeout, "--timeout", "0.001-60 seconds", 0.001, 60) or 0.5,
-        linger=_number(args.linger, "--linger", "0-60 seconds", 0, 60) or 0.0,
+        timeout=args.timeout,
+        linger=args.linger,
         fast=False if args.no_batch else None,
         iface=args.iface,
-        ttl=_whole(args.ttl, "--ttl", 0, 255, "hops"),
+        ttl=args.ttl,
     )
 
 
@@ -582,8 +581,8 @@ def run_reflect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     from udpkit._loops import reflect as _reflect
     from udpkit._net.addr import format_sockaddr
 
-    rcvbuf = _whole(args.rcvbuf, "--rcvbuf", 1, 2**31 - 1, "bytes")
-    busy = _whole(args.busy_poll, "--busy-poll", 0, 10**6, "microseconds")
+    rcvbuf = args.rcvbuf
+    busy = args.busy_poll
     from udpkit._net.mcast import join_group, parse_group
 
     groups = [parse_group(g) for g in args.join]

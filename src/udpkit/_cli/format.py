@@ -3,7 +3,7 @@
 Four formats, all terminal-safe (nothing a peer controls reaches the
 terminal unescaped, see :mod:`udpkit._core.escape`):
 
-``seed``
+``textbook`` (also accepted under its old name, ``seed``)
     The textbook's two lines, ``Message from Client:b'...'`` and
     ``Client IP Address:('127.0.0.1', 51696)``, plus a third line
     ``(truncated: 2000 bytes, 1024 kept)`` when the datagram was cut.
@@ -37,13 +37,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from udpkit._cli.common import FORMAT_ALIASES, FORMATS
 from udpkit._core.errors import UsageError
 from udpkit._core.escape import escape_bytes, escape_controls, escape_text, safe_repr
 from udpkit._net.addr import format_sockaddr, scope_text
 
 __all__ = ["FORMATS", "banner", "format_datagram", "format_summary"]
 
-FORMATS = ("seed", "line", "hex", "json")
 
 _UNNAMED = "(unnamed)"  # a unix peer with no address; as udpkit._net.addr spells it
 
@@ -120,7 +120,7 @@ def _header(data: bytes, peer: object, length: int, when: float, local: object) 
     return " ".join(parts)
 
 
-def _format_seed(data: bytes, peer: object, length: int, when: float, local: object) -> str:
+def _format_textbook(data: bytes, peer: object, length: int, when: float, local: object) -> str:
     text = f"Message from Client:{safe_repr(data)}\nClient IP Address:{safe_repr(peer)}\n"
     if length > len(data):
         text += f"({_truncated_note(length, len(data))})\n"
@@ -189,7 +189,7 @@ def _format_json(data: bytes, peer: object, length: int, when: float, local: obj
 
 
 _FORMATTERS: dict[str, Callable[[bytes, object, int, float, object], str]] = {
-    "seed": _format_seed,
+    "textbook": _format_textbook,
     "line": _format_line,
     "hex": _format_hex,
     "json": _format_json,
@@ -204,7 +204,7 @@ def banner(fmt: str, transport: str = "UDP") -> tuple[str, bool]:
     """Return the start-up banner for output format ``fmt``.
 
     Args:
-        fmt: One of :data:`FORMATS`.
+        fmt: One of :data:`FORMATS` (or ``"seed"``, the old name of ``"textbook"``).
         transport: ``"UDP"``, ``"TCP"``, ``"Unix datagram"`` or ``"Unix stream"``.
 
     Returns:
@@ -215,6 +215,7 @@ def banner(fmt: str, transport: str = "UDP") -> tuple[str, bool]:
     Raises:
         UsageError: ``fmt`` is not one of :data:`FORMATS`.
     """
+    fmt = FORMAT_ALIASES.get(fmt, fmt)
     if fmt not in _FORMATTERS:
         raise _unknown_format(fmt)
     return f"{escape_text(transport)} server up and listening\n", fmt == "json"
@@ -232,7 +233,7 @@ def format_datagram(
     """Render one received datagram in output format ``fmt``.
 
     Args:
-        fmt: One of :data:`FORMATS`.
+        fmt: One of :data:`FORMATS` (or ``"seed"``, the old name of ``"textbook"``).
         data: The bytes kept (at most the receive buffer's size).
         peer: The sender's address as the OS gave it: a tuple for IP, a str,
             bytes or None for a unix peer.
@@ -240,18 +241,18 @@ def format_datagram(
             ``len(data)``. Larger than ``len(data)`` marks it truncated.
         when: Wall-clock arrival time (``time.time()``); None means now.
         local: The local address it arrived on; shown by ``line``, ``hex``
-            and ``json`` when not None (``seed`` keeps the textbook's lines).
+            and ``json`` when not None (``textbook`` keeps the textbook's lines).
 
     Returns:
         The text for this datagram, ending in ``"\\n"`` (several lines for
-        ``seed`` and ``hex``). Every character from the peer is escaped.
+        ``textbook`` and ``hex``). Every character from the peer is escaped.
 
     Raises:
         UsageError: ``fmt`` is not one of :data:`FORMATS`, or ``length`` is
             less than ``len(data)``.
     """
     try:
-        formatter = _FORMATTERS[fmt]
+        formatter = _FORMATTERS[FORMAT_ALIASES.get(fmt, fmt)]
     except KeyError:
         raise _unknown_format(fmt) from None
     if type(data) is not bytes:

@@ -11,7 +11,6 @@ from typing import Any, Protocol
 
 __all__ = ["add_parser", "run_read"]
 
-_FORMATS = ("line", "json", "hex", "seed")
 _BATCH = 256  # records per write: _Out flushes every write
 
 
@@ -25,7 +24,8 @@ def add_parser(sub: Any) -> None:
     Args:
         sub: the object ``ArgumentParser.add_subparsers()`` returned.
     """
-    from udpkit._cli.main import EXIT_CODES_HELP
+    from udpkit._cli.common import EXIT_CODES_HELP
+    from udpkit._cli.options import add_format
 
     p = sub.add_parser(
         "read",
@@ -38,11 +38,11 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="the recording")
-    p.add_argument(
-        "--format",
-        choices=_FORMATS,
-        default="line",
-        help="how to print each datagram (default line; json keeps stdout pure JSON Lines)",
+    add_format(
+        p,
+        "line",
+        "how to print each datagram: line (default), textbook, hex or json (JSON Lines, "
+        "keeps stdout pure)",
     )
     p.add_argument(
         "--input-format",

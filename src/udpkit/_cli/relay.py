@@ -1,8 +1,8 @@
 """``udpkit relay LISTEN TARGET``: the command line over :class:`udpkit._loops.relay.Relay`.
 
 Only argparse is imported at the top: registering the command costs the other
-commands no start-up time.  Option values are checked in :func:`run`, so a bad
-one is a :class:`~udpkit._core.errors.UsageError` naming it (exit code 2).
+commands no start-up time.  Option values are parsed by the validators of
+:mod:`udpkit._cli.options`, so a bad one is one line naming it (exit code 2).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: Any) -> None:
     """Register ``relay`` and its options on the ``udpkit`` subcommand parser."""
+    from udpkit._cli import options
+
     p = sub.add_parser(
         "relay",
         help="forward UDP between clients and a target, optionally impairing it",
@@ -27,47 +29,86 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("target", metavar="TARGET", help="[HOST:]PORT to forward to (host 127.0.0.1)")
     p.add_argument(
         "--idle-timeout",
-        default="60",
+        type=options.IDLE_TIMEOUT,
+        default=60.0,
         metavar="SECONDS",
-        help="end a flow after this long without traffic (default 60)",
+        help="end a flow after this long without traffic (default 60; 500ms, 5min)",
     )
     p.add_argument(
         "--max-flows",
-        default="1024",
+        type=options.MAX_FLOWS,
+        default=1024,
         metavar="N",
         help="clients at once; datagrams from more are refused and counted (default 1024)",
     )
     imp = p.add_argument_group("impairments (per direction, reproducible with --seed)")
-    imp.add_argument("--loss", metavar="P", help="drop with probability P (0.05 or 5%%)")
-    imp.add_argument("--duplicate", metavar="P", help="send twice with probability P")
     imp.add_argument(
-        "--reorder", metavar="P", help="hold back with probability P (see --reorder-gap)"
+        "--loss",
+        type=options.LOSS,
+        default=0.0,
+        metavar="P",
+        help="drop with probability P (0.05 or 5%%)",
+    )
+    imp.add_argument(
+        "--duplicate",
+        type=options.DUPLICATE,
+        default=0.0,
+        metavar="P",
+        help="send twice with probability P",
+    )
+    imp.add_argument(
+        "--reorder",
+        type=options.REORDER,
+        default=0.0,
+        metavar="P",
+        help="hold back with probability P (see --reorder-gap)",
     )
     imp.add_argument(
         "--reorder-gap",
-        default="3",
+        type=options.REORDER_GAP,
+        default=3,
         metavar="N",
         help="release a held datagram after N later ones passed (default 3)",
     )
     imp.add_argument(
         "--reorder-max",
-        default="100",
+        type=options.REORDER_MAX,
+        default=0.1,
         metavar="MS",
-        help="... or after this many milliseconds (default 100)",
+        help="... or after this many milliseconds (default 100; 2s)",
     )
-    imp.add_argument("--delay", metavar="MS[±J]", help="add MS milliseconds, +-J jitter (20±5)")
-    imp.add_argument("--rate", metavar="BYTES/S", help="token bucket rate (k/M/G suffixes)")
-    imp.add_argument("--burst", metavar="BYTES", help="token bucket depth (default 10 ms worth)")
+    imp.add_argument(
+        "--delay",
+        type=options.DELAY,
+        default=(0.0, 0.0),
+        metavar="MS[±J]",
+        help="add MS milliseconds, +-J jitter (20±5, 20ms+-5ms, 1s)",
+    )
+    imp.add_argument(
+        "--rate",
+        type=options.BYTE_RATE,
+        metavar="BYTES/S",
+        help="token bucket rate in bytes/s (125000, 500k, 1.5M: powers of 1000)",
+    )
+    imp.add_argument(
+        "--burst",
+        type=options.BURST,
+        metavar="BYTES",
+        help="token bucket depth (1500, 64K: powers of 1024; default 10 ms worth)",
+    )
     imp.add_argument(
         "--direction",
         choices=("both", "up", "down"),
         default="both",
         help="which direction to impair: up = client to target (default both)",
     )
-    imp.add_argument("--seed", metavar="N", help="seed the random streams (default: random)")
+    imp.add_argument(
+        "--seed", type=options.SEED, metavar="N", help="seed the random streams (default: random)"
+    )
     p.add_argument(
         "--spin-us",
-        default="50",
+        type=options.SPIN_US,
+        default=50,
         metavar="US",
         help="after traffic, poll without sleeping this long (lower latency; 0: off; default 50)",
     )
@@ -76,53 +117,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
 
 
-def _int(text: str, option: str, low: int) -> int:
-    from udpkit._core.errors import UsageError
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if value < low:
-        raise UsageError(f"invalid {option} {text!r}: must be a whole number >= {low}")
-    return value
-
-
-def _float(text: str, option: str, unit: str) -> float:
-    from udpkit._core.errors import UsageError
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0 or value == float("inf"):
-        raise UsageError(f"invalid {option} {text!r}: must be a number of {unit} > 0")
-    return value
-
-
 def impair_config(args: argparse.Namespace) -> Any:
-    """Build the :class:`ImpairConfig` the options ask for (``None``: no impairment).
+    """Build the :class:`ImpairConfig` the (parsed) options ask for (``None``: no impairment)."""
+    from udpkit._core.relay import ImpairConfig
 
-    Raises:
-        UsageError: a bad option value.
-    """
-    from udpkit._core.relay import ImpairConfig, parse_delay, parse_probability, parse_rate
-
-    delay, jitter = parse_delay(args.delay) if args.delay is not None else (0.0, 0.0)
-    rate = parse_rate(args.rate, "--rate") if args.rate is not None else None
-    burst = parse_rate(args.burst, "--burst") if args.burst is not None else None
+    delay, jitter = args.delay
     cfg = ImpairConfig(
-        loss=parse_probability(args.loss, "--loss") if args.loss is not None else 0.0,
-        duplicate=(
-            parse_probability(args.duplicate, "--duplicate") if args.duplicate is not None else 0.0
-        ),
-        reorder=parse_probability(args.reorder, "--reorder") if args.reorder is not None else 0.0,
-        reorder_gap=_int(args.reorder_gap, "--reorder-gap", 1),
-        reorder_max=_float(args.reorder_max, "--reorder-max", "milliseconds") / 1000,
+        loss=args.loss,
+        duplicate=args.duplicate,
+        reorder=args.reorder,
+        reorder_gap=args.reorder_gap,
+        reorder_max=args.reorder_max,
         delay=delay,
         jitter=jitter,
-        rate=rate,
-        burst=burst,
+        rate=args.rate,
+        burst=None if args.burst is None else float(args.burst),
     )
     return cfg if cfg.active else None
 
@@ -143,9 +152,9 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
     from udpkit._net.addr import format_sockaddr, resolve_one, split_hostport
     from udpkit._net.sockets import set_receive_buffer, udp_bind
 
-    idle = _float(args.idle_timeout, "--idle-timeout", "seconds")
-    max_flows = _int(args.max_flows, "--max-flows", 1)
-    seed = _int(args.seed, "--seed", 0) if args.seed is not None else None
+    idle = args.idle_timeout
+    max_flows = args.max_flows
+    seed = args.seed
     cfg = impair_config(args)
     lhost, lport = split_hostport(args.listen, default_host=DEFAULT_LISTEN_HOST)
     thost, tport = split_hostport(args.target, default_host=DEFAULT_LISTEN_HOST)
@@ -174,7 +183,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
             impair_down=cfg if args.direction in ("both", "down") else None,
             seed=seed,
             fast=False if args.no_batch else None,
-            spin_us=_int(args.spin_us, "--spin-us", 0),
+            spin_us=args.spin_us,
             on_report=lambda st: err.write(format_stats(st)),
         )
         try:

@@ -1,4 +1,4 @@
-"""`udpkit send` and `udpkit demo`: the seed's client, and both sides in one process."""
+"""`udpkit send` and `udpkit demo`: the textbook's client, and both sides in one process."""
 
 from __future__ import annotations
 
@@ -8,19 +8,101 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from udpkit._cli.main import (
+from udpkit._cli import options
+from udpkit._cli.common import (
     DEFAULT_HOST,
     DEFAULT_MESSAGE,
     DEFAULT_REPLY,
     DEFAULT_TCP_PORT,
     DEFAULT_UDP_PORT,
+    EXIT_CODES_HELP,
     EXIT_OK,
-    _check_unix_args,
-    _family,
-    _Out,
-    _transport,
 )
+from udpkit._cli.common import Out as _Out
+from udpkit._cli.common import check_unix_args as _check_unix_args
+from udpkit._cli.common import family as _family
+from udpkit._cli.common import transport as _transport
 from udpkit._core.errors import AddressError, ConnectionRefused, NetworkError, Timeout, UsageError
+
+# ---------------------------------------------------------------- arguments
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``send`` and ``demo`` on the ``udpkit`` subcommand parsers."""
+    send = sub.add_parser(
+        "send",
+        help="send a message and print the reply (the textbook's UDP client)",
+        description="Send MESSAGE (default 'Hello UDP Server') to HOST PORT (default "
+        "127.0.0.1 5005) and print the reply. MESSAGE '-' reads standard input. "
+        "With --unix PATH the only positional argument is MESSAGE.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    send.add_argument(
+        "args", nargs="*", metavar="[HOST] [PORT] [MESSAGE]", help="destination and message"
+    )
+    send.add_argument(
+        "--bind",
+        metavar="[HOST:]PORT",
+        help="local address to send from (the textbook's client binds port 54312)",
+    )
+    send.add_argument(
+        "--timeout",
+        type=options.TIMEOUT,
+        default=2.0,
+        metavar="SECONDS",
+        help="how long to wait for each reply (default 2; 500ms, 1min)",
+    )
+    send.add_argument(
+        "--retries",
+        type=options.RETRIES,
+        default=0,
+        metavar="N",
+        help="resend up to N times when no reply comes (default 0)",
+    )
+    send.add_argument("--no-wait", action="store_true", help="send and exit without waiting")
+    send.add_argument(
+        "--broadcast",
+        action="store_true",
+        help="allow broadcast (SO_BROADCAST); needed for '<broadcast>'",
+    )
+    send.add_argument(
+        "--all",
+        action="store_true",
+        help="collect for the whole --timeout and print every reply (for a broadcast "
+        "address or group, one per responder); default: the first reply",
+    )
+    mcs = send.add_argument_group("multicast")
+    options.add_ttl(mcs, "multicast hop limit (0-255)")
+    loop = mcs.add_mutually_exclusive_group()
+    loop.add_argument(
+        "--loop",
+        dest="loop",
+        action="store_true",
+        default=None,
+        help="deliver to this host's own group members too (the OS default)",
+    )
+    loop.add_argument("--no-loop", dest="loop", action="store_false", help="do not loop back")
+    mcs.add_argument("--iface", metavar="IFACE", help="send multicast out of IFACE")
+    send.add_argument(
+        "--hex", action="store_true", help="MESSAGE is hex digits (spaces and colons allowed)"
+    )
+    send.add_argument(
+        "--buffer-size",
+        type=options.BUFFER_SIZE,
+        default=65535,
+        metavar="BYTES",
+        help="reply buffer in bytes (default 65535; 1024, 64K)",
+    )
+    options.add_transport(send)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the textbook's server and client together and show both sides",
+        description="Start a server on a free loopback port and a client in one process, "
+        "and print both sides of the textbook exchange.",
+    )
+    demo.add_argument("--tcp", action="store_true", help="show the TCP exchange instead")
 
 
 def _read_message(text: str, as_hex: bool) -> bytes:
@@ -249,7 +331,7 @@ def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
 
     def observe(batch: Sequence[_sockets.Datagram]) -> None:
         for d in batch:
-            say("server", _format.format_datagram("seed", d.data, d.peer, length=d.length))
+            say("server", _format.format_datagram("textbook", d.data, d.peer, length=d.length))
 
     handler = _server.reply_handler("reply", DEFAULT_REPLY.encode())
     message = DEFAULT_MESSAGE.encode()
@@ -268,7 +350,7 @@ def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         port = endpoint.sock.getsockname()[1]
         say(
             "server",
-            _format.banner("seed", transport)[0].rstrip("\n")
+            _format.banner("textbook", transport)[0].rstrip("\n")
             + f" on {format_sockaddr(endpoint.sock.getsockname())}",
         )
         thread = threading.Thread(target=server.serve, name="udpkit-demo-server", daemon=True)

@@ -10,18 +10,194 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from udpkit._cli.main import (
+from udpkit._cli import options
+from udpkit._cli.common import (
     DEFAULT_HOST,
+    DEFAULT_REPLY,
     DEFAULT_TCP_PORT,
     DEFAULT_UDP_PORT,
+    EXIT_CODES_HELP,
     EXIT_NETWORK,
     EXIT_OK,
-    _check_unix_args,
-    _family,
-    _Out,
-    _transport,
 )
+from udpkit._cli.common import Out as _Out
+from udpkit._cli.common import check_unix_args as _check_unix_args
+from udpkit._cli.common import family as _family
+from udpkit._cli.common import transport as _transport
 from udpkit._core.errors import NetworkError, UdpkitError, UsageError
+
+# ---------------------------------------------------------------- arguments
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``serve`` on the ``udpkit`` subcommand parsers."""
+    serve = sub.add_parser(
+        "serve",
+        help="listen, print each message and reply (the textbook's UDP server)",
+        description="Listen on HOST PORT (default 127.0.0.1 5005), print every datagram "
+        "with its sender, and reply 'Hello UDP Client'.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "host",
+        nargs="?",
+        default=None,
+        metavar="HOST",
+        help="address to bind (default 127.0.0.1; '' or 0.0.0.0 for all)",
+    )
+    serve.add_argument(
+        "port",
+        nargs="?",
+        default=None,
+        metavar="PORT",
+        help="port number or service name (default 5005, 12345 with --tcp; 0 picks a free port)",
+    )
+    serve.add_argument(
+        "-p",
+        "--port",
+        dest="port_option",
+        metavar="PORT",
+        help="the port, given as an option (handy with --join, where HOST is not needed)",
+    )
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--reply",
+        metavar="TEXT",
+        default=DEFAULT_REPLY,
+        help=f"reply with TEXT (default {DEFAULT_REPLY!r})",
+    )
+    mode.add_argument("--echo", action="store_true", help="reply with the message received")
+    mode.add_argument("--no-reply", action="store_true", help="never reply")
+    serve.add_argument(
+        "--count", type=options.COUNT, metavar="N", help="exit after N messages (100, 10k)"
+    )
+    serve.add_argument(
+        "--buffer-size",
+        type=options.BUFFER_SIZE,
+        default=65535,
+        metavar="BYTES",
+        help="receive buffer in bytes (default 65535: the largest datagram; 1024, 64K); "
+        "longer datagrams are reported as truncated with their real length",
+    )
+    _add_multicast_and_recording(serve)
+    serve.add_argument(
+        "--quiet", "-q", action="store_true", help="print nothing per message: count only"
+    )
+    _add_performance(serve)
+    _add_policy(serve)
+    options.add_format(
+        serve,
+        "textbook",
+        "output: textbook (the textbook's lines; 'seed' is an old name for it), line, hex "
+        "or json (JSON Lines)",
+    )
+    options.add_transport(serve)
+
+
+def _add_multicast_and_recording(serve: argparse.ArgumentParser) -> None:
+    mc = serve.add_argument_group("multicast")
+    mc.add_argument(
+        "--join",
+        action="append",
+        default=[],
+        metavar="GROUP[@IFACE]",
+        help="join a multicast group (repeatable); without HOST, binds the group's wildcard",
+    )
+    mc.add_argument(
+        "--source", metavar="ADDR", help="with --join: source-specific membership (SSM)"
+    )
+    rec = serve.add_argument_group("recording")
+    rec.add_argument(
+        "--record",
+        metavar="FILE",
+        help="write every datagram received to FILE (.jsonl or .pcap); read it with 'udpkit read'",
+    )
+    rec.add_argument("--force", action="store_true", help="with --record: overwrite FILE")
+    rec.add_argument(
+        "--record-continue",
+        action="store_true",
+        help="if the disk fails, keep serving unrecorded (default: stop, exit 1)",
+    )
+    serve.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST default 127.0.0.1)",
+    )
+
+
+def _add_performance(serve: argparse.ArgumentParser) -> None:
+    perf = serve.add_argument_group("performance (UDP and Unix datagram)")
+    perf.add_argument(
+        "--workers",
+        default="1",
+        metavar="N",
+        help="serve with N processes sharing the port (SO_REUSEPORT); 'auto' = one per core",
+    )
+    perf.add_argument(
+        "--no-batch",
+        action="store_true",
+        help="use the portable recvfrom/sendto path instead of recvmmsg/sendmmsg",
+    )
+    perf.add_argument(
+        "--gro",
+        action="store_true",
+        help="receive with UDP GRO (fastest; the kernel then counts a dropped coalesced "
+        "buffer as one drop)",
+    )
+    options.add_busy_poll(perf)
+    options.add_rcvbuf(perf, "the system's")
+
+
+def _add_policy(serve: argparse.ArgumentParser) -> None:
+    pol = serve.add_argument_group(
+        "policy (UDP and Unix datagram; refused datagrams are counted, never answered)"
+    )
+    pol.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="accept only sources in CIDR (repeatable)",
+    )
+    pol.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="drop sources in CIDR (repeatable; deny wins over allow)",
+    )
+    pol.add_argument(
+        "--rate-limit",
+        type=options.RATE_LIMIT,
+        metavar="N/s[:BURST]",
+        help="per-source token bucket, e.g. 100/s:200 or 10k/s",
+    )
+    pol.add_argument(
+        "--rate-limit-prefix",
+        action="store_true",
+        help="rate-limit by /24 (IPv4) and /56 (IPv6) prefix instead of by address",
+    )
+    pol.add_argument(
+        "--rate-limit-log-only",
+        action="store_true",
+        help="count what the rate limit would drop, but drop nothing",
+    )
+    pol.add_argument(
+        "--amplification",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="replies to an untrusted source never exceed FACTOR x the bytes it sent "
+        "(default 1, at most 3)",
+    )
+    pol.add_argument(
+        "--trust",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="sources exempt from the amplification budget (default: loopback only)",
+    )
 
 
 def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[Any], str]:

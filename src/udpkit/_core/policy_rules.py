@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 import socket
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from udpkit._core.errors import UsageError
+from udpkit._core.units import parse_count, parse_rate
 
 __all__ = ["RateLimit", "parse_cidr", "parse_rate_limit", "wildcard_warning"]
-
-# N, N/s, N/s:BURST, N:BURST; N may be fractional ("0.5/s": one every 2 s).
-_RATE_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?:/\s*s)?\s*(?::\s*([0-9]+))?\s*")
 
 
 class RateLimit(NamedTuple):
@@ -34,8 +31,11 @@ class RateLimit(NamedTuple):
 def parse_rate_limit(text: str) -> RateLimit:
     """Parse ``N/s[:BURST]`` (also ``N`` and ``N:BURST``).
 
+    N is a rate in the one unit grammar (:func:`udpkit._core.units.parse_rate`:
+    ``100``, ``0.5/s``, ``10k/s``); BURST a count (``200``, ``2k``).
+
     Args:
-        text: e.g. ``"100/s"``, ``"100/s:200"``, ``"0.5/s"``, ``"100"``.
+        text: e.g. ``"100/s"``, ``"100/s:200"``, ``"0.5/s"``, ``"10k/s"``, ``"100"``.
 
     Returns:
         The rate and burst; the burst defaults to one second's worth (at least 1).
@@ -43,15 +43,15 @@ def parse_rate_limit(text: str) -> RateLimit:
     Raises:
         UsageError: malformed, a rate that is not > 0, or a burst < 1.
     """
-    m = _RATE_RE.fullmatch(text) if isinstance(text, str) else None
-    rate = float(m.group(1)) if m else math.nan
-    if m is None or not (0 < rate < math.inf):
+    rate_text, colon, burst_text = text.partition(":") if isinstance(text, str) else ("", "", "")
+    try:
+        rate = parse_rate(rate_text, "rate limit").value
+        burst = parse_count(burst_text, "burst", low=1) if colon else max(1, math.ceil(rate))
+    except UsageError:
         raise UsageError(
-            f"invalid rate limit {text!r}: expected N/s[:BURST] with N > 0, e.g. 100/s or 100/s:200"
-        )
-    burst = int(m.group(2)) if m.group(2) is not None else max(1, math.ceil(rate))
-    if burst < 1:
-        raise UsageError(f"invalid rate limit {text!r}: BURST must be a whole number >= 1")
+            f"invalid rate limit {text!r}: expected N/s[:BURST] with N > 0 and BURST a whole "
+            "number >= 1, e.g. 100/s, 10k/s or 100/s:200"
+        ) from None
     return RateLimit(rate, burst)
 
 

@@ -18,12 +18,12 @@ stage, so enabling ``--duplicate`` does not change which datagrams ``--loss`` dr
 from __future__ import annotations
 
 import random
-import re
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from udpkit._core import units
 from udpkit._core.errors import UsageError
 
 __all__ = [
@@ -33,75 +33,12 @@ __all__ = [
     "ImpairRng",
     "ImpairStats",
     "Impairment",
-    "parse_delay",
-    "parse_probability",
-    "parse_rate",
 ]
 
 # A delay queue longer than this drops (and counts) instead of growing without bound.
 DELAY_QUEUE_LIMIT = 1 << 17
 # Float slack when comparing tokens: a refill computed for a deadline must suffice at it.
 _EPS = 1e-9
-
-
-# ---------------------------------------------------------------- option parsing
-
-
-def parse_probability(text: str, option: str = "probability") -> float:
-    """Parse ``0.05`` or ``5%`` into a probability.
-
-    Raises:
-        UsageError: not a number, or outside 0-1 (0%-100%).
-    """
-    raw = text.strip()
-    try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:  # also rejects nan
-        raise UsageError(
-            f"invalid {option} {text!r}: must be a probability 0-1 or a percentage, e.g. 0.05 or 5%"
-        )
-    return value
-
-
-_DELAY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:(?:±|\+-|\+/-)\s*(\d+(?:\.\d*)?|\.\d+))?\s*$")
-
-
-def parse_delay(text: str) -> tuple[float, float]:
-    """Parse ``MS[±JITTER]`` (also ``20+-5``) into ``(delay, jitter)`` in seconds.
-
-    Raises:
-        UsageError: anything else.
-    """
-    m = _DELAY.match(text)
-    if m is None:
-        raise UsageError(
-            f"invalid delay {text!r}: write MS or MS±JITTER in milliseconds, e.g. 20 or 20±5"
-        )
-    delay = float(m.group(1)) / 1000
-    jitter = float(m.group(2)) / 1000 if m.group(2) else 0.0
-    return delay, jitter
-
-
-_SUFFIX = {"": 1, "k": 1_000, "m": 1_000_000, "g": 1_000_000_000}
-_RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG]?)\s*(?:B/s|B|/s)?\s*$")
-
-
-def parse_rate(text: str, option: str = "rate") -> float:
-    """Parse ``BYTES/S`` with an optional k/M/G suffix (powers of 1000) into bytes/s.
-
-    Raises:
-        UsageError: not such a number, or zero.
-    """
-    m = _RATE.match(text)
-    value = float(m.group(1)) * _SUFFIX[m.group(2).lower()] if m else 0.0
-    if not value > 0:
-        raise UsageError(
-            f"invalid {option} {text!r}: must be bytes per second > 0, with an optional "
-            "k/M/G suffix, e.g. 125000, 500k or 1.5M"
-        )
-    return value
 
 
 # ---------------------------------------------------------------- impairments
@@ -153,6 +90,44 @@ class ImpairConfig:
             raise UsageError(f"invalid burst {self.burst!r}: must be bytes > 0")
         if self.queue_limit < 0:
             raise UsageError(f"invalid queue_limit {self.queue_limit!r}: must be 0 or more")
+
+    @classmethod
+    def from_text(
+        cls,
+        *,
+        loss: str = "0",
+        duplicate: str = "0",
+        reorder: str = "0",
+        reorder_gap: str = "3",
+        reorder_max: str = "100ms",
+        delay: str = "0",
+        rate: str | None = None,
+        burst: str | None = None,
+    ) -> ImpairConfig:
+        """Build a config from the text ``udpkit relay`` takes for the same options.
+
+        Each value is read by :mod:`udpkit._core.units`, as the command line reads
+        it: probabilities ``0.05`` or ``5%``; ``reorder_max`` and ``delay`` in
+        milliseconds when bare (``20``, ``20ms±5ms``, ``1s``); ``rate`` in bytes/s
+        (``500k``, ``1.5M``: powers of 1000); ``burst`` in bytes (``64K``: 1024).
+
+        Raises:
+            UsageError: a value that does not parse, naming the option.
+        """
+        delay_s, jitter = units.parse_delay(delay, "--delay")
+        return cls(
+            loss=units.parse_probability(loss, "--loss"),
+            duplicate=units.parse_probability(duplicate, "--duplicate"),
+            reorder=units.parse_probability(reorder, "--reorder"),
+            reorder_gap=units.parse_count(reorder_gap, "--reorder-gap", low=1),
+            reorder_max=units.parse_duration(reorder_max, "--reorder-max", default_unit="ms"),
+            delay=delay_s,
+            jitter=jitter,
+            rate=None
+            if rate is None
+            else units.parse_rate(rate, "--rate", unit="bytes/s", byte=True).value,
+            burst=None if burst is None else float(units.parse_size(burst, "--burst", low=1)),
+        )
 
     @property
     def active(self) -> bool:

@@ -224,9 +224,9 @@ def parse_duration(
     name = _UNIT_NAME[scale]
     parts = _split(text)
     if parts is None or parts[1] not in (*_SECONDS, ""):
-        hint = f" ({_MINUTE_HINT})" if parts and parts[1] == "m" else ""
+        hint = f"; {_MINUTE_HINT}" if parts and parts[1] == "m" else ""
         raise _refuse(
-            option, text, f"a duration like 10, 500ms or 2min (a bare number is {name}){hint}"
+            option, text, f"a duration like 10, 500ms or 2min (a bare number is {name}{hint})"
         )
     seconds = parts[0] * (_SECONDS[parts[1]] if parts[1] else scale)
     if not (low < seconds if above_low else low <= seconds) or not seconds <= high:

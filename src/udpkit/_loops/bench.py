@@ -47,30 +47,32 @@ from udpkit._core.probe import (
     parse_report_untrusted,
 )
 from udpkit._core.stats import IntervalMeter, IntervalRow, Jitter, LatencyHistogram, SequenceTracker
+from udpkit._core.units import parse_rate
 from udpkit._net import mmsg as _mmsg
 from udpkit._net.addr import Address, is_multicast, resolve_one
 from udpkit._net.mcast import set_multicast_send
 from udpkit._net.sockets import DatagramSocket, set_receive_buffer, udp_bind, udp_connect
 
-__all__ = ["BenchConfig", "BenchResult", "FlowResult", "parse_rate", "run_bench"]
+__all__ = ["BenchConfig", "BenchResult", "FlowResult", "parse_bench_rate", "run_bench"]
 
 _BATCH = 64
 _MAX_BURST = 1024  # most probes one flow sends per loop turn (the loop must still read)
 _RCVBUF = 4 << 20
 _HELLO_TRIES = 5
 _HELLO_WAIT = 0.3
-_SI = {"k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9}  # no "m": milli or mega?
 # Of those, the ones that mean "nothing answers there" when the opening exchange fails.
 _UNANSWERED = ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH")
 _IFACE_HINT = "name the interface: --iface IFACE"
 _now = time.monotonic_ns
 
 
-def parse_rate(text: str, size: int) -> float | None:
-    """Parse ``--rate``: datagrams/s (``10k``), bits/s (``100Mbps``, ``1Gb/s``) or ``max``.
+def parse_bench_rate(text: str, size: int) -> float | None:
+    """Parse ``bench --rate``: datagrams/s (``10k``), bits/s (``100Mbps``, ``1Gb/s``),
+    bytes/s (``5MB/s``) of payload, or ``max``.
 
-    Suffixes k, M, G are powers of 1000.  Bits count UDP payload bytes
-    (``size`` per datagram), as iperf3's ``-b`` does.
+    The number is read by :func:`udpkit._core.units.parse_rate` (k, M, G are
+    powers of 1000).  Bits and bytes count UDP payload (``size`` per datagram),
+    as iperf3's ``-b`` does.
 
     Returns:
         Datagrams per second, or ``None`` for ``max``.
@@ -78,28 +80,10 @@ def parse_rate(text: str, size: int) -> float | None:
     Raises:
         UsageError: anything else, or a rate that is not positive.
     """
-    t = text.strip()
-    if t.lower() == "max":
+    if text.strip().lower() == "max":
         return None
-    bits = False
-    for suffix in ("bit/s", "bps", "b/s"):
-        if t.endswith(suffix):
-            t, bits = t[: -len(suffix)], True
-            break
-    mult = 1.0
-    if t[-1:] in _SI:
-        mult = _SI[t[-1]]
-        t = t[:-1]
-    try:
-        value = float(t) * mult
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise UsageError(
-            f"invalid rate {text!r}: use datagrams/s like 10000 or 10k, bits/s like "
-            "100Mbps or 1Gb/s, or 'max'"
-        )
-    return value / (size * 8) if bits else value
+    rate = parse_rate(text, "--rate", unit="datagrams/s", bits=True, byte=True)
+    return rate.per_item(size)
 
 
 @dataclass

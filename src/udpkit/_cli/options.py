@@ -1,0 +1,216 @@
+"""The command line's option types and shared option groups.
+
+One argparse ``type=`` validator per option, built on :mod:`udpkit._core.units`,
+and used by every command that has the option: ``--rcvbuf 8M`` or ``--timeout
+500ms`` mean the same, with the same limits, in ``serve``, ``send``, ``bench``,
+``reflect`` and ``relay``.  A bad value is one line naming the option and the
+text and saying what would be right (exit code 2).
+
+Only argparse and the unit grammar are imported: registering the commands costs
+no start-up time.  Values arrive parsed (``int`` bytes, ``float`` seconds, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from udpkit._cli.common import FORMATS, format_name
+from udpkit._core import units
+from udpkit._core.errors import UsageError
+
+if TYPE_CHECKING:
+    from udpkit._core.policy_rules import RateLimit
+
+__all__ = [
+    "BENCH_RATE",
+    "BUFFER_SIZE",
+    "BURST",
+    "BUSY_POLL",
+    "BYTE_RATE",
+    "COUNT",
+    "DELAY",
+    "DUPLICATE",
+    "DURATION",
+    "IDLE_TIMEOUT",
+    "INTERVAL",
+    "LINGER",
+    "LOSS",
+    "MAX_FLOWS",
+    "PARALLEL",
+    "PROBE_SIZE",
+    "RATE_LIMIT",
+    "RCVBUF",
+    "REORDER",
+    "REORDER_GAP",
+    "REORDER_MAX",
+    "RETRIES",
+    "SEED",
+    "SPIN_US",
+    "TIMEOUT",
+    "TTL",
+    "WINDOW",
+    "add_busy_poll",
+    "add_family_flags",
+    "add_format",
+    "add_rcvbuf",
+    "add_transport",
+    "add_ttl",
+    "allow_negative_values",
+]
+
+T = TypeVar("T")
+
+# One second of spinning is already far past any useful busy-poll.
+_SPIN_MAX = 1.0
+_DAY = 86400.0
+
+
+def _argtype(parse: Callable[..., T], option: str, **limits: Any) -> Callable[[str], T]:
+    """An argparse ``type=`` calling ``parse(text, option, **limits)``."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text, option, **limits)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.lstrip("-").replace("-", "_")
+    return convert
+
+
+def _microseconds(text: str, option: str) -> int:
+    seconds = units.parse_duration(text, option, default_unit="us", high=_SPIN_MAX)
+    return round(seconds * 1e6)
+
+
+def _bench_rate(text: str, option: str) -> units.Rate:
+    if text.strip().lower() == "max":
+        return units.Rate(math.inf, "")  # as fast as possible
+    return units.parse_rate(text, option, unit="datagrams/s", bits=True, byte=True)
+
+
+def _byte_rate(text: str, option: str) -> float:
+    return units.parse_rate(text, option, unit="bytes/s", byte=True).value
+
+
+def _rate_limit(text: str, option: str) -> RateLimit:
+    from udpkit._core.policy_rules import parse_rate_limit  # only when the option is given
+
+    return parse_rate_limit(text)
+
+
+# ---------------------------------------------------------------- one validator per option
+
+# Counts (whole numbers, k/M/G = powers of 1000).
+COUNT = _argtype(units.parse_count, "--count", low=1)  # serve, bench
+RETRIES = _argtype(units.parse_count, "--retries", low=0)  # send
+TTL = _argtype(units.parse_count, "--ttl", low=0, high=255)  # send, bench
+WINDOW = _argtype(units.parse_count, "--window", low=1, high=65536)  # bench
+PARALLEL = _argtype(units.parse_count, "--parallel", low=1, high=128)  # bench
+MAX_FLOWS = _argtype(units.parse_count, "--max-flows", low=1)  # relay
+REORDER_GAP = _argtype(units.parse_count, "--reorder-gap", low=1)  # relay
+SEED = _argtype(units.parse_count, "--seed", low=0)  # relay
+
+# Sizes in bytes (K/M/G = powers of 1024).
+BUFFER_SIZE = _argtype(units.parse_size, "--buffer-size", low=1, high=1 << 24)  # serve, send
+RCVBUF = _argtype(units.parse_size, "--rcvbuf", low=1, high=2**31 - 1)  # serve, reflect
+PROBE_SIZE = _argtype(units.parse_size, "--size", low=32, high=65507)  # bench
+BURST = _argtype(units.parse_size, "--burst", low=1)  # relay
+
+# Durations, in seconds unless the option's unit is smaller (then an int or seconds).
+TIMEOUT = _argtype(units.parse_duration, "--timeout", high=_DAY)  # send, bench
+DURATION = _argtype(units.parse_duration, "--duration", low=0.001, high=_DAY)  # bench
+INTERVAL = _argtype(units.parse_duration, "--interval", low=0.01, high=3600.0)  # bench
+LINGER = _argtype(units.parse_duration, "--linger", high=60.0)  # bench
+IDLE_TIMEOUT = _argtype(units.parse_duration, "--idle-timeout", above_low=True)  # relay
+REORDER_MAX = _argtype(
+    units.parse_duration, "--reorder-max", default_unit="ms", above_low=True, high=_DAY
+)  # relay
+BUSY_POLL = _argtype(_microseconds, "--busy-poll")  # serve, reflect: int microseconds
+SPIN_US = _argtype(_microseconds, "--spin-us")  # relay: int microseconds
+DELAY = _argtype(units.parse_delay, "--delay")  # relay: (delay, jitter) seconds
+
+# Rates.
+BENCH_RATE = _argtype(_bench_rate, "--rate")  # bench: units.Rate, infinite for 'max'
+BYTE_RATE = _argtype(_byte_rate, "--rate")  # relay: bytes/s
+RATE_LIMIT = _argtype(_rate_limit, "--rate-limit")  # serve: RateLimit
+
+# Probabilities (0.05 or 5%).
+LOSS = _argtype(units.parse_probability, "--loss")  # relay
+DUPLICATE = _argtype(units.parse_probability, "--duplicate")  # relay
+REORDER = _argtype(units.parse_probability, "--reorder")  # relay
+
+
+# ---------------------------------------------------------------- shared option groups
+
+
+def add_family_flags(p: argparse.ArgumentParser | Any) -> None:
+    """``-4``/``-6``: IPv4 or IPv6 only (mutually exclusive)."""
+    fam = p.add_mutually_exclusive_group()
+    fam.add_argument("-4", "--ipv4", action="store_true", help="use IPv4 only")
+    fam.add_argument("-6", "--ipv6", action="store_true", help="use IPv6 only")
+
+
+def allow_negative_values(p: argparse.ArgumentParser) -> None:
+    """Let ``-1`` reach the validators of a parser that has ``-4``/``-6``."""
+    # With options spelled like numbers (-4, -6) argparse takes every negative
+    # number for an option: `--timeout -1` would be "expected one argument" and
+    # port `-1` "unrecognized". Clearing the flag keeps -4/-6 (exact matches
+    # come first) and lets -1 reach its validator, which names it.
+    p._has_negative_number_optionals.clear()
+
+
+def add_transport(p: argparse.ArgumentParser) -> None:
+    """The transport group of serve and send: --tcp, --unix, --stream, -4/-6."""
+    tr = p.add_argument_group("transport")
+    tr.add_argument("--tcp", action="store_true", help="use TCP (default port 12345)")
+    tr.add_argument(
+        "--unix", metavar="PATH", help="use a Unix-domain socket at PATH ('@name': abstract)"
+    )
+    tr.add_argument(
+        "--stream", action="store_true", help="with --unix: a stream socket (default datagram)"
+    )
+    add_family_flags(tr)
+    allow_negative_values(p)
+
+
+def add_busy_poll(p: argparse.ArgumentParser | Any) -> None:
+    """``--busy-poll US`` (serve, reflect)."""
+    p.add_argument(
+        "--busy-poll",
+        type=BUSY_POLL,
+        default=0,
+        metavar="US",
+        help="spin up to US microseconds (or 50us, 1ms; at most 1s) on an empty socket "
+        "before sleeping (lower latency)",
+    )
+
+
+def add_rcvbuf(p: argparse.ArgumentParser | Any, default: str) -> None:
+    """``--rcvbuf BYTES`` (serve, reflect)."""
+    p.add_argument(
+        "--rcvbuf",
+        type=RCVBUF,
+        metavar="BYTES",
+        help=f"ask for a kernel receive buffer of BYTES (65536, 4M) and report what the "
+        f"kernel gave (default {default})",
+    )
+
+
+def add_ttl(p: argparse.ArgumentParser | Any, help: str) -> None:
+    """``--ttl N`` (send, bench)."""
+    p.add_argument("--ttl", type=TTL, metavar="N", help=help)
+
+
+def add_format(p: argparse.ArgumentParser, default: str, help: str) -> None:
+    """``--format`` of serve and read: one of :data:`FORMATS` (``seed`` still accepted)."""
+    p.add_argument(
+        "--format",
+        type=format_name,
+        choices=FORMATS,
+        default=default,
+        help=help,
+    )

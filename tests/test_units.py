@@ -1,0 +1,271 @@
+"""The one unit grammar: every form it reads, and every refusal naming the input."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from udpkit._core.errors import UsageError
+from udpkit._core.units import (
+    Rate,
+    parse_count,
+    parse_delay,
+    parse_duration,
+    parse_probability,
+    parse_rate,
+    parse_size,
+)
+
+# ---------------------------------------------------------------- sizes
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("65536", 65536),
+        ("0", 0),
+        ("64K", 65536),
+        ("64k", 65536),
+        ("64KiB", 65536),
+        ("64KB", 65536),
+        ("8M", 8 << 20),
+        ("8MiB", 8 << 20),
+        ("8MB", 8 << 20),
+        ("1G", 1 << 30),
+        ("1GiB", 1 << 30),
+        ("100B", 100),
+        ("1.5K", 1536),
+        (".5K", 512),
+        (" 4 M ", 4 << 20),
+    ],
+)
+def test_size(text: str, value: int) -> None:
+    assert parse_size(text, "--rcvbuf") == value
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("8X", "a size in bytes like 65536, 64K or 8M"),
+        ("", "a size in bytes"),
+        ("-1", "a size in bytes"),
+        ("1e6", "a size in bytes"),
+        ("K", "a size in bytes"),
+        ("10iB", "a size in bytes"),
+        ("8m", "write M for mega"),
+        ("8mb", "write M for mega"),
+        ("1.1K", "a whole number of bytes"),
+        ("0.5", "a whole number of bytes"),
+        ("nan", "a size in bytes"),
+    ],
+)
+def test_size_refusals_name_the_input(text: str, says: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"invalid --rcvbuf {text!r}: ")) as info:
+        parse_size(text, "--rcvbuf")
+    assert says in str(info.value)
+
+
+def test_size_range_is_the_callers() -> None:
+    assert parse_size("2G", "--x", low=1, high=2**31) == 2**31
+    with pytest.raises(UsageError, match=r"invalid --x '2G': must be 1-2147483647 bytes"):
+        parse_size("2G", "--x", low=1, high=2**31 - 1)
+    with pytest.raises(UsageError, match=r"invalid --x '0': must be 1 bytes or more"):
+        parse_size("0", "--x", low=1)
+
+
+# ---------------------------------------------------------------- counts
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("100", 100), ("10k", 10_000), ("10K", 10_000), ("2M", 2_000_000), ("1G", 10**9),
+     ("1.5k", 1500), ("0", 0)],
+)  # fmt: skip
+def test_count(text: str, value: int) -> None:
+    assert parse_count(text, "--count") == value
+
+
+@pytest.mark.parametrize(
+    ("text", "low", "high", "says"),
+    [
+        ("x", 0, 2**62, "a whole number like 100 or 10k"),
+        ("-1", 0, 2**62, "a whole number like 100 or 10k"),
+        ("1.5", 0, 2**62, "must be a whole number"),
+        ("10m", 0, 2**62, "write M for mega"),
+        ("10KiB", 0, 2**62, "a whole number like 100 or 10k"),
+        ("0", 1, 2**62, "must be 1 or more"),
+        ("256", 0, 255, "must be 0-255"),
+    ],
+)
+def test_count_refusals_name_the_input(text: str, low: int, high: int, says: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"invalid --n {text!r}: ")) as info:
+        parse_count(text, "--n", low=low, high=high)
+    assert says in str(info.value)
+
+
+# ---------------------------------------------------------------- rates
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("10000", Rate(10_000.0, "")),
+        ("10k", Rate(10_000.0, "")),
+        ("10K", Rate(10_000.0, "")),
+        ("2.5M", Rate(2.5e6, "")),
+        ("1G", Rate(1e9, "")),
+        ("10k/s", Rate(10_000.0, "")),
+        ("10 / s", Rate(10.0, "")),
+        ("0.5/s", Rate(0.5, "")),
+        ("100Mbps", Rate(1e8, "bit")),
+        ("100Mbit", Rate(1e8, "bit")),
+        ("100Mbit/s", Rate(1e8, "bit")),
+        ("1Gb/s", Rate(1e9, "bit")),
+        ("8bit/s", Rate(8.0, "bit")),
+        ("512kbps", Rate(512e3, "bit")),
+        ("500kB/s", Rate(500e3, "byte")),
+        ("10kB", Rate(10e3, "byte")),
+        ("1.5MB/s", Rate(1.5e6, "byte")),
+    ],
+)
+def test_rate(text: str, value: Rate) -> None:
+    assert parse_rate(text, "--rate", bits=True, byte=True) == value
+
+
+def test_rate_in_items() -> None:
+    assert Rate(512e3, "bit").per_item(64) == 1000.0
+    assert Rate(640.0, "byte").per_item(64) == 10.0
+    assert Rate(10.0, "").per_item(64) == 10.0
+
+
+@pytest.mark.parametrize(
+    ("text", "bits", "byte", "says"),
+    [
+        ("", True, True, "a rate in datagrams/s like 10000 or 10k"),
+        ("fast", True, True, "bits/s like 100Mbps"),
+        ("0", True, True, "must be more than 0"),
+        ("-1k", True, True, "a rate in"),
+        ("10m", True, True, "write M for mega"),
+        ("10mbps", True, True, "write M for mega"),
+        ("5T", True, True, "a rate in"),
+        ("2g", True, True, "a rate in"),
+        ("k", True, True, "a rate in"),
+        ("100/m", True, True, "a rate in"),
+        ("1e3", True, True, "a rate in"),
+        ("10Bps", True, True, "a rate in"),
+        ("100Mbps", False, True, "a rate in datagrams/s like 10000 or 10k or bytes/s"),
+        ("10kB/s", True, False, "a rate in datagrams/s like 10000 or 10k or bits/s"),
+    ],
+)
+def test_rate_refusals_name_the_input(text: str, bits: bool, byte: bool, says: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"invalid --rate {text!r}: ")) as info:
+        parse_rate(text, "--rate", bits=bits, byte=byte)
+    assert says in str(info.value)
+
+
+# ---------------------------------------------------------------- durations
+
+
+@pytest.mark.parametrize(
+    ("text", "default_unit", "seconds"),
+    [
+        ("2", "s", 2.0),
+        ("0.5", "s", 0.5),
+        ("500ms", "s", 0.5),
+        ("250us", "s", 250e-6),
+        ("250µs", "s", 250e-6),
+        ("3s", "s", 3.0),
+        ("3sec", "s", 3.0),
+        ("2min", "s", 120.0),
+        ("20", "ms", 0.02),  # relay --delay 20 stays 20 ms
+        ("1s", "ms", 1.0),
+        ("50", "us", 50e-6),  # --busy-poll 50 stays 50 us
+        ("1ms", "us", 1e-3),
+    ],
+)
+def test_duration(text: str, default_unit: str, seconds: float) -> None:
+    got = parse_duration(text, "--timeout", default_unit=default_unit)
+    assert got == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "kw", "says"),
+    [
+        ("soon", {}, "a duration like 10, 500ms or 2min (a bare number is seconds)"),
+        ("-1", {}, "a duration like"),
+        ("2m", {}, "write min or ms"),
+        ("2h", {}, "a duration like"),
+        ("1e3", {}, "a duration like"),
+        ("100", {"low": 0.001, "high": 60.0}, "must be 0.001-60 seconds"),
+        ("2s", {"default_unit": "us", "high": 1.0}, "must be 0-1000000 microseconds"),
+        ("0", {"default_unit": "ms", "above_low": True}, "must be more than 0 milliseconds"),
+        ("x", {"default_unit": "ms"}, "a bare number is milliseconds"),
+    ],
+)
+def test_duration_refusals_name_the_input(text: str, kw: dict[str, object], says: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"invalid --timeout {text!r}: ")) as info:
+        parse_duration(text, "--timeout", **kw)  # type: ignore[arg-type]
+    assert says in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("20", (0.02, 0.0)),
+        ("20±5", (0.02, 0.005)),
+        ("20+-5", (0.02, 0.005)),
+        ("20+/-5", (0.02, 0.005)),
+        ("20ms+-5ms", (0.02, 0.005)),
+        ("20ms", (0.02, 0.0)),
+        ("0.5s±10ms", (0.5, 0.01)),
+        ("0.5", (0.0005, 0.0)),
+        ("0", (0.0, 0.0)),
+        (" 20 ± 5 ", (0.02, 0.005)),
+    ],
+)
+def test_delay(text: str, value: tuple[float, float]) -> None:
+    assert parse_delay(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "-5", "20±", "±5", "a", "20m", "20±5±1"])
+def test_delay_refusals_name_the_input(text: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"invalid --delay {text!r}: ")) as info:
+        parse_delay(text)
+    assert "a delay like 20, 20ms or 20ms±5ms" in str(info.value)
+
+
+# ---------------------------------------------------------------- probabilities
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("0", 0.0), ("0.05", 0.05), ("5%", 0.05), ("1", 1.0), ("100%", 1.0), (" 0.5 ", 0.5),
+     ("2.5 %", 0.025)],
+)  # fmt: skip
+def test_probability(text: str, value: float) -> None:
+    assert parse_probability(text, "--loss") == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["", "x", "-0.1", "1.5", "101%", "nan", "5%%", "5k"])
+def test_probability_refusals_name_the_input(text: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"invalid --loss {text!r}: ")) as info:
+        parse_probability(text, "--loss")
+    assert "a probability 0-1 or a percentage, e.g. 0.05 or 5%" in str(info.value)
+
+
+def test_units_is_io_free() -> None:
+    """The grammar lives in the core: it imports nothing but the core's errors."""
+    import ast
+    from pathlib import Path
+
+    from udpkit._core import units
+
+    tree = ast.parse(Path(units.__file__).read_text())
+    imported = {
+        n.module if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
+    assert imported <= {"__future__", "math", "re", "typing", "udpkit._core.errors"}
