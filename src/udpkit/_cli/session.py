@@ -128,6 +128,7 @@ def add_parser(sub: Any) -> None:
     """
     connect = sub.add_parser(
         "connect",
+        usage="udpkit connect [options] HOST PORT",
         help="a session like 'nc -u HOST PORT': lines of stdin out, replies printed",
         description=_DESCRIPTION["connect"],
         epilog=_EPILOG,
@@ -152,6 +153,7 @@ def add_parser(sub: Any) -> None:
 
     listen = sub.add_parser(
         "listen",
+        usage="udpkit listen [options] [HOST] PORT",
         help="a session like 'nc -ul PORT': datagrams printed, lines of stdin to the last peer",
         description=_DESCRIPTION["listen"],
         epilog=_EPILOG,
