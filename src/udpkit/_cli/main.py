@@ -33,7 +33,7 @@ __all__ = ["build_parser", "main", "run"]
 
 # The modules that declare the commands, in the order --help lists them.  Each
 # imports only light modules at the top, so registering them all costs no start-up.
-_COMMAND_MODULES = ("serve", "send", "relay", "bench", "read")
+_COMMAND_MODULES = ("serve", "send", "relay", "bench", "ping", "session", "read")
 
 
 class _Stopped(Exception):
@@ -102,6 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "relay": _lazy_command("_cli.relay", "run"),
         "bench": _lazy_command("_cli.bench", "run_bench"),
         "reflect": _lazy_command("_cli.bench", "run_reflect"),
+        "ping": _lazy_command("_cli.ping", "run_ping"),
+        "connect": _lazy_command("_cli.session", "run_connect"),
+        "listen": _lazy_command("_cli.session", "run_listen"),
         "read": _lazy_command("_cli.read", "run_read"),
     }
     # Not possible outside the main thread (main() called from a library
