@@ -528,6 +528,36 @@ def test_cli_closed_stdout_ends_quietly_with_statistics_on_stderr() -> None:
     assert "Traceback" not in text and "ping statistics" in text
 
 
+def test_cli_stops_within_a_second_while_stdout_is_blocked() -> None:
+    """`udpkit ping ... | sleep 60`: a stop is not held until the pipe drains."""
+    with echo((socket.AF_INET, "127.0.0.1")) as e:
+        proc = subprocess.Popen(
+            [*PING, "127.0.0.1", str(e.port), "-i", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,  # never read: the pipe fills and the write hangs
+            stderr=subprocess.PIPE,
+        )
+        try:
+            # A 64 KiB pipe holds about 1200 lines: then a write hangs and no probe goes.
+            deadline = time.monotonic() + STEP
+            sent = -1
+            while sent != e.received or sent < 100:
+                assert time.monotonic() < deadline, "ping never blocked on its stdout"
+                sent = e.received
+                time.sleep(0.3)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.stderr is not None
+            err = LineReader(proc.stderr.fileno()).read_rest(STEP)
+            code = proc.wait(timeout=STEP)
+            took = time.monotonic() - t0
+        finally:
+            end_process(proc)
+    assert took < 1.5, took
+    assert code == 0
+    assert b"ping statistics ---" in err and b"Traceback" not in err
+
+
 @pytest.mark.parametrize(
     ("args", "mentions"),
     [

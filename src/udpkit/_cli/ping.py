@@ -12,8 +12,10 @@ the command costs no start-up, and ``--help`` loads no socket code.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from udpkit._cli.common import DEFAULT_HOST, family
@@ -28,6 +30,7 @@ from udpkit._core.errors import UsageError
 
 if TYPE_CHECKING:
     from udpkit._core.pingstats import PingEvent, PingResult
+    from udpkit._loops.ping import Pinger
 
 __all__ = ["add_parser", "main", "ping_document", "run_ping", "summary"]
 
@@ -245,6 +248,51 @@ def ping_document(
     return doc
 
 
+class _Blocked(Exception):
+    """A stop signal came while a write to stdout hung (a full pipe nobody reads)."""
+
+
+_UNBLOCK_AFTER = 0.5  # seconds a stopped run waits for a hung write to stdout
+
+
+@contextlib.contextmanager
+def _stop_on_signals(pinger: Pinger) -> Iterator[list[bool]]:
+    """SIGINT and SIGTERM stop the run; a write to stdout that hangs is then broken off.
+
+    Yields a one-item list the caller sets while it writes to stdout: a stop
+    that lands then arms a timer, and if the write still hangs when it fires
+    (``udpkit ping ... | sleep 60``), :class:`_Blocked` is raised out of it.
+    """
+    writing = [False]
+
+    def on_stop(signum: int, _frame: object) -> None:
+        pinger.stop(signum)
+        if writing[0]:
+            signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
+
+    def on_alarm(_signum: int, _frame: object) -> None:
+        if writing[0]:
+            raise _Blocked
+
+    old: dict[int, Any] = {}
+    try:
+        for sig, handler in (
+            (signal.SIGINT, on_stop),
+            (signal.SIGTERM, on_stop),
+            (signal.SIGALRM, on_alarm),
+        ):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: the signals keep their meaning
+                break
+        yield writing
+    finally:
+        if signal.SIGALRM in old:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, previous in old.items():
+            signal.signal(signum, previous)
+
+
 def run_ping(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     """Ping as ``args`` say; lines and statistics go to ``out``, hints to ``err``.
 
@@ -254,10 +302,9 @@ def run_ping(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     Raises:
         UsageError, AddressError: a bad argument (exit code 2).
         NetworkError: the socket could not be opened (exit code 1).
-        BrokenPipeError: ``out`` was closed (after the statistics went to ``err``).
+        BrokenPipeError: ``out`` was closed, or hung when a stop came (the
+            statistics then went to ``err``).
     """
-    import signal
-
     from udpkit._core.pingstats import UNMATCHED
     from udpkit._loops.ping import Pinger
 
@@ -267,31 +314,35 @@ def run_ping(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     busy = args.busy_poll
     if busy == _WHOLE_WAIT:
         busy = round((timeout or max(1.0, args.interval)) * 1e6)
-    with Pinger(
-        target[0],
-        target[1],
-        count=args.count,
-        interval=args.interval,
-        size=args.size,
-        timeout=timeout,
-        busy_poll_us=busy,
-        family=family(args),
-    ) as pinger:
+    with (
+        Pinger(
+            target[0],
+            target[1],
+            count=args.count,
+            interval=args.interval,
+            size=args.size,
+            timeout=timeout,
+            busy_poll_us=busy,
+            family=family(args),
+        ) as pinger,
+        _stop_on_signals(pinger) as writing,
+    ):
         args.timeout = pinger.timeout
         peer = pinger.peer_text
         lines = not (args.quiet or args.json)
-        closed = False
         hinted = False
-        old: dict[int, Any] = {}
+
+        def emit(text: str) -> None:
+            writing[0] = True
+            try:
+                out.write(text)
+            finally:
+                writing[0] = False
+
         try:
-            for stop_sig in (signal.SIGINT, signal.SIGTERM):
-                try:
-                    old[stop_sig] = signal.signal(stop_sig, lambda signum, _f: pinger.stop(signum))
-                except ValueError:  # not the main thread: the signals keep their meaning
-                    break
             if not args.json:
                 where = shown if peer == shown else f"{shown} ({peer})"
-                out.write(f"PING {where}: {args.size} bytes per probe\n")
+                emit(f"PING {where}: {args.size} bytes per probe\n")
             for ev in pinger.events():
                 if ev.kind == UNMATCHED and not hinted:
                     hinted = True
@@ -301,30 +352,24 @@ def run_ping(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
                         "--echo' or 'udpkit reflect' there\n"
                     )
                 if lines:
-                    out.write(_event_line(ev, peer))
-        except BrokenPipeError:
-            closed = True
-        finally:
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-        result = pinger.result()
-        stopped = signal.Signals(pinger.stopped_by).name if pinger.stopped_by else None
-    if closed:
-        err.write(summary(shown, result))
-        raise BrokenPipeError
-    if args.json:
-        import json
+                    emit(_event_line(ev, peer))
+            result = pinger.result()
+            if args.json:
+                import json
 
-        doc = ping_document(args, target, peer, result, stopped)
-        out.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        out.write(summary(shown, result))
+                stopped = signal.Signals(pinger.stopped_by).name if pinger.stopped_by else None
+                doc = ping_document(args, target, peer, result, stopped)
+                emit(json.dumps(doc, indent=2) + "\n")
+            else:
+                emit(summary(shown, result))
+        except (BrokenPipeError, _Blocked):
+            err.write(summary(shown, pinger.result()))
+            raise BrokenPipeError from None
     return 0 if result.received else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``udpkit ping`` on its own (``python3 -m udpkit._cli.ping``), until the dispatcher has it."""
-    import contextlib
     import os
 
     from udpkit._cli.common import EXIT_NETWORK, EXIT_OK, EXIT_USAGE, Out, Parser, line
