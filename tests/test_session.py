@@ -503,3 +503,23 @@ def test_udpkit_connect_talks_to_nc_ul() -> None:
         assert LineReader(nc.stdout.fileno()).readline() == b"to nc\n"
     finally:
         end_process(nc)
+
+
+def test_the_dispatcher_runs_connect() -> None:
+    """`udpkit connect` reaches this module once the dispatcher registers it."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "udpkit", "--help"], capture_output=True, timeout=STEP, check=False
+    ).stdout
+    if b"connect" not in help_text:
+        pytest.skip("udpkit connect is not registered in the dispatcher yet")
+    with serving("--echo", "--quiet", "127.0.0.1", "0") as srv:
+        result = subprocess.run(
+            [sys.executable, "-m", "udpkit", "connect", "-w", "300ms", "127.0.0.1", str(srv.port)],
+            input=b"via udpkit\n",
+            capture_output=True,
+            timeout=STEP,
+            check=False,
+        )
+        srv.stop()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"via udpkit\n"
