@@ -41,6 +41,22 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help="clients at once; datagrams from more are refused and counted (default 1024)",
     )
+    _add_impairments(p)
+    p.add_argument(
+        "--spin-us",
+        type=options.SPIN_US,
+        default=50,
+        metavar="US",
+        help="after traffic, poll without sleeping this long (lower latency; 0: off; default 50)",
+    )
+    p.add_argument(
+        "--no-batch", action="store_true", help="use recvfrom/sendto instead of recvmmsg/sendmmsg"
+    )
+
+
+def _add_impairments(p: argparse.ArgumentParser) -> None:
+    from udpkit._cli import options
+
     imp = p.add_argument_group("impairments (per direction, reproducible with --seed)")
     imp.add_argument(
         "--loss",
@@ -104,16 +120,6 @@ def add_parser(sub: Any) -> None:
     )
     imp.add_argument(
         "--seed", type=options.SEED, metavar="N", help="seed the random streams (default: random)"
-    )
-    p.add_argument(
-        "--spin-us",
-        type=options.SPIN_US,
-        default=50,
-        metavar="US",
-        help="after traffic, poll without sleeping this long (lower latency; 0: off; default 50)",
-    )
-    p.add_argument(
-        "--no-batch", action="store_true", help="use recvfrom/sendto instead of recvmmsg/sendmmsg"
     )
 
 
