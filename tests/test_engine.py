@@ -22,15 +22,8 @@ from udpkit._loops.engine import (
     fast_path_available,
     send_batch,
 )
-from udpkit._loops.replies import wait_writable
-from udpkit._net.mmsg import (
-    SOL_UDP,
-    UDP_GRO,
-    UDP_SEGMENT,
-    decode_sockaddr,
-    encode_sockaddr,
-    proc_drops,
-)
+from udpkit._net.kernel import SOL_UDP, UDP_GRO, UDP_SEGMENT, proc_drops, wait_writable
+from udpkit._net.mmsg import decode_sockaddr, encode_sockaddr
 from udpkit._net.sockets import Datagram
 
 LINUX = sys.platform.startswith("linux")

@@ -13,9 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from udpkit._core.datagram import SockAddr
 from udpkit._core.relay import ImpairConfig
-from udpkit._core.relaystats import _show, format_stats
-from udpkit._loops.relay import Relay, RelayStats
+from udpkit._core.relaystats import format_stats
+from udpkit._loops.relay import Relay, RelayStats, _show
 
 try:
     from tests._proc import (
@@ -212,7 +213,7 @@ def test_ipv4_clients_of_a_dual_stack_relay_are_shown_as_ipv4() -> None:
         (("not an address", 9, 0, 0), "not an address:9"),  # left to format_sockaddr
     ],
 )
-def test_flow_labels(peer: tuple[object, ...], shown: str) -> None:
+def test_flow_labels(peer: SockAddr, shown: str) -> None:
     assert _show(peer) == shown
 
 
@@ -439,7 +440,7 @@ def test_cli_impairment_options_and_seed() -> None:
         (["0", "[::1"], "[::1"),
         (["0", "5005", "--loss", "x"], "--loss 'x'"),
         (["0", "5005", "--duplicate", "2"], "--duplicate '2'"),
-        (["0", "5005", "--delay", "20ms"], "delay '20ms'"),
+        (["0", "5005", "--delay", "20x"], "--delay '20x'"),
         (["0", "5005", "--rate", "0"], "--rate '0'"),
         (["0", "5005", "--max-flows", "0"], "--max-flows '0'"),
         (["0", "5005", "--idle-timeout", "-1"], "--idle-timeout '-1'"),

@@ -61,7 +61,7 @@ import socket
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar
 
-from udpkit._aio.core import Core, EndpointStats
+from udpkit._aio.core import AioSocket, EndpointStats
 from udpkit._aio.endpoint import Endpoint
 from udpkit._aio.server import Server
 from udpkit._core.errors import PermissionDenied
@@ -85,7 +85,7 @@ for _cls in (Endpoint, EndpointStats, Server):
     _cls.__module__ = __name__
 del _cls
 
-_T = TypeVar("_T", bound=Core)
+_T = TypeVar("_T", bound=AioSocket)
 
 
 class _Opening(Generic[_T]):

@@ -1,5 +1,5 @@
-"""What udpkit.aio's Endpoint and Server share: the socket, batched and single reads,
-queued batched sends, busy polling and the counters."""
+"""What udpkit.aio's Endpoint and Server share (:class:`AioSocket`): the socket, batched
+and single reads, queued batched sends, busy polling and the counters."""
 
 from __future__ import annotations
 
@@ -9,46 +9,44 @@ import ctypes
 import errno
 import os
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Self
+from typing import Self
 
+from udpkit._core.datagram import AnySockAddr, SockAddr
 from udpkit._core.errors import NetworkError, Unsupported, UsageError, map_oserror
 from udpkit._net.addr import MAX_UDP_PAYLOAD
-from udpkit._net.mcast import join_group, leave_group, set_multicast_send
-from udpkit._net.mmsg import (
+from udpkit._net.kernel import (
+    AGAIN,
     ICMP_ERRORS,
-    MM,
+    LINUX,
     MSG_DONTWAIT,
     MSG_TRUNC,
-    PEER_CACHE_MAX,
     SOL_UDP,
     UDP_GRO,
+    errno_name,
+    proc_drops,
+)
+from udpkit._net.mcast import join_group, leave_group, set_multicast_send
+from udpkit._net.mmsg import (
+    MM,
+    PEER_CACHE_MAX,
     MsgArray,
     PeerCache,
-    errno_name,
     fast_path_available,
     libc_mmsg,
-    proc_drops,
     send_batch,
 )
 from udpkit._net.sockets import Datagram, DatagramSocket
 
 __all__ = [
     "BUSY_SLICE",
-    "EARLIER",
     "PEER_CACHE_MAX",
     "SERVER_BATCHES",
-    "Core",
+    "AioSocket",
     "EndpointStats",
     "resolve_waiter",
 ]
-
-_LINUX = sys.platform.startswith("linux")
-_AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
-# On a first send these can only be about an earlier datagram; others are this one's fault.
-EARLIER = frozenset({errno.ECONNREFUSED, errno.ECONNRESET})
 # A server reads at most this many batches per readiness, so one flooded socket
 # cannot starve the other tasks of the loop (epoll is level-triggered: it comes back).
 SERVER_BATCHES = 16
@@ -59,7 +57,7 @@ DRAIN_LIMIT = 0.1
 _RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
 # recvfrom_into's flags: the real length where the kernel reports it (Linux), else none
 # (the portable buffer then holds 64 KiB, any datagram); the socket is non-blocking.
-_ONE_FLAGS = _RECV_FLAGS if _LINUX else 0
+_ONE_FLAGS = _RECV_FLAGS if LINUX else 0
 _new = tuple.__new__
 
 
@@ -140,8 +138,9 @@ def _check_sizes(bufsize: int, batch: int, send_queue: int, busy_poll_us: int) -
         raise UsageError(f"invalid busy_poll_us {busy_poll_us!r}: must be 0-1000000 microseconds")
 
 
-class Core:
-    """Socket, batched reads, queued batched sends and counters, shared by Endpoint and Server."""
+class AioSocket:
+    """A datagram socket on an asyncio loop: batched reads on readiness, queued batched sends,
+    counters.  What :class:`~udpkit.aio.Endpoint` and :class:`~udpkit.aio.Server` are built on."""
 
     def __init__(
         self,
@@ -186,16 +185,16 @@ class Core:
         self._send_high = send_queue
         self._limit = MAX_UDP_PAYLOAD.get(raw.family) if inet else None
         raw.setblocking(False)
-        if _LINUX and inet:
+        if LINUX and inet:
             # A coalesced GRO buffer would be read as one datagram: keep it off.
             with contextlib.suppress(OSError):
                 raw.setsockopt(SOL_UDP, UDP_GRO, 0)
         try:
-            self._connected: Any = raw.getpeername()
+            self._connected: SockAddr | None = raw.getpeername()
         except OSError:
             self._connected = None
         self._st = EndpointStats()
-        self._last_local: Any = None
+        self._last_local: AnySockAddr = None
         self.last_error: NetworkError | None = None
         """The latest soft error (an ICMP report, a datagram not sent), or None."""
         self._refusals = 0  # bumped on every ECONNREFUSED seen, for request()
@@ -204,7 +203,7 @@ class Core:
         self._reading = False
         self._writing = False
         self._out_data: list[bytes] = []
-        self._out_to: list[Any] = []
+        self._out_to: list[SockAddr | None] = []
         self._flush_soon = False
         self._retried = False
         self._peers = PeerCache(self._v4)
@@ -219,7 +218,7 @@ class Core:
             self._one = bytearray(bufsize)
             self._oneview = memoryview(self._one)
         else:
-            size = bufsize if _LINUX else max(bufsize, 65536)
+            size = bufsize if LINUX else max(bufsize, 65536)
             self._buf = bytearray(size)
             self._bufview = memoryview(self._buf)
             self._one, self._oneview = self._buf, self._bufview
@@ -234,7 +233,7 @@ class Core:
         return self._sock
 
     @property
-    def local_address(self) -> Any:
+    def local_address(self) -> AnySockAddr:
         """The local socket address, e.g. ``("127.0.0.1", 40123)`` (still known after close)."""
         if self._closed:
             return self._last_local
@@ -335,7 +334,7 @@ class Core:
 
     def _recv_failed(self, code: int) -> list[Datagram] | None:
         """A receive errno: [] when nothing waits, None to read on; fatal ones stop reading."""
-        if code in _AGAIN:
+        if code in AGAIN:
             return []
         if code == errno.EINTR:
             return None
@@ -415,7 +414,7 @@ class Core:
         out: list[Datagram] = []
         st = self._st
         bs = self._bufsize
-        flags = MSG_TRUNC if _LINUX else 0
+        flags = MSG_TRUNC if LINUX else 0
         while len(out) < vlen:
             try:
                 ln, peer = self._sock.recvfrom_into(self._buf, len(self._buf), flags)
@@ -438,7 +437,7 @@ class Core:
 
     # -- sending -----------------------------------------------------------------------
 
-    def _enqueue(self, data: bytes, to: Any) -> None:
+    def _enqueue(self, data: bytes, to: SockAddr | None) -> None:
         self._out_data.append(data)
         self._out_to.append(to)
         if not self._flush_soon:
@@ -493,7 +492,7 @@ class Core:
             self._writing = True
         return not full
 
-    def _send1(self, payload: bytes, to: Any) -> int:
+    def _send1(self, payload: bytes, to: SockAddr | None) -> int:
         # One datagram: a plain sendto costs less than building a sendmmsg batch.
         try:
             if to is None:

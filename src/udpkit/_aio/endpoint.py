@@ -20,9 +20,8 @@ from typing import Self
 
 from udpkit._aio.core import (
     BUSY_SLICE,
-    EARLIER,
     PEER_CACHE_MAX,
-    Core,
+    AioSocket,
     resolve_waiter,
 )
 from udpkit._core.datagram import AnySockAddr, Datagram, Payload, SockAddr
@@ -36,7 +35,7 @@ from udpkit._core.errors import (
 )
 from udpkit._core.requests import Request, Requests
 from udpkit._net.addr import Address, is_broadcast, resolve_one
-from udpkit._net.mmsg import ICMP_ERRORS
+from udpkit._net.kernel import EARLIER, ICMP_ERRORS
 from udpkit._net.sockets import DatagramSocket, Destination
 
 __all__ = ["Endpoint"]
@@ -50,7 +49,7 @@ def _check_timeout(timeout: object) -> None:
 _DONE, _TIMEOUT, _REFUSED = 0, 1, 2
 
 
-class Endpoint(Core):
+class Endpoint(AioSocket):
     """A UDP endpoint for asyncio: ``await recv()``, ``await send()``, ``async for``.
 
     Usually made by :func:`open_udp` or :func:`bind_udp`; the constructor wraps a

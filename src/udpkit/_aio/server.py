@@ -7,7 +7,7 @@ import inspect
 import socket
 import time
 
-from udpkit._aio.core import BUSY_SLICE, SERVER_BATCHES, Core, EndpointStats
+from udpkit._aio.core import BUSY_SLICE, SERVER_BATCHES, AioSocket, EndpointStats
 from udpkit._core.datagram import Datagram
 from udpkit._core.errors import UsageError
 from udpkit._core.policy import Policy
@@ -17,7 +17,7 @@ from udpkit._net.sockets import DatagramSocket
 __all__ = ["Server"]
 
 
-class Server(Core):
+class Server(AioSocket):
     """Serve a datagram socket from the event loop with an engine handler.
 
     Each readable event reads batches (up to 16 of ``batch`` datagrams), calls

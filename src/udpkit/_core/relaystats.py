@@ -1,21 +1,31 @@
 """The relay's statistics: :class:`RelayStats` snapshots and their text form.
 
-:mod:`udpkit._loops.relay` gathers the counters; this module holds them and renders them
+:mod:`udpkit._loops.relay` gathers the counters (the kernel's drop counts too)
+and names the peers; this module only holds them and renders them
 (``format_stats``, what ``udpkit relay`` prints on SIGUSR1 and at exit).
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from udpkit._core.relay import ImpairStats
 
-__all__ = ["RelayStats", "format_stats"]
+__all__ = ["FlowRow", "RelayStats", "format_stats"]
 
-_V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, IPv4 on a dual-stack socket
+
+class FlowRow(TypedDict):
+    """One live flow in :attr:`RelayStats.per_flow`."""
+
+    peer: str  # the client, as text
+    up_in: int
+    up_out: int
+    down_in: int
+    down_out: int
+    upstream_refused: int
+    up: dict[str, int]  # the impairments' counters, client -> target
+    down: dict[str, int]  # ... target -> client
 
 
 @dataclass
@@ -39,9 +49,9 @@ class RelayStats:
     send_errors: dict[str, int] = field(default_factory=dict)
     kernel_drops: int | None = None
     seed: int | None = None
-    per_flow: list[dict[str, Any]] = field(default_factory=list)
+    per_flow: list[FlowRow] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         """The counters as a plain dict (ready for JSON)."""
         return {
             "flows": self.flows,
@@ -71,7 +81,7 @@ _IMPAIR_KEYS = (
 )
 
 
-def _impair_text(st: ImpairStats | dict[str, Any]) -> str:
+def _impair_text(st: ImpairStats | dict[str, int]) -> str:
     d = st if isinstance(st, dict) else st.as_dict()
     return " ".join(f"{k}={d.get(k, 0)}" for k in _IMPAIR_KEYS)
 
@@ -115,38 +125,3 @@ def format_stats(stats: RelayStats, *, max_flows_shown: int = 16) -> str:
     if len(rows) > max_flows_shown:
         lines.append(f"udpkit relay:   ... and {len(rows) - max_flows_shown} more flows")
     return "\n".join(lines) + "\n"
-
-
-def _proc_drops_by_inode() -> dict[int, int]:
-    """inode -> drops for every UDP socket in /proc/net/udp{,6} (one read for all)."""
-    out: dict[int, int] = {}
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(name, encoding="ascii") as f:
-                next(f, None)
-                for line in f:
-                    cols = line.split()
-                    if len(cols) > 12:
-                        out[int(cols[9])] = int(cols[12])
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def _show(peer: Any) -> str:
-    """A flow's client as text; an IPv4 client of a dual-stack listener reads as IPv4.
-
-    ``('::ffff:10.77.0.1', 40000, 0, 0)`` is shown ``10.77.0.1:40000``, as bench
-    (and ``serve``) name that same peer, so the two can be matched.
-    """
-    from udpkit._net.addr import format_sockaddr
-
-    if isinstance(peer, tuple) and len(peer) == 4 and isinstance(peer[0], str):
-        with contextlib.suppress(OSError, ValueError):
-            packed = socket.inet_pton(socket.AF_INET6, peer[0])
-            if packed[:12] == _V4_MAPPED:
-                peer = (socket.inet_ntop(socket.AF_INET, packed[12:]), peer[1])
-    try:
-        return format_sockaddr(peer)
-    except Exception:  # an unusual address is still shown, not fatal
-        return repr(peer)

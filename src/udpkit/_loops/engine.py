@@ -27,35 +27,40 @@ import contextlib
 import ctypes
 import errno
 import os
-import select
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import Any
 
+from udpkit._core.datagram import Payload, Peer, SockAddr
 from udpkit._core.errors import Unsupported, UsageError, map_oserror
 from udpkit._core.serving import Echo, Handler, ServeStep
-from udpkit._loops.replies import SEND_WAIT, Replies, wait_writable
+from udpkit._loops.replies import SEND_WAIT, Replies
 from udpkit._loops.sigwake import signals_wake
-from udpkit._net.mmsg import (
+from udpkit._net.kernel import (
     AGAIN,
     ICMP_ERRORS,
-    MM,
+    LINUX,
     MSG_DONTWAIT,
     MSG_TRUNC,
+    MSG_WAITFORONE,
+    SO_BUSY_POLL,
     SO_RXQ_OVFL,
     SOL_UDP,
     UDP_GRO,
+    Waker,
+    errno_name,
+    proc_drops,
+    wait_writable,
+)
+from udpkit._net.mmsg import (
+    MM,
     MsgArray,
     PeerCache,
-    errno_name,
     fast_path_available,
     libc_mmsg,
-    proc_drops,
     send_batch,
 )
 from udpkit._net.sockets import Datagram
@@ -70,14 +75,11 @@ __all__ = [
 
 _RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
 # Sleep in the receive call itself until the first datagram, then take what is queued.
-MSG_WAITFORONE = 0x10000
 _WAIT_FLAGS = MSG_TRUNC | MSG_WAITFORONE
 # A receive asleep in the kernel wakes this often to look at stop() and the deadline
 # (a signal to the main thread interrupts it at once).
 _TICK = 0.1
-_LINUX = sys.platform.startswith("linux")
 _GRO_BUFSIZE = 65535
-_SO_BUSY_POLL = 46
 _COUNTING_SLOT = 2048  # receive slot per datagram when only counting
 _BATCH = 64  # datagrams per receive call (the default)
 _COUNTING_BATCH = 256  # ... when only counting
@@ -146,6 +148,37 @@ class EngineStats:
         self.send_errors[name] = self.send_errors.get(name, 0) + n
 
 
+def _step_for(
+    handler: Handler | ServeStep | None, on_batch: Callable[[Sequence[Datagram]], None] | None
+) -> ServeStep:
+    if not isinstance(handler, ServeStep):
+        return ServeStep(handler, observer=on_batch)
+    if on_batch is not None:
+        raise UsageError(
+            "on_batch goes with a plain handler: give the ServeStep an observer instead"
+        )
+    return handler
+
+
+def _check_sizes(
+    step: ServeStep, bufsize: int, batch: int | None, gro: bool | None, busy_poll_us: int
+) -> int:
+    """Check the engine's sizes; return the batch (its default for ``step``, if None)."""
+    if not 1 <= bufsize <= 1 << 24:
+        raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-16777216 bytes")
+    if batch is None:
+        # Counting only, a batch costs the same Python work whatever its size:
+        # larger batches spread it thinner. With a handler, replies go out per
+        # batch, so smaller batches answer sooner.
+        small_slots = gro is False or bufsize < _GRO_BUFSIZE  # GRO slots are 64 KiB each
+        batch = _COUNTING_BATCH if step.counting_only and small_slots else _BATCH
+    if not 1 <= batch <= 1024:
+        raise UsageError(f"invalid batch {batch!r}: must be 1-1024 datagrams")
+    if busy_poll_us < 0:
+        raise UsageError(f"invalid busy_poll_us {busy_poll_us!r}: must be 0 or more")
+    return batch
+
+
 class Engine:
     """Serve one datagram socket: receive in batches, serve each batch, send the replies.
 
@@ -197,27 +230,8 @@ class Engine:
         on_batch: Callable[[Sequence[Datagram]], None] | None = None,
         busy_poll_us: int = 0,
     ) -> None:
-        if isinstance(handler, ServeStep):
-            if on_batch is not None:
-                raise UsageError(
-                    "on_batch goes with a plain handler: give the ServeStep an observer instead"
-                )
-            step = handler
-        else:
-            step = ServeStep(handler, observer=on_batch)
-        if not 1 <= bufsize <= 1 << 24:
-            raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-16777216 bytes")
-        if batch is None:
-            # Counting only, a batch costs the same Python work whatever its size:
-            # larger batches spread it thinner. With a handler, replies go out per
-            # batch, so smaller batches answer sooner.
-            counting = step.counting_only
-            small_slots = gro is False or bufsize < _GRO_BUFSIZE  # GRO slots are 64 KiB each
-            batch = _COUNTING_BATCH if counting and small_slots else _BATCH
-        if not 1 <= batch <= 1024:
-            raise UsageError(f"invalid batch {batch!r}: must be 1-1024 datagrams")
-        if busy_poll_us < 0:
-            raise UsageError(f"invalid busy_poll_us {busy_poll_us!r}: must be 0 or more")
+        step = _step_for(handler, on_batch)
+        batch = _check_sizes(step, bufsize, batch, gro, busy_poll_us)
         inet = sock.family in (socket.AF_INET, socket.AF_INET6)
         can_fast = fast_path_available() and inet
         if fast and not can_fast:
@@ -247,27 +261,13 @@ class Engine:
         # same counter, read when asked: no cost per datagram); SO_RXQ_OVFL, a control
         # message on every datagram after the first drop, only where /proc cannot tell.
         self._ovfl = False
-        if _LINUX and (not self._proc_drops_first or proc_drops(self._fd) is None):
+        if LINUX and (not self._proc_drops_first or proc_drops(self._fd) is None):
             self._ovfl = self._try_sockopt(socket.SOL_SOCKET, SO_RXQ_OVFL)
-        if busy_poll_us and _LINUX:
+        if busy_poll_us and LINUX:
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, _SO_BUSY_POLL, busy_poll_us)
-        self._gro = False
-        if gro and (not self._fast or bufsize < _GRO_BUFSIZE):
-            raise UsageError(
-                f"gro=True needs the fast path and bufsize >= {_GRO_BUFSIZE} "
-                f"(got fast={self._fast}, bufsize={bufsize}): pass gro=None or gro=False"
-            )
-        if gro is not False and self._fast and bufsize >= _GRO_BUFSIZE:
-            self._gro = self._try_sockopt(SOL_UDP, UDP_GRO)
-            if gro and not self._gro:
-                raise Unsupported(errno.ENOPROTOOPT, "gro=True: this kernel refuses UDP_GRO")
-        elif gro is False and _LINUX and inet:
-            # The socket may come with GRO on from an earlier engine: coalesced buffers
-            # would be misread as one datagram by a path that does not split them.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(SOL_UDP, UDP_GRO, 0)
-        self._gso = gso is not False and self._fast and _LINUX
+                sock.setsockopt(socket.SOL_SOCKET, SO_BUSY_POLL, busy_poll_us)
+        self._gro = self._setup_gro(gro, inet)
+        self._gso = gso is not False and self._fast and LINUX
         # Counting only (no handler, no observer): the payload is never read, so
         # each slot need not hold a whole datagram. MSG_TRUNC still reports every
         # real length, truncation is judged against ``bufsize`` arithmetically,
@@ -276,36 +276,46 @@ class Engine:
         # Nothing but datagrams in the buffers (no control messages to read), and
         # something to do with them: a batch of one can take the short way.
         self._plain = not self._counting and not self._ovfl and not self._gro
-        slot = bufsize
-        if self._counting and not self._gro:
-            slot = min(bufsize, _COUNTING_SLOT)
         if self._fast:
-            self._rx = MsgArray(batch, slot)
-            if self._counting:
-                self._rx.strip(names=False, control=self._gro or self._ovfl)
-            self._rx_template = memoryview(self._rx.template)
-            self._replies = Replies(
-                sock, self._rx, self._st, gso=self._gso, whole=self._whole, slot=slot
+            small = self._counting and not self._gro
+            self._setup_fast(min(bufsize, _COUNTING_SLOT) if small else bufsize)
+        # Created last: nothing after this can raise and leak it.
+        self._waker = Waker(self._fd)
+
+    def _setup_gro(self, gro: bool | None, inet: bool) -> bool:
+        """Turn UDP GRO on as ``gro`` asks (off, if an earlier engine left it on); is it on?"""
+        bufsize = self._bufsize
+        if gro and (not self._fast or bufsize < _GRO_BUFSIZE):
+            raise UsageError(
+                f"gro=True needs the fast path and bufsize >= {_GRO_BUFSIZE} "
+                f"(got fast={self._fast}, bufsize={bufsize}): pass gro=None or gro=False"
             )
-            # Echoing with GRO: coalesced buffers are echoed whole, with GSO.
-            self._echo_gro = self._gro and isinstance(self._whole, Echo) and self._replies.gso
-            dv = self._rx.data_view
-            self._slots = [dv[o : o + slot] for o in range(0, batch * slot, slot)]
-        # Created last: nothing after this can raise and leak them.
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._poll: Any = None
-        self._epoll: Any = None
-        if hasattr(select, "epoll"):
-            # epoll keeps the wait registered between sleeps: cheaper per wake-up than poll.
-            self._epoll = select.epoll(2)
-            self._epoll.register(self._fd, select.EPOLLIN)
-            self._epoll.register(self._wake_r.fileno(), select.EPOLLIN)
-        elif hasattr(select, "poll"):
-            self._poll = select.poll()
-            self._poll.register(self._fd, select.POLLIN)
-            self._poll.register(self._wake_r.fileno(), select.POLLIN)
+        if gro is not False and self._fast and bufsize >= _GRO_BUFSIZE:
+            on = self._try_sockopt(SOL_UDP, UDP_GRO)
+            if gro and not on:
+                raise Unsupported(errno.ENOPROTOOPT, "gro=True: this kernel refuses UDP_GRO")
+            return on
+        if gro is False and LINUX and inet:
+            # The socket may come with GRO on from an earlier engine: coalesced buffers
+            # would be misread as one datagram by a path that does not split them.
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(SOL_UDP, UDP_GRO, 0)
+        return False
+
+    def _setup_fast(self, slot: int) -> None:
+        """The receive array (``slot`` bytes per datagram) and the replies' send side."""
+        batch = self._batch
+        rx = self._rx = MsgArray(batch, slot)
+        if self._counting:
+            rx.strip(names=False, control=self._gro or self._ovfl)
+        self._rx_template = memoryview(rx.template)
+        self._replies = Replies(
+            self._sock, rx, self._st, gso=self._gso, whole=self._whole, slot=slot
+        )
+        # Echoing with GRO: coalesced buffers are echoed whole, with GSO.
+        self._echo_gro = self._gro and isinstance(self._whole, Echo) and self._replies.gso
+        dv = rx.data_view
+        self._slots = [dv[o : o + slot] for o in range(0, batch * slot, slot)]
 
     @property
     def stats(self) -> EngineStats:
@@ -353,15 +363,11 @@ class Engine:
         Safe from another thread and from a signal handler.
         """
         self._stop = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def close(self) -> None:
-        """Release the wake-up socketpair.  The served socket stays open: the caller owns it."""
-        self._wake_r.close()
-        self._wake_w.close()
-        if self._epoll is not None:
-            self._epoll.close()
+        """Release the wake-up pair.  The served socket stays open: the caller owns it."""
+        self._waker.close()
 
     def read_kernel_drops(self) -> int | None:
         """Refresh ``stats.kernel_drops`` from /proc/net/udp{,6} and the last SO_RXQ_OVFL seen.
@@ -411,7 +417,7 @@ class Engine:
                 # within a tick: the wake-up socket is not needed.
                 self._loop(count, deadline)
             else:
-                with signals_wake(self._wake_w.fileno()):
+                with signals_wake(self._waker.signal_fd):
                     self._loop(count, deadline)
         finally:
             self._stop = False
@@ -566,21 +572,9 @@ class Engine:
             timeout = deadline - time.monotonic()
             if timeout <= 0:
                 return False
-        if self._epoll is not None:
-            events = self._epoll.poll(-1 if timeout is None else max(timeout, 0.001))
-        elif self._poll is not None:
-            ms = None if timeout is None else max(1, int(timeout * 1000 + 0.999))
-            events = self._poll.poll(ms)
-        else:
-            r, _, _ = select.select([self._fd, self._wake_r.fileno()], [], [], timeout)
-            events = [(fd, 0) for fd in r]
-        wake = self._wake_r.fileno()
-        for fd, _ in events:
-            if fd == wake:
-                with contextlib.suppress(OSError):
-                    while self._wake_r.recv(256):
-                        pass
-        return bool(events) or deadline is None or time.monotonic() < deadline
+            timeout = max(timeout, 0.001)
+        ready = self._waker.wait(timeout)
+        return bool(ready) or deadline is None or time.monotonic() < deadline
 
     def _recv_error(self, code: int) -> int:
         """Map a receive errno to the loop's next step: 0 wait, -1 retry; raise if fatal."""
@@ -751,7 +745,7 @@ class Engine:
         return size
 
     def _split(
-        self, rx: MsgArray, n: int, lens: list[int], peers: list[Any], segs: dict[int, int]
+        self, rx: MsgArray, n: int, lens: list[int], peers: list[Peer], segs: dict[int, int]
     ) -> tuple[list[Datagram], list[int]]:
         """Build datagrams where some buffers are GRO-coalesced or truncated."""
         st = self.stats
@@ -778,8 +772,6 @@ class Engine:
         st.rx_datagrams += len(out)
         return out, src
 
-    # -- replies ----------------------------------------------------------------
-
     # -- the portable path --------------------------------------------------------
 
     def _recv_portable(self, vlen: int) -> int:
@@ -787,7 +779,7 @@ class Engine:
         buf = self._buf
         bufsize = self._bufsize
         mv = memoryview(buf)
-        flags = (MSG_TRUNC if _LINUX else 0) | MSG_DONTWAIT
+        flags = (MSG_TRUNC if LINUX else 0) | MSG_DONTWAIT
         st = self._st
         dgrams: list[Datagram] = []
         keep = not self._counting
@@ -822,7 +814,7 @@ class Engine:
                 self._sendto(r, dgrams[i].peer)
         return got
 
-    def _sendto(self, data: Any, peer: Any) -> None:
+    def _sendto(self, data: Payload, peer: SockAddr) -> None:
         waited = 0.0
         while True:
             try:

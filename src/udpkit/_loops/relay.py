@@ -16,45 +16,50 @@ import array
 import contextlib
 import ctypes
 import errno
-import math
 import os
-import select
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from udpkit._core.datagram import Peer, SockAddr
 from udpkit._core.errors import NetworkError, UsageError, map_oserror
 from udpkit._core.relay import Flow, FlowTable, ImpairConfig, Impairment, ImpairRng, ImpairStats
-from udpkit._core.relaystats import RelayStats, _proc_drops_by_inode, _show, format_stats
-from udpkit._loops.replies import wait_writable
+from udpkit._core.relaystats import FlowRow, RelayStats, format_stats
 from udpkit._loops.sigwake import signals_wake
-from udpkit._net.mmsg import (
+from udpkit._net.addr import Address, format_sockaddr
+from udpkit._net.kernel import (
     AGAIN,
+    DEFAULT_RCVBUF,
     ICMP_ERRORS,
-    MM,
     MSG_DONTWAIT,
     MSG_TRUNC,
-    NAME_SPACE,
-    MsgArray,
-    decode_sockaddr,
+    Waker,
     errno_name,
+    inode,
+    proc_drops_by_inode,
+)
+from udpkit._net.mmsg import (
+    NAME_SPACE,
+    RETRY,
+    SKIP,
+    InetAddr,
+    MsgArray,
+    Packer,
+    PeerKey,
+    decode_sockaddr,
+    encode_sockaddr,
     fast_path_available,
     libc_mmsg,
+    push,
 )
-from udpkit._net.sockets import set_receive_buffer
+from udpkit._net.sockets import DatagramSocket, set_receive_buffer
 
 __all__ = ["Relay", "RelayStats", "format_stats"]
-
-# Receive buffer of every socket the relay reads (what bench and reflect ask for).
-_RCVBUF = 4 << 20
 
 _ROUNDS = 8  # receive batches per readable socket before looking at the others
 _SEND_WAIT = 0.05  # longest wait for a full send buffer before counting EAGAIN
 _IOV = 16  # sizeof(struct iovec) on 64-bit Linux (checked in __init__)
-# Plain ints: OR-ing the MsgFlag enums costs a microsecond per call.
-_RECV_FLAGS = int(MSG_TRUNC) | int(MSG_DONTWAIT)
-_DONTWAIT = int(MSG_DONTWAIT)
+_RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
 
 
 class _Up:
@@ -66,16 +71,18 @@ class _Up:
         self.sock = sock
         self.fd = sock.fileno()
         # /proc/net/udp lists a socket by inode: its drops are read by this key.
-        self.ino = os.fstat(self.fd).st_ino
+        self.ino = inode(self.fd)
         self.name = ctypes.create_string_buffer(raw_name, NAME_SPACE)
         self.name_addr = ctypes.addressof(self.name)
         self.namelen = len(raw_name)
 
 
-def _name_of(family: int, peer: Any) -> bytes:
-    from udpkit._net.mmsg import encode_sockaddr
-
-    return encode_sockaddr(family, peer)
+def _show(peer: Peer) -> str:
+    """A flow's client as text, as bench and ``serve`` name that same peer (IPv4-mapped as IPv4)."""
+    try:
+        return format_sockaddr(peer)
+    except Exception:  # an unusual address is still shown, not fatal
+        return repr(peer)
 
 
 class Relay:
@@ -110,8 +117,8 @@ class Relay:
 
     def __init__(
         self,
-        listen_sock: Any,
-        target_addr: Any,
+        listen_sock: DatagramSocket | socket.socket,
+        target_addr: Address | InetAddr,
         *,
         idle_timeout: float = 60.0,
         max_flows: int = 1024,
@@ -131,11 +138,12 @@ class Relay:
             raise UsageError(f"invalid spin_us {spin_us!r}: must be 0-1000000 microseconds")
         if not 1 <= bufsize <= 65535:
             raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-65535 bytes")
-        sock: socket.socket = getattr(listen_sock, "sock", listen_sock)
+        sock = listen_sock.sock if isinstance(listen_sock, DatagramSocket) else listen_sock
         self._lsock = sock
         self._lfd = sock.fileno()
         self._family = sock.family
-        if hasattr(target_addr, "sockaddr"):
+        self._target: SockAddr | tuple[object, ...]
+        if isinstance(target_addr, Address):
             self._tfamily, self._target = int(target_addr.family), target_addr.sockaddr
         else:
             self._target = tuple(target_addr)
@@ -175,14 +183,7 @@ class Relay:
         if self._fast:
             self._setup_fast()
         sock.setblocking(False)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        # epoll keeps each wait registered between sleeps: cheaper per wake-up than poll.
-        self._epoll = hasattr(select, "epoll")
-        self._poll: Any = select.epoll() if self._epoll else select.poll()
-        self._poll.register(self._lfd, select.POLLIN)
-        self._poll.register(self._wake_r.fileno(), select.POLLIN)
+        self._waker = Waker(self._lfd)
 
     def _setup_fast(self) -> None:
         n, size = self._batch, self._bufsize
@@ -196,6 +197,8 @@ class Relay:
             for i in range(n):
                 tx.set_iov(i, rx.data_addr + i * size, 0)
                 tx.set_send(i, 0, 0, iov_index=i, control_off=0, controllen=0)
+        # Impaired sends: the one packer (no GSO: impairments reshape the runs).
+        self._packer = Packer(n, n * 65536)
         self._fwd_q = self._fwd.hdr_view.cast("Q")
         self._fwd_iovq = memoryview(self._fwd.iovs).cast("Q")
         self._dfwd_q = self._dfwd.hdr_view.cast("Q")
@@ -203,36 +206,26 @@ class Relay:
         self._dfwd_iovq = memoryview(self._dfwd.iovs).cast("Q")
         self._identity = array.array("Q", [self._fwd.iovs_addr + i * _IOV for i in range(n)])
         self._permuted = False
-        # Impaired and portable sends: headers and a packed arena.
-        self._tx = MsgArray(n, 0)
-        self._arena = bytearray(n * 65536)
-        self._arena_view = memoryview(self._arena)
-        self._arena_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._arena))
 
     # -- control -----------------------------------------------------------------
 
     def stop(self) -> None:
         """End :meth:`run` soon.  Safe from another thread and from a signal handler."""
         self._stop = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def request_report(self) -> None:
         """Have the loop call ``on_report(stats)`` soon (what SIGUSR1 does)."""
         self._report = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def close(self) -> None:
         """Close every upstream socket and the wake-up pair (not the listening socket)."""
-        drops = _proc_drops_by_inode() if len(self.table) else {}
+        drops = proc_drops_by_inode() if len(self.table) else {}
         for flow in list(self.table):
             self._end_flow(flow, drops)
             self.table.remove(flow)
-        self._wake_r.close()
-        self._wake_w.close()
-        if self._epoll:
-            self._poll.close()
+        self._waker.close()
 
     def __enter__(self) -> Relay:
         return self
@@ -250,19 +243,19 @@ class Relay:
         """A snapshot of every counter, totals and per live flow."""
         t = self.table
         tot = t.totals()
-        drops = _proc_drops_by_inode()
+        drops = proc_drops_by_inode()
         kd: int | None = None
         if drops:
-            with contextlib.suppress(OSError):
-                kd = drops.get(os.fstat(self._lfd).st_ino, 0)
-            if kd is not None:
+            ino = inode(self._lfd)
+            if ino is not None:
+                kd = drops.get(ino, 0)
                 # Every socket the relay reads: the listening one and each flow's upstream.
                 kd += self._ended_drops
                 for flow in t:
                     up = flow.handle
                     if up is not None:
                         kd += drops.get(up.ino, 0)
-        rows = []
+        rows: list[FlowRow] = []
         for flow in t:
             rows.append(
                 {
@@ -301,7 +294,7 @@ class Relay:
         """
         clock = self._clock
         end = None if duration is None else clock() + duration
-        lfd, wake = self._lfd, self._wake_r.fileno()
+        lfd, waker = self._lfd, self._waker
         by_fd = self._by_fd
         from_clients = self._from_clients_fast if self._fast else self._from_clients_portable
         from_up = self._from_upstream_fast if self._fast else self._from_upstream_portable
@@ -309,31 +302,22 @@ class Relay:
         spin = self._spin
         spin_until = 0.0
         try:
-            with signals_wake(self._wake_w.fileno()):
+            with signals_wake(waker.signal_fd):
                 while not self._stop:
                     now = clock()
                     if end is not None and now >= end:
                         break
                     timeout = 0.0 if busy or now < spin_until else self._timeout(now, end)
-                    if self._epoll:
-                        events = self._poll.poll(-1 if timeout is None else timeout)
-                    else:
-                        events = self._poll.poll(
-                            None if timeout is None else math.ceil(timeout * 1000)
-                        )
+                    ready = waker.wait(timeout)
                     now = clock()
                     busy = False
-                    if spin and events:
+                    if spin and ready:
                         # Traffic: keep polling without sleeping for a while, so the next
                         # datagram does not pay for waking this process up.
                         spin_until = now + spin
-                    for fd, _ in events:
+                    for fd in ready:
                         if fd == lfd:
                             busy |= from_clients(now)
-                        elif fd == wake:
-                            with contextlib.suppress(OSError):
-                                while self._wake_r.recv(256):
-                                    pass
                         else:
                             flow = by_fd.get(fd)
                             if flow is not None:
@@ -343,7 +327,7 @@ class Relay:
                     nxt = self.table.next_expiry()
                     if nxt is not None and nxt <= now:
                         ended = self.table.expire(now)
-                        drops = _proc_drops_by_inode() if ended else {}
+                        drops = proc_drops_by_inode() if ended else {}
                         for flow in ended:
                             self._end_flow(flow, drops)
                     if self._report:
@@ -368,12 +352,14 @@ class Relay:
 
     # -- flows ---------------------------------------------------------------------
 
-    def _admit(self, key: Any, raw: bytes, peer: Any, now: float, count: int) -> Flow | None:
+    def _admit(
+        self, key: PeerKey | Peer, raw: bytes, peer: Peer, now: float, count: int
+    ) -> Flow | None:
         t = self.table
         flow = t.admit(key, peer, now, 0)
         if flow is None:
             ended = t.expire(now)
-            drops = _proc_drops_by_inode() if ended else {}
+            drops = proc_drops_by_inode() if ended else {}
             for old in ended:
                 self._end_flow(old, drops)
             flow = t.admit(key, peer, now, count)
@@ -392,7 +378,7 @@ class Relay:
                 # The target's replies queue here while the relay is not scheduled:
                 # as big a buffer as bench and reflect use, so a busy box does not drop.
                 with contextlib.suppress(NetworkError, UsageError):
-                    set_receive_buffer(s, _RCVBUF)
+                    set_receive_buffer(s, DEFAULT_RCVBUF)
                 s.connect(self._target)
             except OSError as exc:
                 s.close()
@@ -402,7 +388,7 @@ class Relay:
                 return None
             flow.handle = _Up(s, raw)
             self._by_fd[flow.handle.fd] = flow
-            self._poll.register(flow.handle.fd, select.POLLIN)
+            self._waker.register(flow.handle.fd)
         return flow
 
     def _end_flow(self, flow: Flow, drops: dict[int, int] | None = None) -> None:
@@ -414,11 +400,11 @@ class Relay:
         if up is not None:
             # Keep what the kernel dropped on this socket: /proc forgets it at close.
             if drops is None:
-                drops = _proc_drops_by_inode()
-            self._ended_drops += drops.get(up.ino, 0)
+                drops = proc_drops_by_inode()
+            if up.ino is not None:
+                self._ended_drops += drops.get(up.ino, 0)
             self._by_fd.pop(up.fd, None)
-            with contextlib.suppress(KeyError, ValueError, OSError):
-                self._poll.unregister(up.fd)
+            self._waker.unregister(up.fd)
             up.sock.close()
             flow.handle = None
 
@@ -444,8 +430,9 @@ class Relay:
                     raise map_oserror(OSError(code, os.strerror(code)), "relay receive")
                 return False
             lens = rx.msg_lens(n)
+            keys: Sequence[PeerKey]
             if self._family == socket.AF_INET:
-                keys: list[Any] = rx.name_keys_v4(n)
+                keys = rx.name_keys_v4(n)
             else:
                 blob = rx.names_view[: n * NAME_SPACE].tobytes()
                 keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
@@ -461,7 +448,7 @@ class Relay:
         ln = 16 if self._family == socket.AF_INET else 28
         return self._rx.names_view[i * NAME_SPACE : i * NAME_SPACE + ln].tobytes()
 
-    def _flow_at(self, now: float, key: Any, i: int, count: int) -> Flow | None:
+    def _flow_at(self, now: float, key: PeerKey, i: int, count: int) -> Flow | None:
         flow = self.table.get(key)
         if flow is not None and flow.handle is not None:
             self.table.touch(flow, now)
@@ -469,7 +456,7 @@ class Relay:
         raw = self._raw_name(i)
         return self._admit(key, raw, decode_sockaddr(raw), now, count)
 
-    def _forward_up(self, now: float, n: int, lens: list[int], keys: list[Any]) -> None:
+    def _forward_up(self, now: float, n: int, lens: list[int], keys: Sequence[PeerKey]) -> None:
         self._fwd_iovq[1 : 2 * n : 2] = array.array("Q", lens)
         k0 = keys[0]
         if keys.count(k0) == n:
@@ -504,42 +491,34 @@ class Relay:
             j = e
 
     def _send_up(self, flow: Flow, start: int, sizes: list[int]) -> None:
-        sent, nbytes = self._sendmmsg(flow, flow.handle.fd, self._fwd.hdrs_addr + start * MM, sizes)
+        sent, nbytes = self._send(flow, flow.handle.fd, self._fwd, start, sizes)
         flow.up_out += sent
         flow.up_out_bytes += nbytes
 
-    def _sendmmsg(self, flow: Flow, fd: int, hdrs: int, sizes: list[int]) -> tuple[int, int]:
-        """sendmmsg every header; count errors; return (datagrams, bytes) sent."""
-        count = len(sizes)
-        done = 0
+    def _send(
+        self, flow: Flow, fd: int, tx: MsgArray, first: int, sizes: Sequence[int]
+    ) -> tuple[int, int]:
+        """Send headers ``first..`` of ``tx``, a datagram each; count errors; (datagrams, bytes)."""
         retried = -1
-        waited = 0.0
-        while done < count:
-            r = libc_mmsg.sendmmsg(fd, hdrs + done * MM, count - done, _DONTWAIT)
-            if r > 0:
-                done += r
-                continue
-            code = ctypes.get_errno()
-            if code == errno.EINTR:
-                continue
+
+        def refused(code: int, i: int, n: int) -> int:
+            nonlocal retried
             if code in ICMP_ERRORS and fd != self._lfd:
                 # An ICMP error from an earlier send, reported now: this datagram was
                 # not sent.  Count it and send it again once, so traffic resumes on
                 # the first datagram after the target comes back.
                 flow.upstream_refused += 1
-                if retried != done:
-                    retried = done
-                    continue
-            elif code in AGAIN and waited < _SEND_WAIT:
-                waited += wait_writable(fd, _SEND_WAIT - waited)
-                continue
+                if retried != i:
+                    retried = i
+                    return RETRY
             self._count_error(code)
             flow.send_errors += 1
-            # Skip the datagram that failed; the rest still go.
-            sizes = sizes[:done] + sizes[done + 1 :]
-            hdrs += MM
-            count -= 1
-        return done, sum(sizes[:done])
+            return SKIP  # the rest still go
+
+        _, sent, nbytes = push(
+            fd, tx, first, len(sizes), counts=None, nbytes=sizes, wait=_SEND_WAIT, on_error=refused
+        )
+        return sent, nbytes
 
     # -- fast path: target -> client -------------------------------------------------
 
@@ -574,7 +553,7 @@ class Relay:
                 self._dfwd_iovq[1 : 2 * n : 2] = array.array("Q", lens)
                 self._dfwd_q[0 : 8 * n : 8] = array.array("Q", [up.name_addr]) * n
                 self._dfwd_u[2 : 16 * n : 16] = array.array("I", [up.namelen]) * n
-                sent, nbytes = self._sendmmsg(flow, self._lfd, self._dfwd.hdrs_addr, lens)
+                sent, nbytes = self._send(flow, self._lfd, self._dfwd, 0, lens)
                 flow.down_out += sent
                 flow.down_out_bytes += nbytes
             if n < vlen:
@@ -583,10 +562,12 @@ class Relay:
 
     # -- generic path (impairments, truncation, portable) ------------------------------
 
-    def _clients_generic(self, now: float, n: int, lens: list[int], keys: list[Any]) -> None:
+    def _clients_generic(
+        self, now: float, n: int, lens: list[int], keys: Sequence[PeerKey]
+    ) -> None:
         mv = self._rx.data_view
         size = self._bufsize
-        groups: dict[Any, tuple[int, list[bytes]]] = {}
+        groups: dict[PeerKey, tuple[int, list[bytes]]] = {}
         for i in range(n):
             ln = min(lens[i], size)
             g = groups.get(keys[i])
@@ -634,24 +615,13 @@ class Relay:
             return
         h: _Up = flow.handle
         if self._fast:
-            tx, av, base = self._tx, self._arena_view, self._arena_addr
+            packer = self._packer
             name_addr, namelen = (0, 0) if up else (h.name_addr, h.namelen)
             fd = h.fd if up else self._lfd
-            sent = nbytes = 0
-            k = 0
+            sent = nbytes = k = 0
             while k < len(data):
-                off = j = 0
-                sizes: list[int] = []
-                while k < len(data) and j < tx.n:
-                    p = data[k]
-                    av[off : off + len(p)] = p
-                    tx.set_iov(j, base + off, len(p))
-                    tx.set_send(j, name_addr, namelen, iov_index=j, control_off=0, controllen=0)
-                    sizes.append(len(p))
-                    off += len(p)
-                    j += 1
-                    k += 1
-                s, b = self._sendmmsg(flow, fd, tx.hdrs_addr, sizes)
+                k = packer.pack(data, k, gso=False, name_addr=name_addr, namelen=namelen)
+                s, b = self._send(flow, fd, packer.tx, 0, packer.nbytes)
                 sent += s
                 nbytes += b
         else:
@@ -666,7 +636,7 @@ class Relay:
     # -- portable path -----------------------------------------------------------------
 
     def _from_clients_portable(self, now: float) -> bool:
-        groups: dict[Any, list[bytes]] = {}
+        groups: dict[InetAddr, list[bytes]] = {}
         got = 0
         while got < self._batch:
             try:
@@ -682,7 +652,7 @@ class Relay:
         for peer, data in groups.items():
             flow = self.table.get(peer)
             if flow is None or flow.handle is None:
-                flow = self._admit(peer, _name_of(self._family, peer), peer, now, len(data))
+                flow = self._admit(peer, encode_sockaddr(self._family, peer), peer, now, len(data))
             else:
                 self.table.touch(flow, now)
             if flow is not None:

@@ -1,6 +1,6 @@
 """The engine's send side: a batch's replies out with ``sendmmsg``, as GSO runs where it can.
 
-Two ways out, both through one retry loop (:meth:`Replies._push`):
+Two ways out, both through the one sending loop (:func:`udpkit._net.mmsg.push`):
 
 * **Whole batches** (:meth:`Replies.send_whole`): every received message gets
   the same kind of reply, an echo or a fixed payload, so the send headers are
@@ -8,8 +8,9 @@ Two ways out, both through one retry loop (:meth:`Replies._push`):
   kernel filled it) and at receive buffer j (echo) or the fixed reply.  Per batch
   only the echo lengths change.  One peer's same-size replies go out as GSO runs
   of those same buffers, cut into datagrams by the kernel.
-* **Replies a handler returned** (:meth:`Replies.send`): packed into an arena,
-  a header each, and consecutive same-size replies to one peer as one GSO message.
+* **Replies a handler returned** (:meth:`Replies.send`): packed into an arena by
+  the one packer (:class:`udpkit._net.mmsg.Packer`), a header each, and
+  consecutive same-size replies to one peer as one GSO message.
 
 A full send buffer is waited for (at most ``SEND_WAIT`` per batch); a reply
 the kernel refuses is counted by errno, never raised.  A kernel that refuses GSO
@@ -21,23 +22,23 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import select
 import socket
-import time
 from array import array
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable, Sequence
+from typing import TYPE_CHECKING
 
+from udpkit._core.datagram import Payload
 from udpkit._core.serving import Echo
-from udpkit._net import mmsg as _mmsg
+from udpkit._net.kernel import GSO_MAX_BYTES, MSG_DONTWAIT, OFFLOAD_REFUSED, UDP_MAX_SEGMENTS
 from udpkit._net.mmsg import (
-    AGAIN,
-    GSO_MAX_BYTES,
-    MSG_DONTWAIT,
-    OFFLOAD_REFUSED,
-    UDP_MAX_SEGMENTS,
+    CONTROL_SPACE,
+    NAME_SPACE,
+    SKIP,
+    STOP,
     MsgArray,
+    Packer,
     libc_mmsg,
+    push,
 )
 
 if TYPE_CHECKING:
@@ -77,10 +78,7 @@ class Replies:
         self.gso = gso
         self._namelen = 16 if sock.family == socket.AF_INET else 28  # sockaddr_in(6)
         # Replies a handler returned: headers, and an arena their bytes are packed into.
-        self._tx = MsgArray(max(rx.n, 16), 0)
-        self._arena = bytearray(max(rx.n * 2048, 2 * 65536))
-        self._arena_view = memoryview(self._arena)
-        self._arena_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._arena))
+        self._packer = Packer(max(rx.n, 16), max(rx.n * 2048, 2 * 65536))
         self._whole_size = 0
         self._slot = slot
         if whole is not None:
@@ -109,7 +107,7 @@ class Replies:
             wtx.set_iov(j, base + j * stride, length)
             wtx.set_send(
                 j,
-                rx.names_addr + j * _mmsg.NAME_SPACE,
+                rx.names_addr + j * NAME_SPACE,
                 self._namelen,
                 iov_index=j,
                 control_off=0,
@@ -153,7 +151,7 @@ class Replies:
             if start == n:
                 return
             nbytes = nbytes[start:]
-        self._push(self._wtx, start, n - start, [1] * (n - start), nbytes)
+        self._push(self._wtx, start, n - start, None, nbytes)
 
     def _send_runs(self, n: int, size: int) -> int:
         """Send n same-size replies to one peer as GSO runs; return how many went (or failed).
@@ -165,7 +163,7 @@ class Replies:
         base = wtx.n // 2
         if size != self._gso_size:
             # Header base+r sends iovecs r*per.. from message 0's address, cut at `size`.
-            space = _mmsg.CONTROL_SPACE
+            space = CONTROL_SPACE
             for r in range(base):
                 wtx.set_send(
                     base + r,
@@ -195,8 +193,8 @@ class Replies:
         ``sizes``: each buffer's segment size (0: one datagram); ``counts``: how
         many datagrams each holds.
         """
-        rx, tx = self._rx, self._tx
-        space, ctl = _mmsg.NAME_SPACE, _mmsg.CONTROL_SPACE
+        rx, tx = self._rx, self._packer.tx
+        space, ctl = NAME_SPACE, CONTROL_SPACE
         for i in range(n):
             tx.set_iov(i, rx.data_addr + i * self._slot, lens[i])
             tx.set_send(
@@ -211,7 +209,7 @@ class Replies:
         if refused >= 0:  # GSO refused (now off): the rest one datagram at a time
             dv = rx.data_view
             sources: list[int] = []
-            replies: list[Any] = []
+            replies: list[Payload] = []
             for i in range(refused, n):
                 base, size = i * self._slot, sizes[i] or max(lens[i], 1)
                 for o in range(0, max(lens[i], 1), size):
@@ -221,135 +219,69 @@ class Replies:
 
     # -- replies a handler returned ---------------------------------------------------
 
-    def send(self, sources: Sequence[int], replies: list[Any], keys: Sequence[Any]) -> None:
+    def send(
+        self, sources: Sequence[int], replies: Sequence[Payload], keys: Sequence[Hashable]
+    ) -> None:
         """Send ``replies[k]`` to the source of received message ``sources[k]``.
 
         ``keys`` tell the messages' sources apart (equal keys, equal source), so
         consecutive same-size replies to one source can share a GSO message.
         """
+        packer = self._packer
+        names, namelen = self._rx.names_addr, self._namelen
         k = 0
         while k < len(replies):
-            k = self._send_some(sources, replies, keys, k)
-
-    def _send_some(
-        self, sources: Sequence[int], replies: list[Any], keys: Sequence[Any], k: int
-    ) -> int:
-        """Pack replies from index ``k`` into send headers and send them; return the next k."""
-        tx = self._tx
-        st = self.stats
-        arena, av, aaddr = self._arena, self._arena_view, self._arena_addr
-        names_addr = self._rx.names_addr
-        space = _mmsg.NAME_SPACE
-        ctl_space = _mmsg.CONTROL_SPACE
-        gso = self.gso
-        total = len(replies)
-        firsts: list[int] = []
-        counts: list[int] = []
-        nbytes: list[int] = []
-        off = 0
-        j = 0
-        while k < total and j < tx.n:
-            r = replies[k]
-            size = len(r)
-            if size > len(arena):
-                st.count_error(errno.EMSGSIZE)
+            nxt = packer.pack(
+                replies,
+                k,
+                gso=self.gso,
+                name_addr=names,
+                namelen=namelen,
+                sources=sources,
+                keys=keys,
+            )
+            if packer.j == 0:  # larger than the whole arena: it can never go
+                self.stats.count_error(errno.EMSGSIZE)
                 k += 1
                 continue
-            if off + size > len(arena):
-                break
-            first = k
-            i = sources[k]
-            av[off : off + size] = r
-            run = 1
-            k += 1
-            if gso and size:
-                limit = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // size)
-                key = keys[i]
-                while (
-                    k < total
-                    and run < limit
-                    and 0 < len(replies[k]) <= size
-                    and keys[sources[k]] == key
-                    and off + (run + 1) * size <= len(arena)
-                ):
-                    nxt = replies[k]
-                    av[off + run * size : off + run * size + len(nxt)] = nxt
-                    run += 1
-                    k += 1
-                    if len(nxt) < size:
-                        break  # a shorter datagram can only end a GSO run
-            length = size * (run - 1) + len(replies[k - 1])
-            tx.set_iov(j, aaddr + off, length)
-            tx.set_send(
-                j,
-                names_addr + i * space,
-                self._namelen,
-                iov_index=j,
-                control_off=j * ctl_space,
-                controllen=tx.put_segment_cmsg(j * ctl_space, size) if run > 1 else 0,
-            )
-            firsts.append(first)
-            counts.append(run)
-            nbytes.append(length)
-            off += length
-            j += 1
-        refused = self._push(tx, 0, j, counts, nbytes)
-        return k if refused < 0 else firsts[refused]  # GSO now off: that run goes again
+            refused = self._push(packer.tx, 0, packer.j, packer.counts, packer.nbytes)
+            k = nxt if refused < 0 else packer.firsts[refused]  # GSO now off: that run goes again
 
     # -- the one sending loop -----------------------------------------------------------
 
     def _push(
-        self, tx: MsgArray, first: int, j: int, counts: Sequence[int], nbytes: Sequence[int]
+        self,
+        tx: MsgArray,
+        first: int,
+        j: int,
+        counts: Sequence[int] | None,
+        nbytes: Sequence[int],
     ) -> int:
-        """``sendmmsg`` headers ``first .. first+j-1`` until each is sent or counted.
-
-        ``counts``/``nbytes``: the datagrams and bytes each header carries.
+        """Send headers ``first .. first+j-1`` (see :func:`~udpkit._net.mmsg.push`) and count.
 
         Returns:
             -1; or the index of a GSO message the kernel refused (GSO is then
             off, and neither it nor the ones after it were sent or counted).
         """
+        stopped, datagrams, sent_bytes = push(
+            self._fd,
+            tx,
+            first,
+            j,
+            counts=counts,
+            nbytes=nbytes,
+            wait=SEND_WAIT,
+            on_error=self._refused,
+        )
         st = self.stats
-        fd = self._fd
-        send = libc_mmsg.sendmmsg_p
-        sent = 0
-        waited = 0.0
-        while sent < j:
-            r = send(fd, tx.hdr_p(first + sent), j - sent, MSG_DONTWAIT)
-            if r > 0:
-                if r == j:
-                    st.tx_datagrams += sum(counts)
-                    st.tx_bytes += sum(nbytes)
-                else:
-                    st.tx_datagrams += sum(counts[sent : sent + r])
-                    st.tx_bytes += sum(nbytes[sent : sent + r])
-                sent += r
-                continue
-            code = ctypes.get_errno()
-            if code == errno.EINTR:
-                continue
-            if code in AGAIN and waited < SEND_WAIT:
-                waited += self.wait_writable(SEND_WAIT - waited)
-                continue
-            if counts[sent] > 1 and code in OFFLOAD_REFUSED:
-                self.gso = False  # off for good
-                return sent
-            st.count_error(code, counts[sent])
-            sent += 1
-        return -1
+        st.tx_datagrams += datagrams
+        st.tx_bytes += sent_bytes
+        return -1 if stopped == j else stopped
 
-    def wait_writable(self, limit: float) -> float:
-        """Wait up to ``limit`` seconds for room in the send buffer; the time waited."""
-        return wait_writable(self._fd, limit)
-
-
-def wait_writable(fd: int, limit: float) -> float:
-    """Wait up to ``limit`` seconds until ``fd`` can send; return the time waited (>= 1 ms)."""
-    start = time.monotonic()
-    if hasattr(select, "poll"):  # select.select cannot take a descriptor >= 1024
-        p = select.poll()
-        p.register(fd, select.POLLOUT)
-        p.poll(max(1, int(limit * 1000)))
-    else:
-        select.select([], [fd], [], limit)
-    return max(time.monotonic() - start, 0.001)
+    def _refused(self, code: int, i: int, n: int) -> int:
+        """A header the kernel refused: a GSO refusal turns GSO off; anything else is counted."""
+        if n > 1 and code in OFFLOAD_REFUSED:
+            self.gso = False  # off for good
+            return STOP
+        self.stats.count_error(code, n)
+        return SKIP

@@ -1,9 +1,13 @@
-"""ctypes bindings for recvmmsg/sendmmsg and the UDP offload constants.
+"""The batched system calls: ``recvmmsg``/``sendmmsg`` through ctypes, their buffers, and
+packing sends into them.
 
-Python 3.11's ``socket`` module has neither the batched calls nor the
-constants for UDP GRO/GSO and SO_RXQ_OVFL, so they are defined here.  Nothing
-is compiled: the calls go through libc with ctypes, into buffers that are
-allocated once (:class:`MsgArray`) and reused for every batch.
+Python 3.11's ``socket`` module has neither call.  Nothing is compiled: the
+calls go through libc with ctypes, into buffers that are allocated once
+(:class:`MsgArray`) and reused for every batch.  Sends share one packer
+(:class:`Packer`: payloads into an arena, same-size runs to one destination as
+GSO messages) and one sending loop (:func:`push`): the engine's replies, the
+relay and :func:`send_batch` all go through them.  The constants and errno
+classes these calls answer with are in :mod:`udpkit._net.kernel`.
 """
 
 from __future__ import annotations
@@ -14,69 +18,58 @@ import errno
 import os
 import socket
 import struct
-import sys
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
 
-from udpkit._core.errors import Unsupported, UsageError, map_oserror
+from udpkit._core.datagram import Payload, Peer, SockAddr
+from udpkit._core.errors import AddressError, Unsupported, UsageError, map_oserror
+from udpkit._net.kernel import (
+    AGAIN,
+    GSO_MAX_BYTES,
+    ICMP_ERRORS,
+    LINUX,
+    MSG_DONTWAIT,
+    MSG_TRUNC,
+    OFFLOAD_REFUSED,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_MAX_SEGMENTS,
+    UDP_SEGMENT,
+    errno_name,
+    proc_drops,
+    wait_writable,
+)
 
+# AGAIN, ICMP_ERRORS, MSG_*, errno_name and proc_drops are defined in udpkit._net.kernel and
+# still reachable here for callers that take them with the batched calls (_loops/bench.py).
 __all__ = [
     "AGAIN",
-    "GSO_MAX_BYTES",
+    "CONTROL_SPACE",
     "ICMP_ERRORS",
     "MM",
     "MSG_DONTWAIT",
     "MSG_TRUNC",
-    "OFFLOAD_REFUSED",
+    "NAME_SPACE",
     "PEER_CACHE_MAX",
-    "SOL_UDP",
-    "SO_RXQ_OVFL",
-    "UDP_GRO",
-    "UDP_MAX_SEGMENTS",
-    "UDP_SEGMENT",
+    "RETRY",
+    "SKIP",
+    "STOP",
+    "InetAddr",
     "MsgArray",
+    "Packer",
     "PeerCache",
     "decode_sockaddr",
     "encode_sockaddr",
+    "errno_name",
     "fast_path_available",
     "libc_mmsg",
     "proc_drops",
+    "push",
     "send_batch",
 ]
 
-# Linux values (include/uapi/linux/udp.h, asm-generic/socket.h); missing from Python 3.11.
-SOL_UDP = 17
-UDP_SEGMENT = 103
-UDP_GRO = 104
-SO_RXQ_OVFL = 40
-# The kernel refuses GSO sends with more segments than this (64 until 6.x raised it to 128).
-UDP_MAX_SEGMENTS = 64
-# Plain ints: or-ing the socket module's IntFlag members costs a microsecond per call.
-MSG_TRUNC: int = int(getattr(socket, "MSG_TRUNC", 0x20))
-MSG_DONTWAIT: int = int(getattr(socket, "MSG_DONTWAIT", 0))
-
-_LINUX = sys.platform.startswith("linux")
-AGAIN = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
-# What a connected socket reports on a later call about an earlier datagram (an
-# ICMP error: port, host or net unreachable, packet too big, ...): soft, counted.
-ICMP_ERRORS = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.ECONNRESET,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.ENETDOWN,
-        errno.EMSGSIZE,
-        errno.ETIMEDOUT,
-        errno.EPROTO,
-    }
-)
-# What a kernel without (working) UDP GRO/GSO answers; the offload is then off for good.
-OFFLOAD_REFUSED = frozenset({errno.EINVAL, errno.ENOPROTOOPT, errno.EIO, errno.EOPNOTSUPP})
-# A GSO send may carry at most one IP datagram's worth of payload.
-GSO_MAX_BYTES = 65000
+InetAddr = tuple[str, int] | tuple[str, int, int, int]
+"""An IPv4 ``(host, port)`` or IPv6 ``(host, port, flowinfo, scope_id)`` address."""
 
 
 class IoVec(ctypes.Structure):
@@ -114,7 +107,6 @@ _CMSG_HDR = ctypes.sizeof(CMsgHdr)
 _CMSG_HDR_STRUCT = struct.Struct(f"={_SIZE_FMT}ii")
 # A header and a 4-byte payload (SO_RXQ_OVFL uint32, UDP_GRO int): all we ever read.
 _CMSG_INT = struct.Struct(f"={_SIZE_FMT}iiI")
-_INT = struct.Struct("=i")
 _UINT = struct.Struct("=I")
 
 
@@ -154,19 +146,28 @@ _HDR_STRUCT = struct.Struct(f"={_P}I4x{_P}{_SIZE_FMT}{_P}{_SIZE_FMT}i4xI4x")
 _IOV_STRUCT = struct.Struct(f"={_P}{_SIZE_FMT}")
 
 
+MmsgCall = Callable[..., int]
+"""``recvmmsg``/``sendmmsg`` as ctypes functions: a count of messages, or -1 (errno set)."""
+
+
+def _missing(*args: object) -> int:
+    raise Unsupported(errno.EOPNOTSUPP, "recvmmsg/sendmmsg are not available here")
+
+
 class _Libc:
-    """The two libc entry points, or ``None`` where they do not exist."""
+    """The two libc entry points; where they do not exist, calls that raise Unsupported."""
 
     def __init__(self) -> None:
-        self.recvmmsg: Any = None
-        self.sendmmsg: Any = None
+        self.available = False
+        self.recvmmsg: MmsgCall = _missing
+        self.sendmmsg: MmsgCall = _missing
         # The same calls without argtypes, for the hot loops: converting each argument
         # through argtypes costs more than the system call on some machines.  They
         # take ints (fd, counts, flags) and ctypes pointers (MsgArray.hdr_p), never a
         # bare address: a Python int over 31 bits is refused (ArgumentError), not cut.
-        self.recvmmsg_p: Any = None
-        self.sendmmsg_p: Any = None
-        if not _LINUX or _HDR_STRUCT.size != MM:
+        self.recvmmsg_p: MmsgCall = _missing
+        self.sendmmsg_p: MmsgCall = _missing
+        if not LINUX or _HDR_STRUCT.size != MM:
             return
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
@@ -188,6 +189,7 @@ class _Libc:
         self.sendmmsg = send
         self.recvmmsg_p = libc["recvmmsg"]  # a fresh function object: no argtypes
         self.sendmmsg_p = libc["sendmmsg"]
+        self.available = True
 
 
 libc_mmsg = _Libc()
@@ -195,7 +197,7 @@ libc_mmsg = _Libc()
 
 def fast_path_available() -> bool:
     """Whether recvmmsg/sendmmsg can be called here (Linux with a glibc/musl libc)."""
-    return libc_mmsg.recvmmsg is not None and libc_mmsg.sendmmsg is not None
+    return libc_mmsg.available
 
 
 def _address(buf: bytearray) -> int:
@@ -391,15 +393,16 @@ class MsgArray:
         struct.pack_into("=H", self.control, control_off + _cmsg_align(_CMSG_HDR), segment)
         return space
 
-    def sent_len(self, j: int) -> int:
-        return int(self.u32[(j * MM + _OFF_MSGLEN) // 4])
+
+# -- socket addresses ------------------------------------------------------------------
 
 
-def decode_sockaddr(raw: bytes) -> Any:
+def decode_sockaddr(raw: bytes) -> Peer:
     """Decode a raw sockaddr_in/sockaddr_in6 into the tuple ``recvfrom`` returns.
 
     Returns ``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6,
-    ``None`` for an empty address (a connected socket's peer).
+    ``None`` for an empty address (a connected socket's peer), and the raw bytes
+    for any other family.
     """
     if len(raw) < 2:
         return None
@@ -416,68 +419,7 @@ def decode_sockaddr(raw: bytes) -> Any:
     return raw
 
 
-# Distinct peers remembered by a PeerCache before it starts over.
-PEER_CACHE_MAX = 4096
-
-
-class PeerCache:
-    """The peers of a received batch, decoded once per distinct source address.
-
-    Decoding a sockaddr costs more than a dict lookup on its raw bytes, and most
-    batches come from a few peers.  The cache is emptied when it reaches
-    :data:`PEER_CACHE_MAX` entries, so spoofed sources cannot grow it.
-    """
-
-    __slots__ = ("cache", "v4")
-
-    def __init__(self, v4: bool) -> None:
-        self.cache: dict[Any, Any] = {}
-        self.v4 = v4  # AF_INET: 8 bytes (family, port, address) are the whole key
-
-    def peers(self, rx: MsgArray, n: int) -> tuple[list[Any], list[Any]]:
-        """``(keys, peers)`` of the first ``n`` messages in ``rx``; equal keys, equal peers."""
-        keys, found = self.batch(rx, n)
-        return keys, list(map(found.__getitem__, keys))
-
-    def first(self, rx: MsgArray) -> Any:
-        """The peer of the first message in ``rx``."""
-        if self.v4:
-            assert rx.names_q is not None
-            key: Any = rx.names_q[0]
-        else:
-            key = rx.names_view[:28].tobytes()
-        p = self.cache.get(key)
-        return p if p is not None else self._decode(rx, 0, key)
-
-    def batch(self, rx: MsgArray, n: int) -> tuple[list[Any], dict[Any, Any]]:
-        """``(keys, {key: peer})`` for the first ``n`` messages in ``rx``.
-
-        Only each distinct source is looked up (most batches have one or a few),
-        so the cost per datagram is that of reading its key.
-        """
-        if self.v4:
-            keys: list[Any] = rx.name_keys_v4(n)
-        else:
-            blob = rx.names_view[: n * NAME_SPACE].tobytes()
-            keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
-        cache = self.cache
-        found = {}
-        for k, i in dict(zip(keys, range(n), strict=True)).items():
-            p = cache.get(k)
-            found[k] = p if p is not None else self._decode(rx, i, k)
-        return keys, found
-
-    def _decode(self, rx: MsgArray, i: int, key: Any) -> Any:
-        """Decode message ``i``'s sockaddr and remember it under ``key``."""
-        if len(self.cache) >= PEER_CACHE_MAX:
-            self.cache.clear()
-        off = i * NAME_SPACE
-        width = 16 if self.v4 else 28  # the whole key: family, port, address (and scope)
-        p = self.cache[key] = decode_sockaddr(rx.names_view[off : off + width].tobytes())
-        return p
-
-
-def encode_sockaddr(family: int, addr: Any) -> bytes:
+def encode_sockaddr(family: int, addr: InetAddr) -> bytes:
     """Encode a ``(host, port[, flowinfo, scope_id])`` tuple as a raw sockaddr.
 
     Raises:
@@ -496,9 +438,9 @@ def encode_sockaddr(family: int, addr: Any) -> bytes:
     try:
         packed = socket.inet_pton(socket.AF_INET6, host)
     except OSError:
-        info: Any = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM)[0][4]
+        info = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_DGRAM)[0][4]
         packed = socket.inet_pton(socket.AF_INET6, str(info[0]).split("%")[0])
-        scope = scope or int(info[3])
+        scope = scope or int(info[3])  # type: ignore[misc]  # an AF_INET6 answer has 4 fields
     return (
         struct.pack("=H", socket.AF_INET6)
         + struct.pack("!HI", port, flow)
@@ -507,33 +449,242 @@ def encode_sockaddr(family: int, addr: Any) -> bytes:
     )
 
 
-def errno_name(code: int | None) -> str:
-    """``ECONNREFUSED`` for 111; ``E<n>`` for numbers the platform has no name for."""
-    if code is None:
-        return "EUNKNOWN"
-    return errno.errorcode.get(code, f"E{code}")
+# Distinct peers remembered by a PeerCache before it starts over.
+PEER_CACHE_MAX = 4096
+
+PeerKey = int | bytes
+"""A received sockaddr as a dict key: its first 8 bytes as an int (IPv4), else its 28 bytes."""
 
 
-def proc_drops(sock_fd: int) -> int | None:
-    """The drops column of /proc/net/udp{,6} for this socket's inode, or ``None``."""
-    if not _LINUX:
-        return None
-    try:
-        inode = str(os.fstat(sock_fd).st_ino)
-    except OSError:
-        return None
-    for name in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            with open(name, encoding="ascii") as f:
-                next(f, None)  # header
-                for line in f:
-                    cols = line.split()
-                    if len(cols) > 12 and cols[9] == inode:
-                        return int(cols[12])
-        except OSError:
+class PeerCache:
+    """The peers of a received batch, decoded once per distinct source address.
+
+    Decoding a sockaddr costs more than a dict lookup on its raw bytes, and most
+    batches come from a few peers.  The cache is emptied when it reaches
+    :data:`PEER_CACHE_MAX` entries, so spoofed sources cannot grow it.
+    """
+
+    __slots__ = ("cache", "v4")
+
+    def __init__(self, v4: bool) -> None:
+        self.cache: dict[PeerKey, Peer] = {}
+        self.v4 = v4  # AF_INET: 8 bytes (family, port, address) are the whole key
+
+    def peers(self, rx: MsgArray, n: int) -> tuple[Sequence[PeerKey], list[Peer]]:
+        """``(keys, peers)`` of the first ``n`` messages in ``rx``; equal keys, equal peers."""
+        keys, found = self.batch(rx, n)
+        return keys, list(map(found.__getitem__, keys))
+
+    def first(self, rx: MsgArray) -> Peer:
+        """The peer of the first message in ``rx``."""
+        if self.v4:
+            assert rx.names_q is not None
+            key: PeerKey = rx.names_q[0]
+        else:
+            key = rx.names_view[:28].tobytes()
+        p = self.cache.get(key)
+        return p if p is not None else self._decode(rx, 0, key)
+
+    def batch(self, rx: MsgArray, n: int) -> tuple[Sequence[PeerKey], dict[PeerKey, Peer]]:
+        """``(keys, {key: peer})`` for the first ``n`` messages in ``rx``.
+
+        Only each distinct source is looked up (most batches have one or a few),
+        so the cost per datagram is that of reading its key.
+        """
+        keys: Sequence[PeerKey]
+        if self.v4:
+            keys = rx.name_keys_v4(n)
+        else:
+            blob = rx.names_view[: n * NAME_SPACE].tobytes()
+            keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
+        cache = self.cache
+        found = {}
+        for k, i in dict(zip(keys, range(n), strict=True)).items():
+            p = cache.get(k)
+            found[k] = p if p is not None else self._decode(rx, i, k)
+        return keys, found
+
+    def _decode(self, rx: MsgArray, i: int, key: PeerKey) -> Peer:
+        """Decode message ``i``'s sockaddr and remember it under ``key``."""
+        if len(self.cache) >= PEER_CACHE_MAX:
+            self.cache.clear()
+        off = i * NAME_SPACE
+        width = 16 if self.v4 else 28  # the whole key: family, port, address (and scope)
+        p = self.cache[key] = decode_sockaddr(rx.names_view[off : off + width].tobytes())
+        return p
+
+
+# -- sending: one packer, one loop ---------------------------------------------------
+
+# What push() does with a header the kernel refused, as its caller decides:
+RETRY = 0  # send it again (after waiting, or once more: an ICMP report about an earlier one)
+SKIP = 1  # leave it unsent (the caller counted it) and go on with the next
+STOP = 2  # stop here: neither it nor the headers after it were sent
+
+OnError = Callable[[int, int, int], int]
+"""``on_error(errno, header index, datagrams in that header)`` -> RETRY, SKIP or STOP."""
+
+
+def push(
+    fd: int,
+    tx: MsgArray,
+    first: int,
+    j: int,
+    *,
+    counts: Sequence[int] | None,
+    nbytes: Sequence[int],
+    wait: float,
+    on_error: OnError,
+) -> tuple[int, int, int]:
+    """``sendmmsg`` headers ``first .. first+j-1`` of ``tx`` until each is sent or given up.
+
+    EINTR is retried; a full send buffer (EAGAIN) is waited for, ``wait``
+    seconds at most in all; any other error, and EAGAIN after that, goes to
+    ``on_error`` with the index (from ``first``) of the header the kernel refused.
+
+    Args:
+        counts: the datagrams each header carries (a GSO message carries several);
+            ``None``: one each.
+        nbytes: the bytes each header carries.
+
+    Returns:
+        ``(stopped, datagrams, bytes)``: the index it stopped at (``j`` unless
+        ``on_error`` said STOP), and the datagrams and bytes the kernel accepted.
+    """
+    send = libc_mmsg.sendmmsg_p
+    i = datagrams = sent_bytes = 0
+    waited = 0.0
+    while i < j:
+        r = send(fd, tx.hdr_p(first + i), j - i, MSG_DONTWAIT)
+        if r > 0:
+            if r == j:  # all at once: the common case
+                return j, j if counts is None else sum(counts), sum(nbytes)
+            datagrams += r if counts is None else sum(counts[i : i + r])
+            sent_bytes += sum(nbytes[i : i + r])
+            i += r
             continue
-    # Not listed (an unbound socket, another namespace) or no /proc: unknown.
-    return None
+        code = ctypes.get_errno()
+        if code == errno.EINTR:
+            continue
+        if code in AGAIN and waited < wait:
+            waited += wait_writable(fd, wait - waited)
+            continue
+        action = on_error(code, i, 1 if counts is None else counts[i])
+        if action == STOP:
+            break
+        if action == SKIP:
+            i += 1
+    return i, datagrams, sent_bytes
+
+
+class Packer:
+    """Payloads copied into one arena behind send headers, ready for :func:`push`.
+
+    Each header carries one payload or, with GSO, a run of consecutive
+    same-size payloads to one destination (the last may be shorter), which the
+    kernel cuts into datagrams.  After :meth:`pack`, ``j`` headers are written
+    and ``firsts``/``counts``/``nbytes`` tell, for each, the payload it starts
+    with, how many datagrams and how many bytes it carries.
+
+    Args:
+        headers: headers per :func:`push`.
+        arena: bytes the payloads of one push may take.
+    """
+
+    def __init__(self, headers: int, arena: int) -> None:
+        self.tx = MsgArray(headers, 0)
+        self.j = 0
+        self.firsts: list[int] = []
+        self.counts: list[int] = []
+        self.nbytes: list[int] = []
+        self._arena(arena)
+
+    def reserve(self, size: int) -> None:
+        """Make the arena at least ``size`` bytes."""
+        if size > len(self.arena):
+            self._arena(size)
+
+    def _arena(self, size: int) -> None:
+        self.arena = bytearray(size)
+        self._view = memoryview(self.arena)
+        self._addr = ctypes.addressof(ctypes.c_char.from_buffer(self.arena))
+
+    def pack(
+        self,
+        payloads: Sequence[Payload],
+        k: int,
+        *,
+        gso: bool,
+        name_addr: int,
+        namelen: int,
+        sources: Sequence[int] | None = None,
+        keys: Sequence[Hashable] = (),
+    ) -> int:
+        """Write headers for ``payloads[k:]`` until the headers or the arena are full.
+
+        Every payload goes to the sockaddr at ``name_addr`` (``0`` on a connected
+        socket) or, with ``sources``, payload ``i`` to the one at ``name_addr +
+        sources[i] * NAME_SPACE``; a GSO run then holds one source's payloads
+        only (equal ``keys[sources[i]]``).
+
+        Returns:
+            The index of the first payload left out; ``j == 0`` when that one can
+            never fit the arena.
+        """
+        tx = self.tx
+        av, base, cap = self._view, self._addr, len(self.arena)
+        firsts, counts, nbytes = self.firsts, self.counts, self.nbytes
+        firsts.clear()
+        counts.clear()
+        nbytes.clear()
+        total = len(payloads)
+        off = j = slot = 0
+        key: Hashable = None
+        while k < total and j < tx.n:
+            p = payloads[k]
+            size = len(p)
+            if off + size > cap:
+                break
+            first = k
+            if sources is not None:
+                slot = sources[k]
+                key = keys[slot]
+            av[off : off + size] = p
+            run = 1
+            k += 1
+            if gso and size:
+                limit = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // size)
+                while (
+                    k < total
+                    and run < limit
+                    and 0 < len(payloads[k]) <= size
+                    and (sources is None or keys[sources[k]] == key)
+                    and off + (run + 1) * size <= cap
+                ):
+                    nxt = payloads[k]
+                    av[off + run * size : off + run * size + len(nxt)] = nxt
+                    run += 1
+                    k += 1
+                    if len(nxt) < size:
+                        break  # a shorter datagram can only end a GSO run
+            length = size * (run - 1) + len(payloads[k - 1])
+            tx.set_iov(j, base + off, length)
+            ctl = j * CONTROL_SPACE
+            tx.set_send(
+                j,
+                name_addr + slot * NAME_SPACE,
+                namelen,
+                iov_index=j,
+                control_off=ctl,
+                controllen=tx.put_segment_cmsg(ctl, size) if run > 1 else 0,
+            )
+            firsts.append(first)
+            counts.append(run)
+            nbytes.append(length)
+            off += length
+            j += 1
+        self.j = j
+        return k
 
 
 # -- load generation --------------------------------------------------------------
@@ -543,18 +694,41 @@ class _Sender(threading.local):
     """Per-thread send buffers for :func:`send_batch`, grown on demand."""
 
     def __init__(self) -> None:
-        self.tx = MsgArray(UDP_MAX_SEGMENTS, 0)
-        self.arena = bytearray(1 << 18)
-        self.addr = ctypes.addressof(ctypes.c_char.from_buffer(self.arena))
-        self.names: dict[tuple[int, Any], bytes] = {}
+        self.packer = Packer(UDP_MAX_SEGMENTS, 1 << 18)
+        self.names: dict[tuple[int, InetAddr], bytes] = {}
+
+    def name(self, family: int, to: SockAddr | None) -> tuple[int, int]:
+        """Write ``to`` as a raw sockaddr into the send headers' name slot; (address, length)."""
+        if to is None:
+            return 0, 0
+        if not isinstance(to, tuple):
+            raise AddressError(f"invalid destination {to!r}: an IP socket sends to (host, port)")
+        key = (family, to)
+        raw = self.names.get(key)
+        if raw is None:
+            raw = encode_sockaddr(family, to)
+            if len(self.names) > 256:
+                self.names.clear()
+            self.names[key] = raw
+        tx = self.packer.tx
+        tx.names_view[: len(raw)] = raw
+        return tx.names_addr, len(raw)
 
 
 _sender: _Sender | None = None
 _gso_ok = True
 
 
+def _stop(code: int, i: int, n: int) -> int:
+    return STOP
+
+
 def send_batch(
-    sock: socket.socket, payloads: Sequence[bytes], to: Any = None, *, gso: bool | None = None
+    sock: socket.socket,
+    payloads: Sequence[Payload],
+    to: SockAddr | None = None,
+    *,
+    gso: bool | None = None,
 ) -> int:
     """Send ``payloads`` as datagrams with as few system calls as the platform allows.
 
@@ -584,22 +758,9 @@ def send_batch(
         return _send_portable(sock, payloads, to)
     if _sender is None:
         _sender = _Sender()
-    s = _sender
-    tx = s.tx
-    if to is None:
-        name_addr, namelen = 0, 0
-    else:
-        key = (int(sock.family), to)
-        raw = s.names.get(key)
-        if raw is None:
-            raw = encode_sockaddr(sock.family, to)
-            if len(s.names) > 256:
-                s.names.clear()
-            s.names[key] = raw
-        tx.names_view[: len(raw)] = raw
-        name_addr, namelen = tx.names_addr, len(raw)
+    name_addr, namelen = _sender.name(sock.family, to)
     size = len(payloads[0])
-    use_gso = (
+    use_gso = bool(
         gso is not False
         and (_gso_ok or gso)
         and len(payloads) > 1
@@ -609,57 +770,30 @@ def send_batch(
     )
     if gso and not use_gso and len(payloads) > 1:
         raise UsageError("gso=True needs payloads of one size (the last may be shorter)")
-    per = min(UDP_MAX_SEGMENTS, GSO_MAX_BYTES // size) if use_gso else 1
-    need = sum(map(len, payloads)) if not use_gso else size * len(payloads)
-    if need > len(s.arena) and need <= 1 << 26:
-        s.arena = bytearray(need)
-        s.addr = ctypes.addressof(ctypes.c_char.from_buffer(s.arena))
-    sent = 0
-    k = 0
-    total = len(payloads)
-    while k < total:
-        # Fill up to tx.n messages from the arena, then one sendmmsg.
-        av = memoryview(s.arena)
-        off = 0
-        j = 0
-        counts: list[int] = []
-        while k < total and j < tx.n:
-            run = min(per, total - k)
-            start = off
-            for p in payloads[k : k + run]:
-                if off + len(p) > len(s.arena):
-                    break
-                av[off : off + len(p)] = p
-                off += len(p)
-            else:
-                tx.set_iov(j, s.addr + start, off - start)
-                clen = tx.put_segment_cmsg(j * CONTROL_SPACE, size) if run > 1 else 0
-                tx.set_send(
-                    j,
-                    name_addr,
-                    namelen,
-                    iov_index=j,
-                    control_off=j * CONTROL_SPACE,
-                    controllen=clen,
-                )
-                counts.append(run)
-                k += run
-                j += 1
-                continue
-            break
-        if j == 0:
+    packer = _sender.packer
+    need = size * len(payloads) if use_gso else sum(map(len, payloads))
+    if need <= 1 << 26:
+        packer.reserve(need)
+    fd = sock.fileno()
+    sent = k = 0
+    while k < len(payloads):
+        nxt = packer.pack(payloads, k, gso=use_gso, name_addr=name_addr, namelen=namelen)
+        if packer.j == 0:
             raise UsageError(f"payload of {len(payloads[k])} bytes is too large to send")
-        done = 0
-        while done < j:
-            r = libc_mmsg.sendmmsg(sock.fileno(), tx.hdrs_addr + done * MM, j - done, 0)
-            if r > 0:
-                sent += sum(counts[done : done + r])
-                done += r
-                continue
-            code = ctypes.get_errno()
-            if code == errno.EINTR:
-                continue
-            if counts[done] > 1 and code in OFFLOAD_REFUSED:
+        stopped, datagrams, _ = push(
+            fd,
+            packer.tx,
+            0,
+            packer.j,
+            counts=packer.counts,
+            nbytes=packer.nbytes,
+            wait=0.0,
+            on_error=_stop,
+        )
+        sent += datagrams
+        if stopped < packer.j:
+            code = ctypes.get_errno()  # push made no call after the one that failed
+            if packer.counts[stopped] > 1 and code in OFFLOAD_REFUSED:
                 if gso:
                     raise Unsupported(
                         code, f"gso=True: the kernel refused UDP GSO ({errno_name(code)})"
@@ -669,10 +803,11 @@ def send_batch(
             if sent or code in AGAIN:
                 return sent
             raise map_oserror(OSError(code, os.strerror(code)), f"send to {to!r}")
+        k = nxt
     return sent
 
 
-def _send_portable(sock: socket.socket, payloads: Sequence[bytes], to: Any) -> int:
+def _send_portable(sock: socket.socket, payloads: Sequence[Payload], to: SockAddr | None) -> int:
     sent = 0
     for p in payloads:
         try:
