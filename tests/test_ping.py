@@ -62,6 +62,16 @@ def _ping_command() -> list[str]:
 PING = _ping_command()
 
 
+def start_ping(port: int, *args: str) -> subprocess.Popen[bytes]:
+    """``udpkit ping 127.0.0.1 PORT ARGS`` with its output on pipes; the caller ends it."""
+    return subprocess.Popen(
+        [*PING, "127.0.0.1", str(port), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def run_ping(*args: str, timeout: float = STEP) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*PING, *args],
@@ -463,12 +473,7 @@ def test_cli_no_reply_exits_1_with_timeouts() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_signal_prints_the_statistics_of_what_ran(sig: signal.Signals) -> None:
     with echo((socket.AF_INET, "127.0.0.1")) as e:
-        proc = subprocess.Popen(
-            [*PING, "127.0.0.1", str(e.port), "-i", "0.05"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = start_ping(e.port, "-i", "0.05")
         try:
             assert proc.stdout is not None
             out = LineReader(proc.stdout.fileno())
@@ -487,12 +492,7 @@ def test_cli_signal_prints_the_statistics_of_what_ran(sig: signal.Signals) -> No
 
 def test_cli_signal_with_no_reply_exits_1() -> None:
     with echo((socket.AF_INET, "127.0.0.1"), "silent") as e:
-        proc = subprocess.Popen(
-            [*PING, "127.0.0.1", str(e.port), "-J"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = start_ping(e.port, "-J")
         try:
             deadline = time.monotonic() + STEP
             while e.received < 1 and time.monotonic() < deadline:
@@ -509,12 +509,7 @@ def test_cli_signal_with_no_reply_exits_1() -> None:
 
 def test_cli_closed_stdout_ends_quietly_with_statistics_on_stderr() -> None:
     with echo((socket.AF_INET, "127.0.0.1")) as e:
-        proc = subprocess.Popen(
-            [*PING, "127.0.0.1", str(e.port), "-i", "0.02"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = start_ping(e.port, "-i", "0.02")
         try:
             assert proc.stdout is not None
             out = LineReader(proc.stdout.fileno())
@@ -531,12 +526,7 @@ def test_cli_closed_stdout_ends_quietly_with_statistics_on_stderr() -> None:
 def test_cli_stops_within_a_second_while_stdout_is_blocked() -> None:
     """`udpkit ping ... | sleep 60`: a stop is not held until the pipe drains."""
     with echo((socket.AF_INET, "127.0.0.1")) as e:
-        proc = subprocess.Popen(
-            [*PING, "127.0.0.1", str(e.port), "-i", "0"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,  # never read: the pipe fills and the write hangs
-            stderr=subprocess.PIPE,
-        )
+        proc = start_ping(e.port, "-i", "0")  # stdout never read: it fills, a write hangs
         try:
             # A 64 KiB pipe holds about 1200 lines: then a write hangs and no probe goes.
             deadline = time.monotonic() + STEP
