@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from udpkit._core.stats import IntervalRow, LatencyHistogram, LossSplit
     from udpkit._loops.bench import BenchConfig, BenchResult, FlowResult
 
-__all__ = ["add_parser", "bench_document", "run_bench", "run_reflect"]
+__all__ = ["add_parser", "bench_command", "bench_document", "run_reflect"]
 
 DEFAULT_REFLECT_PORT = "5202"
 _PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9))
@@ -124,7 +124,7 @@ def _add_reflect(sub: Any) -> None:
         description="Echo bench probes and count each run's arrivals, so bench can tell "
         f"loss per direction. Default 127.0.0.1 {DEFAULT_REFLECT_PORT}.",
     )
-    reflect.add_argument("host", nargs="?", default="127.0.0.1", metavar="HOST")
+    reflect.add_argument("host", nargs="?", default=None, metavar="HOST")
     reflect.add_argument("port", nargs="?", default=DEFAULT_REFLECT_PORT, metavar="PORT")
     options.add_rcvbuf(reflect, "4M")
     options.add_busy_poll(reflect)
@@ -529,7 +529,7 @@ def _plot(path: str, result: BenchResult, doc: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def run_bench(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
+def bench_command(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     """The ``bench`` command.
 
     Returns:
@@ -537,7 +537,7 @@ def run_bench(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     """
     import json
 
-    from udpkit._loops import bench as _bench
+    from udpkit._loops.bench import run_bench
 
     cfg = config_from_args(args)
     if args.plot is not None:
@@ -558,7 +558,7 @@ def run_bench(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
             header[0] = True
         live.write("".join(format_row(r) for r in rows))
 
-    result = _bench.run_bench(cfg, on_rows)
+    result = run_bench(cfg, on_rows)
     doc = bench_document(result)
     if args.json:
         out.write(json.dumps(doc, indent=2) + "\n")
@@ -578,56 +578,36 @@ def run_reflect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     Returns:
         0.
     """
-    from udpkit._loops import reflect as _reflect
+    from udpkit._loops.reflect import Reflector
+    from udpkit._loops.sigwake import on_signals
     from udpkit._net.addr import format_sockaddr
+    from udpkit._net.binding import bind_server
 
-    rcvbuf = args.rcvbuf
-    busy = args.busy_poll
-    from udpkit._net.mcast import join_group, parse_group
-
-    groups = [parse_group(g) for g in args.join]
-    host = args.host
-    if groups and host == "127.0.0.1":
-        # Group traffic is addressed to the group: listen on the wildcard.
-        host = "::" if ":" in groups[0][0] else "0.0.0.0"
-    sock, got = _reflect.open_reflector_socket(
-        host, args.port, _family(args), rcvbuf, group=bool(groups)
+    # The same bind as serve's: loopback by default, the wildcard with --join.
+    (sock,) = bind_server(
+        args.host, args.port, family=_family(args), join=args.join, source=args.source
     )
-    try:
-        for group, iface in groups:
-            join_group(sock.sock, group, iface=iface, source=args.source)
-        refl = _reflect.Reflector(
-            sock, fast=False if args.no_batch else None, busy_poll_us=busy or 0
+    with sock:
+        refl = Reflector(
+            sock,
+            fast=False if args.no_batch else None,
+            busy_poll_us=args.busy_poll or 0,
+            **({} if args.rcvbuf is None else {"rcvbuf": args.rcvbuf}),  # else its default
         )
-        stops = {signal.SIGINT, signal.SIGTERM}
-        stopped: list[int] = []
+        where = format_sockaddr(sock.sock.getsockname())
+        up = f"udpkit: listening on {where} (UDP, reflector, receive buffer {refl.rcvbuf} B)\n"
 
-        def on_stop(signum: int, _frame: object) -> None:
-            stopped.append(signum)
-            refl.stop()
-
-        def on_usr1(_signum: int, _frame: object) -> None:
+        def counters() -> None:
             err.write(_reflect_summary(refl, args.quiet))
 
-        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-        old: dict[int, Any] = {}
-        try:
-            old = {s: signal.signal(s, on_stop) for s in stops}
-            if hasattr(signal, "SIGUSR1"):
-                old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
-            where = format_sockaddr(sock.sock.getsockname())
-            err.write(f"udpkit: listening on {where} (UDP, reflector, receive buffer {got} B)\n")
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-            refl.run()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-            for s, h in old.items():
-                signal.signal(s, h)
-            refl.close()
+        with on_signals(refl.stop, counters) as stopped:
+            try:
+                err.write(up)  # once a stop reaches the reflector's handler
+                refl.run()
+            finally:
+                refl.close()
         note = f" (stopped by {signal.Signals(stopped[0]).name})" if stopped else ""
         err.write(_reflect_summary(refl, args.quiet).rstrip("\n") + note + "\n")
-    finally:
-        sock.close()
     return 0
 
 

@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "send": _lazy_command("_cli.send", "run_send"),
         "demo": _lazy_command("_cli.send", "run_demo"),
         "relay": _lazy_command("_cli.relay", "run"),
-        "bench": _lazy_command("_cli.bench", "run_bench"),
+        "bench": _lazy_command("_cli.bench", "bench_command"),
         "reflect": _lazy_command("_cli.bench", "run_reflect"),
         "ping": _lazy_command("_cli.ping", "run_ping"),
         "connect": _lazy_command("_cli.session", "run_connect"),

@@ -153,71 +153,46 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
     import contextlib
     import signal
 
-    from udpkit._core.errors import NetworkError
-    from udpkit._loops.relay import _RCVBUF, Relay, format_stats
+    from udpkit._core.errors import AddressError, NetworkError
+    from udpkit._core.relaystats import format_stats
+    from udpkit._loops.relay import Relay
+    from udpkit._loops.sigwake import on_signals, stops_held
     from udpkit._net.addr import format_sockaddr, resolve_one, split_hostport
+    from udpkit._net.kernel import DEFAULT_RCVBUF
     from udpkit._net.sockets import set_receive_buffer, udp_bind
 
-    idle = args.idle_timeout
-    max_flows = args.max_flows
-    seed = args.seed
     cfg = impair_config(args)
     lhost, lport = split_hostport(args.listen, default_host=DEFAULT_LISTEN_HOST)
     thost, tport = split_hostport(args.target, default_host=DEFAULT_LISTEN_HOST)
     target = resolve_one(thost, tport)
     if target.port == 0:
-        from udpkit._core.errors import AddressError
-
         raise AddressError(f"invalid target '{args.target}': port 0 cannot receive; give a port")
-    listener = udp_bind(lhost, lport)
-    # Clients' datagrams queue here while the relay is not scheduled (the default
-    # ~208 KiB is ~13 ms of 64-byte datagrams at 20k/s): as much as bench and reflect ask.
-    with contextlib.suppress(NetworkError):
-        set_receive_buffer(listener.sock, _RCVBUF)
-    stops = {signal.SIGINT, signal.SIGTERM}
-    stopped: list[int] = []
-    # Signals wait until the relay's own handlers are in place, so a stop always
+    # Stops wait until the relay's own handlers are in place, so a stop always
     # ends with the counters printed.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {*stops, signal.SIGUSR1})
-    try:
+    with stops_held(), udp_bind(lhost, lport) as listener:
+        # Clients' datagrams queue here while the relay is not scheduled (the default
+        # ~208 KiB is ~13 ms of 64-byte datagrams at 20k/s): as much as bench and reflect ask.
+        with contextlib.suppress(NetworkError):
+            set_receive_buffer(listener.sock, DEFAULT_RCVBUF)
         relay = Relay(
             listener,
             target,
-            idle_timeout=idle,
-            max_flows=max_flows,
+            idle_timeout=args.idle_timeout,
+            max_flows=args.max_flows,
             impair_up=cfg if args.direction in ("both", "up") else None,
             impair_down=cfg if args.direction in ("both", "down") else None,
-            seed=seed,
+            seed=args.seed,
             fast=False if args.no_batch else None,
             spin_us=args.spin_us,
             on_report=lambda st: err.write(format_stats(st)),
         )
-        try:
-
-            def on_stop(signum: int, _frame: object) -> None:
-                stopped.append(signum)
-                relay.stop()
-
-            def on_usr1(_signum: int, _frame: object) -> None:
-                relay.request_report()
-
-            old = {s: signal.signal(s, on_stop) for s in stops}
-            # SIGUSR1 keeps this harmless handler afterwards: its default would kill.
-            signal.signal(signal.SIGUSR1, on_usr1)
+        where = format_sockaddr(listener.sock.getsockname())
+        with on_signals(relay.stop, relay.request_report) as stopped:
             try:
-                where = format_sockaddr(listener.sock.getsockname())
                 err.write(f"udpkit: listening on {where} (UDP, relay to {target})\n")
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {*stops, signal.SIGUSR1})
                 stats = relay.run()
             finally:
-                signal.pthread_sigmask(signal.SIG_BLOCK, {*stops, signal.SIGUSR1})
-                for s, h in old.items():
-                    signal.signal(s, h)
-        finally:
-            relay.close()
-    finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {*stops, signal.SIGUSR1})
-        listener.close()
+                relay.close()
     text = format_stats(stats)
     if stopped:
         first, _, rest = text.partition("\n")

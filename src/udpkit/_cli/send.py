@@ -22,7 +22,7 @@ from udpkit._cli.common import Out as _Out
 from udpkit._cli.common import check_unix_args as _check_unix_args
 from udpkit._cli.common import family as _family
 from udpkit._cli.common import transport as _transport
-from udpkit._core.errors import AddressError, ConnectionRefused, NetworkError, Timeout, UsageError
+from udpkit._core.errors import Timeout, UsageError
 
 # ---------------------------------------------------------------- arguments
 
@@ -124,176 +124,145 @@ def _read_message(text: str, as_hex: bool) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
-    from udpkit._core.escape import safe_repr
-    from udpkit._loops import client as _client
-    from udpkit._net import sockets as _sockets
-    from udpkit._net import unix as _unix
-    from udpkit._net.addr import is_broadcast, is_multicast, resolve, resolve_one, split_hostport
-
-    transport = _transport(args)
+def _positionals(args: argparse.Namespace) -> tuple[str | None, str | None, str]:
+    """``[HOST] [PORT] [MESSAGE]`` (only MESSAGE with --unix), defaults filled in."""
     pos: list[str] = list(args.args)
     if args.unix is not None:
         if len(pos) > 1:
             raise UsageError(
                 f"with --unix PATH the only argument is MESSAGE, got {len(pos)}: {pos!r}"
             )
-        host = port = None
-        text = pos[0] if pos else DEFAULT_MESSAGE
         _check_unix_args(args, ())
-    else:
-        if len(pos) > 3:
-            raise UsageError(f"too many arguments {pos[3:]!r}: expected [HOST] [PORT] [MESSAGE]")
-        host = pos[0] if len(pos) > 0 else DEFAULT_HOST
-        port = pos[1] if len(pos) > 1 else (DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT)
-        text = pos[2] if len(pos) > 2 else DEFAULT_MESSAGE
+        return None, None, pos[0] if pos else DEFAULT_MESSAGE
+    if len(pos) > 3:
+        raise UsageError(f"too many arguments {pos[3:]!r}: expected [HOST] [PORT] [MESSAGE]")
+    host = pos[0] if len(pos) > 0 else DEFAULT_HOST
+    port = pos[1] if len(pos) > 1 else (DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT)
+    return host, port, pos[2] if len(pos) > 2 else DEFAULT_MESSAGE
+
+
+def _check_all(args: argparse.Namespace, stream: bool) -> None:
+    if not args.all:
+        return
+    clashes = {"--tcp": args.tcp, "--stream": stream, "--no-wait": args.no_wait}
+    clashes["--retries"] = bool(args.retries)
+    clash = next((name for name, on in clashes.items() if on), None)
+    if clash:
+        raise UsageError(
+            f"--all cannot be combined with {clash}: it sends one datagram and collects "
+            "every reply within --timeout"
+        )
+
+
+def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    from udpkit._loops.client import first_answering
+    from udpkit._net.addr import is_broadcast, is_multicast, resolve, split_hostport
+    from udpkit._net.unix import unix_datagram_connect
+
+    transport = _transport(args)
+    host, port, text = _positionals(args)
     message = _read_message(text, args.hex)
     stream = transport in ("TCP", "Unix stream")
-    if args.all:
-        clash = (
-            "--tcp"
-            if args.tcp
-            else "--stream"
-            if stream
-            else "--no-wait"
-            if args.no_wait
-            else "--retries"
-            if args.retries
-            else None
-        )
-        if clash:
-            raise UsageError(
-                f"--all cannot be combined with {clash}: it sends one datagram and collects "
-                "every reply within --timeout"
-            )
-
+    _check_all(args, stream)
     bind: tuple[str, str] | None = None
     if args.bind is not None:
         if args.unix is not None:
             raise UsageError("--bind does not apply to --unix sockets")
         bind = split_hostport(args.bind, default_host="")
-
-    reply: bytes
     if stream:
-        if args.unix is not None:
-            conn = _unix.unix_stream_connect(args.unix, timeout=args.timeout)
-        else:
-            assert host is not None and port is not None
-            addr = resolve_one(
-                host, port, family=_family(args), type=socket.SOCK_STREAM, proto="tcp"
-            )
-            from udpkit._net import stream as _stream  # TCP code loads only for --tcp
-
-            conn = _stream.tcp_connect(
-                addr.host, addr.port, family=addr.family, timeout=args.timeout, bind=bind
-            )
-        with conn:
-            if args.no_wait:
-                conn.send_all(message)
-                return EXIT_OK
-            reply = _client.stream_request(
-                conn, message, timeout=args.timeout, bufsize=args.buffer_size
-            )
-        out.write(f"Message from Server\n{safe_repr(reply)}\n")
-        return EXIT_OK
-
-    to: Any = None
+        return _send_stream(args, host, port, message, bind, out)
     if args.unix is not None:
-        sock = _unix.unix_datagram_connect(args.unix)
-    else:
-        assert host is not None and port is not None
-        candidates = resolve(host, port, family=_family(args))
-        addr = candidates[0]
-        multicast = is_multicast(addr)
-        if (args.ttl is not None or args.loop is not None or args.iface) and not multicast:
-            raise UsageError(f"--ttl, --loop and --iface are for multicast groups, not {host!r}")
-        if args.broadcast or is_broadcast(addr) or multicast:
-            # Replies to a broadcast (limited or a subnet's) or to a group come from
-            # the responders' own addresses, which a connected socket filters out.
-            local = bind if bind is not None else ("", "0")
-            laddr = resolve_one(local[0], local[1], family=addr.family, passive=True)
-            sock = _sockets.udp_bind(
-                laddr.host, laddr.port, family=addr.family, broadcast=args.broadcast
-            )
-            if multicast:
-                from udpkit._net.mcast import set_multicast_send
-
-                try:
-                    set_multicast_send(sock.sock, ttl=args.ttl, loop=args.loop, iface=args.iface)
-                except BaseException:
-                    sock.close()
-                    raise
-            to = addr.sockaddr
-        else:
-            return _send_unicast(candidates, message, bind, args, out=out, err=err)
-    with sock:
-        return _exchange(sock, to, message, args, out=out, err=err)
+        with unix_datagram_connect(args.unix) as sock:
+            return _exchange(sock, None, message, args, out=out, err=err)
+    assert host is not None and port is not None
+    candidates = resolve(host, port, family=_family(args))
+    addr = candidates[0]
+    multicast = is_multicast(addr)
+    if (args.ttl is not None or args.loop is not None or args.iface) and not multicast:
+        raise UsageError(f"--ttl, --loop and --iface are for multicast groups, not {host!r}")
+    if args.broadcast or is_broadcast(addr) or multicast:
+        with _unconnected(addr, bind, args, multicast) as sock:
+            return _exchange(sock, addr.sockaddr, message, args, out=out, err=err)
+    # A name's next address is tried when this one cannot be reached or nobody listens.
+    return first_answering(
+        candidates,
+        lambda sock: _exchange(sock, None, message, args, out=out, err=err),
+        bind=bind,
+        broadcast=args.broadcast,
+        on_skip=lambda why: err.write(f"udpkit: {why}\n"),
+    )
 
 
-def _send_unicast(
-    candidates: Sequence[Any],
+def _unconnected(addr: Any, bind: tuple[str, str] | None, args: argparse.Namespace,
+                 multicast: bool) -> Any:  # fmt: skip
+    """A socket for a broadcast or a group: its replies come from the responders' own
+    addresses, which a connected socket would filter out."""
+    from udpkit._net.addr import resolve_one
+    from udpkit._net.mcast import set_multicast_send
+    from udpkit._net.sockets import udp_bind
+
+    local = bind if bind is not None else ("", "0")
+    laddr = resolve_one(local[0], local[1], family=addr.family, passive=True)
+    sock = udp_bind(laddr.host, laddr.port, family=addr.family, broadcast=args.broadcast)
+    if multicast:
+        try:
+            set_multicast_send(sock.sock, ttl=args.ttl, loop=args.loop, iface=args.iface)
+        except BaseException:
+            sock.close()
+            raise
+    return sock
+
+
+def _send_stream(  # noqa: PLR0917 - the parsed pieces of one command line
+    args: argparse.Namespace,
+    host: str | None,
+    port: str | None,
     message: bytes,
     bind: tuple[str, str] | None,
-    args: argparse.Namespace,
-    *,
     out: _Out,
-    err: _Out,
 ) -> int:
-    """Send to a host's first address that works, as a host name promises.
+    """``send --tcp`` or ``--unix PATH --stream``: one message, and the answer."""
+    from udpkit._core.escape import safe_repr
+    from udpkit._loops.client import stream_request
+    from udpkit._net.addr import resolve_one
+    from udpkit._net.stream import tcp_connect
+    from udpkit._net.unix import unix_stream_connect
 
-    A name such as ``localhost`` may give ``::1`` first while the server listens
-    on 127.0.0.1 only: an address that cannot be reached, or that answers ICMP
-    port unreachable (so nobody received the datagram), makes way for the next.
-    A silent one does not: the server may just be slow, and a second copy would
-    reach it twice.
-    """
-    from udpkit._net.addr import format_sockaddr
-    from udpkit._net.sockets import udp_connect
-
-    for i, addr in enumerate(candidates):
-        last = i == len(candidates) - 1
-        try:
-            sock = udp_connect(
-                addr.host, addr.port, bind=bind, family=addr.family, broadcast=args.broadcast
-            )
-        except (NetworkError, AddressError) as exc:  # AddressError: --bind of the other family
-            if last:
-                raise
-            err.write(f"udpkit: {exc}; trying {format_sockaddr(candidates[i + 1])}\n")
-            continue
-        with sock:
-            try:
-                return _exchange(sock, None, message, args, out=out, err=err)
-            except ConnectionRefused:
-                if last:
-                    raise
-                err.write(
-                    f"udpkit: nothing listens at {format_sockaddr(addr)} (ICMP port "
-                    f"unreachable); trying {format_sockaddr(candidates[i + 1])}\n"
-                )
-    raise AssertionError("unreachable: resolve() gives at least one address")
+    if args.unix is not None:
+        conn = unix_stream_connect(args.unix, timeout=args.timeout)
+    else:
+        assert host is not None and port is not None
+        addr = resolve_one(host, port, family=_family(args), type=socket.SOCK_STREAM, proto="tcp")
+        conn = tcp_connect(
+            addr.host, addr.port, family=addr.family, timeout=args.timeout, bind=bind
+        )
+    with conn:
+        if args.no_wait:
+            conn.send_all(message)
+            return EXIT_OK
+        reply = stream_request(conn, message, timeout=args.timeout, bufsize=args.buffer_size)
+    out.write(f"Message from Server\n{safe_repr(reply)}\n")
+    return EXIT_OK
 
 
 def _exchange(
     sock: Any, to: Any, message: bytes, args: argparse.Namespace, *, out: _Out, err: _Out
 ) -> int:
     """Send ``message`` on ``sock`` and show the reply (or every reply with --all)."""
-    from udpkit._loops import client as _client
+    from udpkit._loops.client import request, request_all
 
     if args.no_wait:
         sock.send(message, to)
         return EXIT_OK
     if args.all:
-        replies = _client.request_all(
-            sock, message, to, timeout=args.timeout, bufsize=args.buffer_size
-        )
+        replies = request_all(sock, message, to, timeout=args.timeout, bufsize=args.buffer_size)
         for dgram in replies:
             _show_reply(dgram, to is not None, out, err)
         if not replies:
             raise Timeout(f"no reply within {args.timeout:g} s")
         err.write(f"udpkit: {len(replies)} {'reply' if len(replies) == 1 else 'replies'}\n")
         return EXIT_OK
-    dgram, _attempts = _client.request(
+    dgram, _attempts = request(
         sock, message, to, timeout=args.timeout, retries=args.retries, bufsize=args.buffer_size
     )
     _show_reply(dgram, to is not None, out, err)
@@ -314,13 +283,13 @@ def _show_reply(dgram: Any, unconnected: bool, out: _Out, err: _Out) -> None:
 def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     import threading
 
-    from udpkit._cli import format as _format
+    from udpkit._cli.format import banner, format_datagram
     from udpkit._core.escape import safe_repr
-    from udpkit._loops import client as _client
-    from udpkit._loops import server as _server
-    from udpkit._net import sockets as _sockets
-    from udpkit._net import stream as _stream
+    from udpkit._loops.client import request, stream_request
+    from udpkit._loops.server import DatagramServer, StreamServer, reply_handler
     from udpkit._net.addr import format_sockaddr
+    from udpkit._net.sockets import Datagram, DatagramSocket, udp_bind, udp_connect
+    from udpkit._net.stream import StreamListener, tcp_connect, tcp_listen
 
     lock = threading.Lock()
 
@@ -329,28 +298,28 @@ def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             for line in text.splitlines():
                 out.write(f"[{side}] {line}\n")
 
-    def observe(batch: Sequence[_sockets.Datagram]) -> None:
+    def observe(batch: Sequence[Datagram]) -> None:
         for d in batch:
-            say("server", _format.format_datagram("textbook", d.data, d.peer, length=d.length))
+            say("server", format_datagram("textbook", d.data, d.peer, length=d.length))
 
-    handler = _server.reply_handler("reply", DEFAULT_REPLY.encode())
+    handler = reply_handler("reply", DEFAULT_REPLY.encode())
     message = DEFAULT_MESSAGE.encode()
-    server: _server.DatagramServer | _server.StreamServer
+    server: DatagramServer | StreamServer
     if args.tcp:
-        listener = _stream.tcp_listen(DEFAULT_HOST, 0)
-        endpoint: _sockets.DatagramSocket | _stream.StreamListener = listener
-        server = _server.StreamServer(listener, handler, count=1, observer=observe)
+        listener = tcp_listen(DEFAULT_HOST, 0)
+        endpoint: DatagramSocket | StreamListener = listener
+        server = StreamServer(listener, handler, count=1, observer=observe)
         transport = "TCP"
     else:
-        dsock = _sockets.udp_bind(DEFAULT_HOST, 0)
+        dsock = udp_bind(DEFAULT_HOST, 0)
         endpoint = dsock
-        server = _server.DatagramServer(dsock, handler, count=1, observer=observe)
+        server = DatagramServer(dsock, handler, count=1, observer=observe)
         transport = "UDP"
     with endpoint:
         port = endpoint.sock.getsockname()[1]
         say(
             "server",
-            _format.banner("textbook", transport)[0].rstrip("\n")
+            banner("textbook", transport)[0].rstrip("\n")
             + f" on {format_sockaddr(endpoint.sock.getsockname())}",
         )
         thread = threading.Thread(target=server.serve, name="udpkit-demo-server", daemon=True)
@@ -358,11 +327,11 @@ def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         try:
             say("client", f"sending {safe_repr(message)} to {DEFAULT_HOST}:{port}")
             if args.tcp:
-                with _stream.tcp_connect(DEFAULT_HOST, port, timeout=2.0) as conn:
-                    reply = _client.stream_request(conn, message, timeout=2.0)
+                with tcp_connect(DEFAULT_HOST, port, timeout=2.0) as conn:
+                    reply = stream_request(conn, message, timeout=2.0)
             else:
-                with _sockets.udp_connect(DEFAULT_HOST, port) as csock:
-                    reply = _client.request(csock, message, timeout=2.0)[0].data
+                with udp_connect(DEFAULT_HOST, port) as csock:
+                    reply = request(csock, message, timeout=2.0)[0].data
             say("client", f"Message from Server\n{safe_repr(reply)}")
         finally:
             server.stop()

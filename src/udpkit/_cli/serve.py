@@ -6,7 +6,6 @@ import argparse
 import os
 import signal
 import socket
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from udpkit._cli.common import Out as _Out
 from udpkit._cli.common import check_unix_args as _check_unix_args
 from udpkit._cli.common import family as _family
 from udpkit._cli.common import transport as _transport
-from udpkit._core.errors import NetworkError, UdpkitError, UsageError
+from udpkit._core.errors import NetworkError, UsageError
 
 # ---------------------------------------------------------------- arguments
 
@@ -200,113 +199,38 @@ def _add_policy(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[Any], str]:
-    """Open the serving socket(s): one, or ``workers`` sharing a port with SO_REUSEPORT."""
-    from udpkit._net import sockets as _sockets
-    from udpkit._net import unix as _unix
-    from udpkit._net.addr import Address, format_sockaddr, resolve
+def _bind(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[Any], str]:
+    """Open the serving socket(s) and say where: one, or ``workers`` sharing a port."""
+    from udpkit._net.addr import format_sockaddr
+    from udpkit._net.binding import bind_server, default_host
+    from udpkit._net.stream import tcp_listen
+    from udpkit._net.unix import unix_datagram_bind, unix_stream_listen
 
     if args.unix is not None:
-        if stream:
-            return [_unix.unix_stream_listen(args.unix)], args.unix
-        return [_unix.unix_datagram_bind(args.unix)], args.unix
-    from udpkit._net.mcast import group_family, join_group, parse_group
-
-    groups = [parse_group(g) for g in args.join]
-    if groups and stream:
-        raise UsageError("--join is for UDP: multicast has no streams")
-    if args.source and not groups:
-        raise UsageError("--source goes with --join GROUP")
+        bind_unix = unix_stream_listen if stream else unix_datagram_bind
+        return [bind_unix(args.unix)], args.unix
+    if stream and (args.join or args.source):
+        raise UsageError("--join and --source are for UDP: multicast has no streams")
     family = _family(args)
-    host = args.host
-    if host is None:
-        # The default follows the family: -6 alone means ::1, never 127.0.0.1.
-        v6 = family == socket.AF_INET6
-        if groups:
-            # Group traffic is addressed to the group, not to loopback: bind the
-            # wildcard of -4/-6, or else of the first group's family.
-            if family == socket.AF_UNSPEC:
-                v6 = group_family(groups[0][0]) == socket.AF_INET6
-            host = "::" if v6 else "0.0.0.0"
-        else:
-            host = "::1" if v6 else DEFAULT_HOST
     port = args.port
     if port is None:
         port = DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT
-    # A name's addresses are tried in order: the first that binds is served.
-    candidates = resolve(
-        host,
-        port,
-        family=family,
-        passive=True,
-        proto="tcp" if stream else "udp",
-        type=socket.SOCK_STREAM if stream else socket.SOCK_DGRAM,
-    )
-    if len(candidates) == 1:  # refused before binding, whatever bind would say
-        for group, _iface in groups:
-            _check_group(group, candidates[0].host, candidates[0].family)
-    endpoints: list[Any] = []
     try:
         if stream:
-            from udpkit._net import stream as _stream  # TCP code loads only for --tcp
-
-            endpoints.append(
-                _sockets.first_that_binds(
-                    candidates, lambda a: _stream.tcp_listen(a.host, a.port, family=a.family)
-                )[1]
-            )
+            host = args.host if args.host is not None else default_host(family)
+            endpoints: list[Any] = [tcp_listen(host, port, family=family)]
         else:
-
-            def dual(a: Address) -> bool | None:
-                # An IPv6 wildcard serves IPv4 too (dual stack) unless -6 asks for IPv6 only.
-                return bool(args.ipv6) if a.family == socket.AF_INET6 else None
-
-            addr, first = _sockets.first_that_binds(
-                candidates,
-                lambda a: _sockets.udp_bind(
-                    a.host,
-                    a.port,
-                    family=a.family,
-                    reuse_port=workers > 1,
-                    v6only=dual(a),
-                    # Group receivers share the group's port, as with socat or VLC.
-                    reuse_addr=bool(groups),
-                ),
-            )
-            endpoints.append(first)
-            if len(candidates) > 1:  # a single address was checked before binding
-                for group, _iface in groups:
-                    _check_group(group, addr.host, addr.family)
-            v6only = dual(addr)
-            # The rest join the port the first one got (it may have been 0).
-            bound_port = first.local_address[1]
-            for _ in range(workers - 1):
-                endpoints.append(
-                    _sockets.udp_bind(
-                        addr.host,
-                        bound_port,
-                        family=addr.family,
-                        reuse_port=True,
-                        v6only=v6only,
-                        reuse_addr=bool(groups),
-                    )
+            endpoints = list(
+                bind_server(
+                    args.host,
+                    port,
+                    family=family,
+                    workers=workers,
+                    join=args.join,
+                    source=args.source,
                 )
-            if len(endpoints) > 1:
-                # SO_REUSEPORT spreads unicast only: the kernel gives each socket of
-                # the port its own copy of a group datagram.  So only the first
-                # socket joins, and the others opt out of every group (with
-                # IP_MULTICAST_ALL on, a wildcard socket hears any group another
-                # socket on the host joined).  The first keeps the default without
-                # --join, like a single socket; join_group turns it off with --join.
-                for ep in endpoints[0 if groups else 1 :]:
-                    _multicast_all_off(ep.sock)
-            for group, iface in groups:
-                join_group(endpoints[0].sock, group, iface=iface, source=args.source)
-    except UdpkitError as exc:
-        for ep in endpoints:
-            ep.close()
-        if not isinstance(exc, NetworkError):
-            raise
+            )
+    except NetworkError as exc:
         host_text = args.host or ""
         if args.port is None and host_text.isdigit() and int(host_text) <= 65535:
             raise type(exc)(
@@ -316,66 +240,6 @@ def _bind_serve(args: argparse.Namespace, stream: bool, workers: int) -> tuple[l
             ) from exc
         raise
     return endpoints, format_sockaddr(endpoints[0].sock.getsockname())
-
-
-def _check_group(group: str, bound: str, family: int) -> None:
-    """Refuse a --join that the socket bound to ``bound`` could never hear.
-
-    Raises:
-        AddressError: ``group`` is an address but not a multicast group.
-        UsageError: the group is of the other family (an IPv4 group on an IPv6
-            socket, or the reverse), or ``bound`` is a unicast address (or
-            another group): Linux delivers a group's datagrams only to sockets
-            bound to the wildcard or to the group itself.
-    """
-    from udpkit._net.mcast import group_family
-
-    own = group_family(group)
-    if own is None:
-        return  # a name: join_group resolves it and reports what is wrong
-    if own != family:
-        if own == socket.AF_INET:
-            raise UsageError(
-                f"cannot join IPv4 group {group} on an IPv6 socket (serving on {bound}): "
-                f"serve on an IPv4 address (-4, or HOST 0.0.0.0) to join {group}, "
-                "or join an IPv6 group (ff00::/8)"
-            )
-        raise UsageError(
-            f"cannot join IPv6 group {group} on an IPv4 socket (serving on {bound}): "
-            f"serve on an IPv6 address (-6, or HOST '::') to join {group}, "
-            "or join an IPv4 group (224.0.0.0/4)"
-        )
-    packed = socket.inet_pton(family, bound.split("%", 1)[0])
-    if not any(packed) or packed == socket.inet_pton(family, group.split("%", 1)[0].strip("[]")):
-        return
-    wildcard = "''" if family == socket.AF_INET else "'::'"
-    raise UsageError(
-        f"serving on {bound}, udpkit would never receive group {group}: Linux delivers group "
-        f"datagrams only to sockets bound to the wildcard or to the group; bind {wildcard} "
-        f"(or give no HOST) or {group}"
-    )
-
-
-def _multicast_all_off(sock: socket.socket) -> None:
-    """IP_MULTICAST_ALL (and IPV6_MULTICAST_ALL) off: hear only the groups joined here.
-
-    Raises:
-        NetworkError: the kernel refused.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    from udpkit._core.errors import map_oserror
-    from udpkit._net.mcast import IP_MULTICAST_ALL, IPV6_MULTICAST_ALL
-
-    try:
-        # A dual-stack IPv6 socket hears IPv4 groups too: both levels.
-        sock.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
-        if sock.family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL, 0)
-    except OSError as exc:
-        raise map_oserror(
-            exc, "cannot turn off IP_MULTICAST_ALL for --workers", "use --workers 1"
-        ) from exc
 
 
 def _broadcast_warning(sock: socket.socket, workers: int) -> str | None:
@@ -396,7 +260,7 @@ def _broadcast_warning(sock: socket.socket, workers: int) -> str | None:
 
 
 def _summary(st: Any, stopped_by: int | None) -> str:
-    from udpkit._cli import format as _format
+    from udpkit._cli.format import format_summary
 
     extra: dict[str, int | str] = {}
     if st.replies:
@@ -419,9 +283,8 @@ def _summary(st: Any, stopped_by: int | None) -> str:
     refused = sum(n for k, n in st.policy.items() if k.startswith("unreplyable_"))
     if refused:
         extra["replies_refused"] = refused
-    text = _format.format_summary(
-        st.received, st.bytes_received, st.peers, st.truncated, **extra
-    ).rstrip("\n")
+    text = format_summary(st.received, st.bytes_received, st.peers, st.truncated, **extra)
+    text = text.rstrip("\n")
     if st.peers_estimated:
         text = text.replace(" from ", " from ~", 1)  # an estimate past 4,096 peers
     if stopped_by is not None:
@@ -429,21 +292,16 @@ def _summary(st: Any, stopped_by: int | None) -> str:
     return text + "\n"
 
 
-def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
-    from udpkit._cli import format as _format
-    from udpkit._loops import server as _server
-    from udpkit._loops import workers as _workers
-    from udpkit._net import sockets as _sockets
-    from udpkit._net.addr import resolve_one
+def _check_args(args: argparse.Namespace, transport: str, stream: bool) -> int:
+    """Refuse option combinations that cannot work; return the number of workers."""
+    from udpkit._loops.workers import parse_workers
 
-    transport = _transport(args)
     if args.port_option is not None:
         if args.port is not None:
             raise UsageError(f"port given twice: {args.port!r} and --port {args.port_option!r}")
         args.port = args.port_option
     _check_unix_args(args, (args.host, args.port))
-    stream = transport in ("TCP", "Unix stream")
-    workers = _workers.parse_workers(args.workers)
+    workers = parse_workers(args.workers)
     if workers > 1 and transport != "UDP":
         raise UsageError(f"--workers {args.workers} works with UDP only, not {transport}")
     if workers > 1 and args.count is not None:
@@ -456,23 +314,18 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         raise UsageError("--gro needs the batched path: drop --no-batch")
     if args.gro and args.buffer_size < 65535:
         raise UsageError("--gro needs --buffer-size 65535 or more (coalesced buffers are large)")
-    fmt = args.format
-    mode = "echo" if args.echo else "none" if args.no_reply else "reply"
-    handler = _server.reply_handler(mode, os.fsencode(args.reply))
-    format_datagram = _format.format_datagram
-
-    def observe(batch: Sequence[_sockets.Datagram]) -> None:
-        # One write and one flush per batch: lines still appear as datagrams
-        # arrive, but printing costs no system call per datagram.
-        out.write("".join(format_datagram(fmt, d.data, d.peer, length=d.length) for d in batch))
-
     if args.record is not None and workers > 1:
         raise UsageError("--record cannot be combined with --workers: record with one worker")
     if args.record is not None and stream:
         raise UsageError("--record records datagrams: not with --tcp or --stream")
-    recorder: Any = None
-    observer: Any = None if args.quiet else observe
-    policy_args = {
+    return workers
+
+
+def _policy_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The Policy options, checked at once (so bad values are reported before binding)."""
+    from udpkit._core.policy import Policy
+
+    kwargs = {
         "allow": args.allow,
         "deny": args.deny,
         "rate_limit": args.rate_limit,
@@ -481,119 +334,140 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
         "amplification": args.amplification,
         "trust": args.trust,
     }
-    from udpkit._core.policy import Policy, wildcard_warning
+    Policy(**kwargs)
+    return kwargs
 
-    Policy(**policy_args)  # bad values are reported before anything is bound
-    endpoints, where = _bind_serve(args, stream, workers)
-    stops = {signal.SIGINT, signal.SIGTERM}
-    # From here on a stop must reach the server's own handler (which drains and
-    # counts), so stops wait, blocked, until that handler is in place.  Blocked
-    # before the recorder's thread starts, so that thread inherits the block: a
-    # stop the kernel handed to it ran the CLI's raising handler (no summary).
-    signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-    try:
-        if args.record is not None:
-            from udpkit._loops.record import Recorder
 
-            recorder = Recorder(
-                args.record,
-                force=args.force,
-                on_full="continue" if args.record_continue else "stop",
-                local=endpoints[0].sock.getsockname(),
-            )
-        if args.rcvbuf is not None:
-            for ep in endpoints:
-                got = _sockets.set_receive_buffer(ep.sock, args.rcvbuf)
-            err.write(_rcvbuf_note(args.rcvbuf, got))
+def _servers(
+    args: argparse.Namespace,
+    endpoints: Sequence[Any],
+    handler: Any,
+    *,
+    stream: bool,
+    out: _Out,
+    recorder: Any,
+) -> list[Any]:
+    """One server per socket, showing and answering as the options ask."""
+    from udpkit._cli.format import format_datagram
+    from udpkit._core.policy import Policy
+    from udpkit._loops.server import DatagramServer, StreamServer
 
-        def make(ep: Any) -> _server.DatagramServer | _server.StreamServer:
-            if stream:
-                return _server.StreamServer(
-                    ep, handler, bufsize=args.buffer_size, count=args.count, observer=observer
-                )
-            return _server.DatagramServer(
-                ep,
-                handler,
-                bufsize=args.buffer_size,
-                count=args.count,
-                observer=observer,
-                count_peers=not args.quiet or handler is not None,
-                fast=False if args.no_batch else None,
-                gro=args.gro,
-                busy_poll_us=args.busy_poll,
-                policy=Policy(**policy_args, local=ep.local_address)
-                if ep.family != socket.AF_UNIX
-                else None,
-                recorder=recorder,
-            )
+    fmt = args.format
 
-        servers = [make(ep) for ep in endpoints]
-        if recorder is not None:
-            recorder.stop_server = servers[0].stop  # a failed disk ends serving, counted
-        stopped: list[int] = []
+    def observe(batch: Sequence[Any]) -> None:
+        # One write and one flush per batch: lines still appear as datagrams
+        # arrive, but printing costs no system call per datagram.
+        out.write("".join(format_datagram(fmt, d.data, d.peer, length=d.length) for d in batch))
+
+    observer = None if args.quiet else observe
+    if stream:
+        return [StreamServer(endpoints[0], handler, bufsize=args.buffer_size, count=args.count,
+                             observer=observer)]  # fmt: skip
+    policy_args = _policy_args(args)
+    return [
+        DatagramServer(
+            ep,
+            handler,
+            bufsize=args.buffer_size,
+            count=args.count,
+            observer=observer,
+            count_peers=not args.quiet or handler is not None,
+            fast=False if args.no_batch else None,
+            gro=args.gro,
+            busy_poll_us=args.busy_poll,
+            policy=None
+            if ep.family == socket.AF_UNIX
+            else Policy(**policy_args, local=ep.local_address),
+            recorder=recorder,
+        )
+        for ep in endpoints
+    ]
+
+
+def _announce(  # noqa: PLR0917 - what the banner and the warnings need
+    args: argparse.Namespace, transport: str, endpoints: Sequence[Any], where: str,
+    answers: bool, out: _Out, err: _Out,
+) -> None:  # fmt: skip
+    """The banner, where the server listens, and the warnings for what it will hear."""
+    from udpkit._cli.format import banner
+    from udpkit._core.policy import wildcard_warning
+
+    text, to_stderr = banner(args.format, transport)
+    (err if to_stderr else out).write(text)
+    workers = len(endpoints)
+    note = f", {workers} workers" if workers > 1 else ""
+    err.write(f"udpkit: listening on {where} ({transport}{note})\n")
+    if args.unix is not None:
+        return
+    sock = endpoints[0].sock  # the address actually bound (it follows -4/-6 and --join)
+    for warning in (
+        wildcard_warning(str(sock.getsockname()[0]), answers),
+        _broadcast_warning(sock, workers),
+    ):
+        if warning:
+            err.write(f"udpkit: {warning.rstrip()}\n")
+
+
+def _serve_one(server: Any, args: argparse.Namespace, err: _Out) -> tuple[Any, list[int]]:
+    """Serve in this process until done or stopped; SIGUSR1 prints the counters."""
+    from udpkit._loops.sigwake import on_signals
+
+    def counters() -> None:
+        err.write(_summary(server.stats, None).replace(": ", ": counters: ", 1))
+
+    with on_signals(server.stop, counters) as stopped:
         try:
-            text, to_stderr = _format.banner(fmt, transport)
-            (err if to_stderr else out).write(text)
-            note = f", {workers} workers" if workers > 1 else ""
-            err.write(f"udpkit: listening on {where} ({transport}{note})\n")
-            if args.unix is None:
-                # The address actually bound (the default follows -4/-6 and --join).
-                bound = str(endpoints[0].sock.getsockname()[0])
-                for warning in (
-                    wildcard_warning(bound, handler is not None),
-                    _broadcast_warning(endpoints[0].sock, workers),
-                ):
-                    if warning:
-                        err.write(f"udpkit: {warning.rstrip()}\n")
-
-            if workers > 1:
-                stats = _workers.run_workers(
-                    endpoints,
-                    [s for s in servers if isinstance(s, _server.DatagramServer)],
-                    stopped,
-                )
-            else:
-                server = servers[0]
-                stop_metrics = None
-                if args.metrics:
-                    from udpkit._loops.metrics import serve_metrics
-                    from udpkit._net.addr import split_hostport
-
-                    mhost, mport = split_hostport(args.metrics, default_host=DEFAULT_HOST)
-                    maddr = resolve_one(mhost, mport, type=socket.SOCK_STREAM, proto="tcp")
-                    stop_metrics, url = serve_metrics(
-                        # A fresh snapshot per scrape: `stats` is computed on access.
-                        (maddr.host, maddr.port),
-                        lambda: server.stats.as_dict(),  # noqa: PLW0108
-                    )
-                    err.write(f"udpkit: metrics at {url}\n")
-
-                def on_signal(signum: int, _frame: object) -> None:
-                    stopped.append(signum)
-                    server.stop()
-
-                def on_usr1(_signum: int, _frame: object) -> None:
-                    err.write(_summary(server.stats, None).replace(": ", ": counters: ", 1))
-
-                old = {s: signal.signal(s, on_signal) for s in stops}
-                old[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_usr1)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-                try:
-                    stats = server.serve()
-                finally:
-                    server.close()
-                    if stop_metrics is not None:
-                        stop_metrics()  # may wait 0.5 s: a second stop meanwhile is noted
-                    for s, h in old.items():
-                        signal.signal(s, h)
+            if args.metrics:
+                err.write(f"udpkit: metrics at {server.start_metrics(args.metrics)}\n")
+            return server.serve(), stopped
         finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+            server.close()  # stops the metrics (may wait 0.5 s): a stop meanwhile is noted
+
+
+def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
+    from udpkit._loops.server import reply_handler
+    from udpkit._loops.sigwake import stops_held
+    from udpkit._loops.workers import run_workers
+    from udpkit._net.sockets import set_receive_buffer
+
+    transport = _transport(args)
+    stream = transport in ("TCP", "Unix stream")
+    workers = _check_args(args, transport, stream)
+    mode = "echo" if args.echo else "none" if args.no_reply else "reply"
+    handler = reply_handler(mode, os.fsencode(args.reply))
+    _policy_args(args)  # bad values are reported before anything is bound
+    endpoints, where = _bind(args, stream, workers)
+    recorder: Any = None
+    try:
+        # From here on a stop must reach the server's own handler (which drains
+        # and counts): held until it is in place, also by the recorder's thread.
+        with stops_held():
+            if args.record is not None:
+                from udpkit._loops.record import Recorder
+
+                on_full = "continue" if args.record_continue else "stop"
+                local = endpoints[0].sock.getsockname()
+                recorder = Recorder(args.record, force=args.force, on_full=on_full, local=local)
+            if args.rcvbuf is not None:
+                for ep in endpoints:
+                    got = set_receive_buffer(ep.sock, args.rcvbuf)
+                err.write(_rcvbuf_note(args.rcvbuf, got))
+            servers = _servers(args, endpoints, handler, stream=stream, out=out, recorder=recorder)
+            _announce(args, transport, endpoints, where, handler is not None, out, err)
+            if workers > 1:
+                stats, stopped = run_workers(servers)
+            else:
+                stats, stopped = _serve_one(servers[0], args, err)
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
         for ep in endpoints:
             ep.close()
         if recorder is not None:
             recorder.close()  # drains the queue; idempotent
+    return _finish(stats, stopped, recorder, err)
+
+
+def _finish(stats: Any, stopped: list[int], recorder: Any, err: _Out) -> int:
+    """The summary line, and the exit code a failed recording asks for."""
     if recorder is not None:
         # The recorder has written its queue out since serve() returned: final figures.
         rec = recorder.stats
