@@ -57,7 +57,6 @@ def serve_metrics(
     addr = resolve_one(host, port, type=socket.SOCK_STREAM, proto="tcp")
     try:
         from prometheus_client import CollectorRegistry, start_http_server
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
     except ImportError:
         raise UsageError(
             "--metrics needs prometheus-client: pip install prometheus-client"
@@ -65,37 +64,7 @@ def serve_metrics(
 
     class _Collector:
         def collect(self) -> Iterator[Any]:
-            snap = snapshot()
-            for key, name, doc in _COUNTERS:
-                c = CounterMetricFamily(f"{_PREFIX}_{name}", doc)
-                c.add_metric([], float(snap.get(key) or 0))
-                yield c
-            drops = snap.get("kernel_drops")
-            g = GaugeMetricFamily(
-                f"{_PREFIX}_kernel_drops",
-                "Datagrams the kernel dropped for a full receive buffer (absent when unknown).",
-            )
-            if drops is not None:
-                g.add_metric([], float(drops))
-            yield g
-            errs = CounterMetricFamily(
-                f"{_PREFIX}_reply_errors", "Reply send errors by errno.", labels=["errno"]
-            )
-            for code, n in sorted((snap.get("reply_errors") or {}).items()):
-                errs.add_metric([str(code)], float(n))
-            yield errs
-            pol = CounterMetricFamily(
-                f"{_PREFIX}_policy", "Policy decisions by kind.", labels=["kind"]
-            )
-            for kind, n in sorted((snap.get("policy") or {}).items()):
-                pol.add_metric([kind], float(n))
-            yield pol
-            rec = CounterMetricFamily(
-                f"{_PREFIX}_record", "Recording counters by kind.", labels=["kind"]
-            )
-            for kind, n in sorted((snap.get("record") or {}).items()):
-                rec.add_metric([kind], float(n))
-            yield rec
+            return _families(snapshot())
 
     registry = CollectorRegistry()
     registry.register(_Collector())
@@ -113,3 +82,34 @@ def serve_metrics(
     text = bound_host.decode() if isinstance(bound_host, bytes | bytearray) else str(bound_host)
     shown = f"[{text}]" if ":" in text else text
     return stop, f"http://{shown}:{bound_port}/metrics"
+
+
+# (key in the snapshot, metric name, help, label) of the counters kept by kind
+_BY_KIND = (
+    ("reply_errors", "reply_errors", "Reply send errors by errno.", "errno"),
+    ("policy", "policy", "Policy decisions by kind.", "kind"),
+    ("record", "record", "Recording counters by kind.", "kind"),
+)
+
+
+def _families(snap: dict[str, Any]) -> Iterator[Any]:
+    """One scrape's metric families, from one snapshot of the counters."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    for key, name, doc in _COUNTERS:
+        c = CounterMetricFamily(f"{_PREFIX}_{name}", doc)
+        c.add_metric([], float(snap.get(key) or 0))
+        yield c
+    drops = snap.get("kernel_drops")
+    g = GaugeMetricFamily(
+        f"{_PREFIX}_kernel_drops",
+        "Datagrams the kernel dropped for a full receive buffer (absent when unknown).",
+    )
+    if drops is not None:
+        g.add_metric([], float(drops))
+    yield g
+    for key, name, doc, label in _BY_KIND:
+        family = CounterMetricFamily(f"{_PREFIX}_{name}", doc, labels=[label])
+        for kind, n in sorted((snap.get(key) or {}).items()):
+            family.add_metric([str(kind)], float(n))
+        yield family
