@@ -22,8 +22,17 @@ from udpkit._loops.engine import (
     fast_path_available,
     send_batch,
 )
-from udpkit._net.kernel import SOL_UDP, UDP_GRO, UDP_SEGMENT, proc_drops, wait_writable
-from udpkit._net.mmsg import decode_sockaddr, encode_sockaddr
+from udpkit._net.kernel import (
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    Waker,
+    inode,
+    proc_drops,
+    proc_drops_by_inode,
+    wait_writable,
+)
+from udpkit._net.mmsg import Packer, decode_sockaddr, encode_sockaddr
 from udpkit._net.sockets import Datagram
 
 LINUX = sys.platform.startswith("linux")
@@ -618,3 +627,72 @@ def test_waiting_for_room_works_on_a_high_descriptor() -> None:
         with socket.socket(fileno=high) as dup:
             waited = wait_writable(dup.fileno(), 0.01)  # writable at once: a short wait
             assert 0 < waited < 1
+
+
+def test_waker_reports_readable_sockets_and_wakes_at_once() -> None:
+    """The one wait of the engine and the relay: readable sockets, never its own pair."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        waker = Waker(s.fileno())
+        try:
+            assert waker.wait(0) == []
+            s.sendto(b"x", s.getsockname())
+            assert waker.wait(2.0) == [s.fileno()]
+            assert s.recv(10) == b"x"
+            waker.wake()
+            start = time.monotonic()
+            assert waker.wait(2.0) == []  # woken, nothing to read
+            assert time.monotonic() - start < 1.0
+            assert waker.wait(0) == []  # the wake-up byte was taken
+            waker.unregister(s.fileno())
+            s.sendto(b"y", s.getsockname())
+            assert waker.wait(0.05) == []
+        finally:
+            waker.close()
+
+
+@needs_fast
+@pytest.mark.parametrize(
+    ("payloads", "sources", "counts", "firsts"),
+    [
+        ([b"aa", b"aa", b"a", b"bb"], None, [3, 1], [0, 3]),  # a shorter one ends a run
+        ([b"aa", b"aa", b"aa"], [0, 1, 0], [1, 1, 1], [0, 1, 2]),  # runs keep to one peer
+        ([b"aa", b"aa", b"aaa"], [0, 2, 2], [2, 1], [0, 2]),  # a longer one starts anew
+        ([b"", b"", b"a"], None, [1, 1, 1], [0, 1, 2]),  # empty datagrams go one by one
+    ],
+)
+def test_packer_runs(
+    payloads: list[bytes], sources: list[int] | None, counts: list[int], firsts: list[int]
+) -> None:
+    """The one packer: same-size payloads to one destination share a GSO header."""
+    packer = Packer(8, 4096)
+    keys = ["p", "q", "p"]  # messages 0 and 2 came from one peer
+    k = packer.pack(payloads, 0, gso=True, name_addr=0, namelen=0, sources=sources, keys=keys)
+    assert k == len(payloads)
+    assert packer.counts == counts and packer.firsts == firsts
+    assert packer.nbytes == [
+        sum(len(p) for p in payloads[f : f + c]) for f, c in zip(firsts, counts, strict=True)
+    ]
+    assert packer.pack(payloads, 0, gso=False, name_addr=0, namelen=0) == len(payloads)
+    assert packer.counts == [1] * len(payloads)
+
+
+@needs_fast
+def test_packer_stops_where_the_arena_is_full() -> None:
+    packer = Packer(8, 10)
+    assert packer.pack([b"x" * 6, b"y" * 6], 0, gso=False, name_addr=0, namelen=0) == 1
+    assert packer.j == 1
+    assert packer.pack([b"x" * 11], 0, gso=False, name_addr=0, namelen=0) == 0
+    assert packer.j == 0  # can never fit: the caller counts it
+
+
+@needs_proc
+def test_one_drop_reader_for_one_socket_and_for_all() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        ino = inode(s.fileno())
+        assert ino is not None
+        assert proc_drops(s.fileno()) == 0
+        assert proc_drops_by_inode()[ino] == 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unbound:
+        assert proc_drops(unbound.fileno()) is None  # not listed: unknown, not 0

@@ -212,8 +212,14 @@ class AioSocket:
         # recvfrom_into, which costs less than a batch call, and batch again once
         # datagrams queue up.
         self._light = True
+        self._setup_buffers()
+        self._resume()
+
+    def _setup_buffers(self) -> None:
+        """The receive buffers: a batch's (recvmmsg) and a single datagram's (recvfrom_into)."""
+        bufsize = self._bufsize
         if self._fast:
-            self._rx = MsgArray(batch, bufsize)
+            self._rx = MsgArray(self._batch, bufsize)
             self._tmpl = memoryview(self._rx.template)
             self._one = bytearray(bufsize)
             self._oneview = memoryview(self._one)
@@ -223,7 +229,6 @@ class AioSocket:
             self._bufview = memoryview(self._buf)
             self._one, self._oneview = self._buf, self._bufview
         self._onesize = len(self._one)
-        self._resume()
 
     # -- properties ----------------------------------------------------------------
 

@@ -1,5 +1,9 @@
 """The datagram engine: the socket loop that drives a serving step.
 
+One responsibility, hence one module past 600 lines: the serving socket loop
+(receive a batch, hand it to the step, send what it answers), on the batched
+path and on the portable one, with the counters that account for every datagram.
+
 The engine owns a socket's I/O and the clock, nothing else; what to do with a
 batch is the :class:`~udpkit._core.serving.ServeStep`'s business.  One datagram's
 route, top to bottom:

@@ -1,5 +1,8 @@
 """The relay's I/O: one listening socket, one connected upstream socket per client.
 
+One responsibility, hence one module past 600 lines: the relay's sockets and its
+loop, on the batched path and on the portable one.
+
 Policy (which flow, when it expires, what the impairments do) is in
 :mod:`udpkit._core.relay`; this module owns the sockets, the clock and the loop.
 

@@ -1,13 +1,15 @@
 """The batched system calls: ``recvmmsg``/``sendmmsg`` through ctypes, their buffers, and
 packing sends into them.
 
-Python 3.11's ``socket`` module has neither call.  Nothing is compiled: the
-calls go through libc with ctypes, into buffers that are allocated once
-(:class:`MsgArray`) and reused for every batch.  Sends share one packer
-(:class:`Packer`: payloads into an arena, same-size runs to one destination as
-GSO messages) and one sending loop (:func:`push`): the engine's replies, the
-relay and :func:`send_batch` all go through them.  The constants and errno
-classes these calls answer with are in :mod:`udpkit._net.kernel`.
+One responsibility, hence one module past 600 lines: everything that touches an
+``mmsghdr`` (the bindings, the buffers and their sockaddr slots, the one packer,
+the one sending loop).  Python 3.11's ``socket`` module has neither call.
+Nothing is compiled: the calls go through libc with ctypes, into buffers that
+are allocated once (:class:`MsgArray`) and reused for every batch.  Sends share
+one packer (:class:`Packer`: payloads into an arena, same-size runs to one
+destination as GSO messages) and one sending loop (:func:`push`): the engine's
+replies, the relay and :func:`send_batch` all go through them.  The constants
+and errno classes these calls answer with are in :mod:`udpkit._net.kernel`.
 """
 
 from __future__ import annotations
@@ -723,6 +725,22 @@ def _stop(code: int, i: int, n: int) -> int:
     return STOP
 
 
+def _use_gso(payloads: Sequence[Payload], gso: bool | None) -> bool:
+    """Whether :func:`send_batch` sends ``payloads`` as GSO runs (``gso`` as it was given)."""
+    size = len(payloads[0])
+    use = bool(
+        gso is not False
+        and (_gso_ok or gso)
+        and len(payloads) > 1
+        and size > 0
+        and all(len(p) == size for p in payloads[:-1])
+        and 0 < len(payloads[-1]) <= size
+    )
+    if gso and not use and len(payloads) > 1:
+        raise UsageError("gso=True needs payloads of one size (the last may be shorter)")
+    return use
+
+
 def send_batch(
     sock: socket.socket,
     payloads: Sequence[Payload],
@@ -760,16 +778,7 @@ def send_batch(
         _sender = _Sender()
     name_addr, namelen = _sender.name(sock.family, to)
     size = len(payloads[0])
-    use_gso = bool(
-        gso is not False
-        and (_gso_ok or gso)
-        and len(payloads) > 1
-        and size > 0
-        and all(len(p) == size for p in payloads[:-1])
-        and 0 < len(payloads[-1]) <= size
-    )
-    if gso and not use_gso and len(payloads) > 1:
-        raise UsageError("gso=True needs payloads of one size (the last may be shorter)")
+    use_gso = _use_gso(payloads, gso)
     packer = _sender.packer
     need = size * len(payloads) if use_gso else sum(map(len, payloads))
     if need <= 1 << 26:
