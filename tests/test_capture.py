@@ -136,7 +136,8 @@ SIX = ((SRC6, 3333), (DST6, 4444), b"six")
         (b"\xa1\xb2\x3c\x4d", "pcap"),
         (b"\x0a\x0d\x0d\x0a\x1c\x00", "pcapng"),
         (b'{"time": 1}', None),
-        (b"\xd4\xc3\xb2", None),  # too short to tell
+        (b"\xd4\xc3\xb2", "pcap"),  # a header torn inside the magic
+        (b"\xd4\xc3\xb3", None),
         (b"", None),
     ],
 )

@@ -455,9 +455,8 @@ def _le(n: int) -> bytes:
         (b"[" * 100_000 + b"\n", "jsonl", "not a JSON record"),
         (b"\xff\xfe{}\n", "jsonl", "not a JSON record"),
         (b"\xd4\xc3\xb2\xa1" + b"\0" * 20, None, "unsupported pcap version 0"),
-        (b"\xa1\xb2\xc3\xd5" + b"\0" * 20, "pcap", "is not a pcap file: magic a1b2c3d5"),
+        (b"\xa1\xb2\xc3\xd5" + b"\0" * 20, "pcap", "is not a pcap capture"),
         (PCAP_HDR + bytes(8) + _le(9) + _le(5), None, r"captured length 9 \(original 5\)"),
-        (PCAP_HDR + bytes(8) + _le(5) * 2 + b"E" * 5, None, "not an IPv4 or IPv6 packet"),
         (PCAP_HDR + bytes(8) + _le(1 << 25) * 2, None, "is impossible"),
     ],
 )
@@ -508,7 +507,8 @@ def test_reads_serve_format_json_and_foreign_pcap() -> None:
 def test_empty_file_has_no_records(tmp_path: Path) -> None:
     (tmp_path / "e.pcap").write_bytes(b"")
     reader = read_records_untrusted(tmp_path / "e.pcap")
-    assert list(reader) == [] and reader.torn_tail_bytes == 0 and reader.format == "pcap"
+    # By content, never by name: an empty file is no format at all.
+    assert list(reader) == [] and reader.torn_tail_bytes == 0 and reader.format is None
 
 
 def _mutated(seed: bytes) -> st.SearchStrategy[bytes]:
@@ -621,21 +621,31 @@ def test_read_command_reports_a_torn_tail(tmp_path: Path) -> None:
     [
         (None, [], "cannot read recording"),
         (b"\x1b[31mnot a recording\n", [], r"starts with b'\\x1b\[31'"),
-        (b"{}\n", ["--input-format", "pcap"], "is not a pcap file"),
+        (b"{}\n", ["--input-format", "pcap"], "is not a pcap capture"),
     ],
 )
-def test_read_command_fails_with_exit_1(
+def test_read_command_refuses_what_is_no_recording_with_exit_2(
     tmp_path: Path, content: bytes | None, extra: list[str], match: str
 ) -> None:
+    """A missing file or one that is no recording: one line naming it, exit 2 (bad input)."""
     path = tmp_path / "bad.jsonl"
     if content is not None:
         path.write_bytes(content)
     code, out, err = run_cli([str(path), *extra])
-    assert code == 1 and out == ""
-    first, second = err.splitlines()
-    assert first.startswith("udpkit read: error: ") and "\x1b" not in err
-    assert re.search(match, first)
-    assert second == "udpkit: 0 records read before the error"
+    assert code == 2 and out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("udpkit read: error: ") and "\x1b" not in err
+    assert re.search(match, line) and "bad.jsonl" in line
+
+
+def test_read_command_exits_1_when_a_file_breaks_after_records(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    record(path, [DGRAMS[:2]])
+    with path.open("ab") as f:
+        f.write(b"[not a record]\n")
+    code, out, err = run_cli([str(path)])
+    assert code == 1 and out.count("\n") == 2
+    assert err.splitlines()[1] == "udpkit: 2 records read before the error"
 
 
 def test_read_command_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -643,3 +653,24 @@ def test_read_command_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -
         run_cli(["x.pcap", "--format", "yaml"])
     assert exc.value.code == 2
     assert "invalid choice: 'yaml'" in capsys.readouterr().err
+
+
+def test_a_packet_that_is_no_udp_datagram_is_skipped_and_counted() -> None:
+    """A capture holds more than UDP: such packets are counted by reason, not fatal."""
+    reader = parse_records_untrusted(PCAP_HDR + bytes(8) + _le(5) * 2 + b"E" * 5)
+    assert list(reader) == []
+    assert reader.format == "pcap"
+    assert dict(reader.skipped) == {"truncated": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("dumpcap.pcapng", "pcapng"), ("tcpdump-any.pcap", "pcap"), ("two-sections.pcapng", "pcapng")],
+)
+def test_read_command_reads_what_capture_tools_write(name: str, kind: str) -> None:
+    """pcapng (dumpcap's default) and Linux cooked v2 (tcpdump -i any) used to read as 0 records."""
+    path = HERE / "fuzz" / "corpus" / "capture" / name
+    code, out, err = run_cli([str(path)])
+    assert code == 0 and out.count("\n") >= 1
+    assert re.fullmatch(rf"udpkit: \d+ records? \({kind}[^)]*\), no torn tail\n", err)
+    assert "\x1b" not in out  # payloads escaped like serve's output

@@ -29,11 +29,14 @@ def add_parser(sub: Any) -> None:
 
     p = sub.add_parser(
         "read",
-        help="print a recording (.jsonl or .pcap) made by serve --record",
-        description="Print every datagram in a recording made by 'udpkit serve --record' "
-        "(JSON Lines or pcap, told apart by content), escaped like serve's output, then "
-        "a line on stderr with the number of records and whether the file ends in a torn "
-        "record (what an interrupted write leaves; the records before it are all shown).",
+        help="print a recording (serve --record) or a capture (pcap, pcapng)",
+        description="Print every UDP datagram in a recording made by 'udpkit serve --record' "
+        "(JSON Lines or pcap) or in a capture written by tcpdump, tshark, dumpcap or "
+        "Wireshark (pcap or pcapng; Ethernet, raw IP, Linux cooked v1/v2 as 'tcpdump -i any' "
+        "writes, loopback), told apart by content, escaped like serve's output. Then a line "
+        "on stderr with the number of records, the packets skipped (not UDP, fragments, ...) "
+        "and whether the file ends in a torn record (what an interrupted write leaves; the "
+        "records before it are all shown).",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -46,7 +49,7 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--input-format",
-        choices=("auto", "jsonl", "pcap"),
+        choices=("auto", "jsonl", "pcap", "pcapng"),
         default="auto",
         help="the recording's format (default auto: by content)",
     )
@@ -56,8 +59,9 @@ def run_read(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     """Print the records of ``args.file``; the summary line goes to ``err``.
 
     Returns:
-        0 when the whole file was read (a torn tail included), 1 when it
-        cannot be read or holds something that is not a record.
+        0 when the whole file was read (a torn tail included); 2 when it
+        cannot be read or is no recording at all (one line on ``err``); 1 when
+        it holds something that is not a record after records that were shown.
     """
     from udpkit._cli.format import format_datagram
     from udpkit._core.escape import escape_controls
@@ -79,6 +83,8 @@ def run_read(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     except RecordError as exc:
         out.write("".join(lines))
         err.write(escape_controls(f"udpkit read: error: {exc}") + "\n")
+        if not reader.count:
+            return 2  # missing, unreadable, or no recording: nothing to show
         err.write(f"udpkit: {_records(reader.count)} read before the error\n")
         return 1
     out.write("".join(lines))
@@ -90,6 +96,10 @@ def run_read(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
         )
     else:
         tail = "no torn tail"
+    skipped = sum(reader.skipped.values())
+    if skipped:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(reader.skipped.items()))
+        kind += f"; {skipped} packet{'s' if skipped != 1 else ''} skipped: {reasons}"
     err.write(f"udpkit: {_records(reader.count)} ({kind}), {tail}\n")
     return 0
 

@@ -114,8 +114,15 @@ class CapturedDatagram:
 
 
 def sniff(head: bytes) -> str | None:
-    """``"pcap"``, ``"pcapng"`` or None: what a file's first 4 bytes (or more) say it is."""
-    return _MAGICS.get(bytes(head[:4]))
+    """``"pcap"``, ``"pcapng"`` or None: what a file's first 4 bytes (or more) say it is.
+
+    A head of 1-3 bytes that begins a magic number names that format (a file
+    torn inside its header).
+    """
+    head = bytes(head[:4])
+    if 0 < len(head) < 4:
+        return next((kind for magic, kind in _MAGICS.items() if magic.startswith(head)), None)
+    return _MAGICS.get(head)
 
 
 # --- link layers: (packet) -> (offset of the IP header, IP version expected) -------------------

@@ -1,5 +1,6 @@
 """The recording codec: parse recordings made by :class:`udpkit._loops.record.Recorder`
-(and foreign pcap files) from bytes or a byte stream, without touching the OS.
+(and the pcap and pcapng files capture tools write) from bytes or a byte stream,
+without touching the OS.
 
 Everything here parses untrusted bytes: :func:`parse_records_untrusted` (and
 ``udpkit.read_records_untrusted``, which opens a file and hands its stream to
@@ -18,11 +19,12 @@ import json
 import math
 import os
 import socket
-import struct
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from udpkit._core.capture import CaptureError, CaptureReader, sniff
 from udpkit._core.datagram import AnySockAddr, SockAddr
 from udpkit._core.errors import UdpkitError
 
@@ -35,12 +37,9 @@ __all__ = [
     "parse_records_untrusted",
 ]
 
-RECORD_FORMATS = ("jsonl", "pcap")
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".pcap": "pcap"}
-_SNAPLEN = 262144  # tcpdump's default; larger kept data is cut, orig_len stays real
-_UDP = struct.Struct("!HHHH")
+RECORD_FORMATS = ("jsonl", "pcap", "pcapng")
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".pcap": "pcap", ".pcapng": "pcapng"}
 _MAX_LINE = 64 << 20  # a JSONL line longer than this is corrupt, not a record
-_MAX_INCL = 1 << 24  # the same for a pcap record's captured length
 
 
 class RecordError(UdpkitError, ValueError):
@@ -75,14 +74,6 @@ class Record:
         return self.length > len(self.data)
 
 
-_PCAP_MAGIC = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
-    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
-    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
-}
-
-
 class RecordReader:
     """An iterator of :class:`Record` over one recording.
 
@@ -91,7 +82,9 @@ class RecordReader:
 
     Attributes:
         name: the file name (or ``"<bytes>"``), for messages.
-        format: ``"jsonl"`` or ``"pcap"`` (None until the first record is read).
+        format: ``"jsonl"``, ``"pcap"`` or ``"pcapng"`` (None until the first
+            record is read, and for an empty file).
+        skipped: packets of a capture that were no whole UDP datagram, by reason.
         count: records yielded so far.
 
     Args:
@@ -99,17 +92,20 @@ class RecordReader:
             (closed by the reader); an ``OSError`` it or a read raises becomes
             :class:`RecordError`.
         name: what messages call the recording (a file name, or ``"<bytes>"``).
-        fmt: ``"jsonl"`` or ``"pcap"``; None tells them apart by content.
+        fmt: ``"jsonl"``, ``"pcap"`` or ``"pcapng"``; None tells them apart by content.
     """
 
     def __init__(self, opener: Callable[[], io.BufferedReader], name: str, fmt: str | None) -> None:
         if fmt is not None and fmt not in RECORD_FORMATS:
-            raise RecordError(f"unknown recording format {fmt!r}: must be 'jsonl' or 'pcap'")
+            raise RecordError(
+                f"unknown recording format {fmt!r}: must be 'jsonl', 'pcap' or 'pcapng'"
+            )
         self.name = name
         self.format = fmt
         self.count = 0
         self.torn_tail_bytes = 0
         self.torn_tail_offset: int | None = None
+        self.skipped: Counter[str] = Counter()
         self._gen = self._run(opener)
 
     def __iter__(self) -> RecordReader:
@@ -133,7 +129,9 @@ class RecordReader:
             try:
                 if self.format is None:
                     self.format = _sniff(f.peek(4)[:4], self.name)
-                parse = _iter_pcap if self.format == "pcap" else _iter_jsonl
+                    if self.format is None:
+                        return  # an empty file: no records, nothing torn
+                parse = _iter_jsonl if self.format == "jsonl" else _iter_capture
                 for rec in parse(f, self):
                     self.count += 1
                     yield rec
@@ -148,7 +146,7 @@ def parse_records_untrusted(data: bytes, fmt: str | None = None) -> RecordReader
 
     Args:
         data: the recording's bytes.
-        fmt: ``"jsonl"`` or ``"pcap"``; None tells them apart by content.
+        fmt: ``"jsonl"``, ``"pcap"`` or ``"pcapng"``; None tells them apart by content.
 
     Returns:
         A :class:`RecordReader`: iterate it for the records.
@@ -165,115 +163,37 @@ def format_from_name(name: str) -> str | None:
     return _SUFFIXES.get(os.path.splitext(name)[1].lower())
 
 
-def _sniff(head: bytes, name: str) -> str:
-    if not head or any(m.startswith(head) for m in _PCAP_MAGIC):
-        # Empty, or a pcap header cut short: only the name can tell.
-        if not head:
-            return format_from_name(name) or "jsonl"
-        return "pcap"
+def _sniff(head: bytes, name: str) -> str | None:
+    """The format the first bytes say, by content only; None for an empty file."""
+    if not head:
+        return None
+    kind = sniff(head)
+    if kind is not None:
+        return kind
     if head.lstrip()[:1] in (b"{", b""):
         return "jsonl"
     raise RecordError(
-        f"{name!r} is not a recording: it starts with {head!r}, "
-        "expected a pcap header or a JSON object"
+        f"{name!r} is not a recording: it starts with {head!r}; udpkit reads JSON Lines "
+        "(udpkit serve --record), pcap and pcapng (tcpdump, tshark, dumpcap)"
     )
 
 
-def _iter_pcap(f: IO[bytes], r: RecordReader) -> Iterator[Record]:
-    hdr = f.read(24)
-    if len(hdr) < 24:
-        if any(m.startswith(hdr[:4]) for m in _PCAP_MAGIC):
-            r._torn(0, len(hdr))
-            return
-        raise RecordError(f"{r.name!r} is not a pcap file: {len(hdr)} bytes, no pcap header")
+def _iter_capture(f: IO[bytes], r: RecordReader) -> Iterator[Record]:
+    """The UDP datagrams of a pcap or pcapng capture (what tcpdump, tshark and dumpcap write)."""
+    reader = CaptureReader(f, r.name, r.format)
+    r.skipped = reader.skipped  # live: what was no whole UDP datagram, by reason
     try:
-        endian, unit = _PCAP_MAGIC[hdr[:4]]
-    except KeyError:
-        raise RecordError(f"{r.name!r} is not a pcap file: magic {hdr[:4].hex()}") from None
-    major, _minor, _zone, _sigfigs, snaplen, link = struct.unpack(endian + "HHiIII", hdr[4:])
-    if major != 2 or link not in _LINKS:
-        raise RecordError(
-            f"{r.name!r}: unsupported pcap version {major} or link type {link}: "
-            f"expected version 2 and link type {'/'.join(map(str, _LINKS))}"
-        )
-    limit = min(max(snaplen, _SNAPLEN), _MAX_INCL)
-    rec = struct.Struct(endian + "IIII")
-    offset = 24
-    while True:
-        rh = f.read(16)
-        if len(rh) < 16:
-            r._torn(offset, len(rh))
-            return
-        sec, frac, incl, orig = rec.unpack(rh)
-        where = f"{r.name!r}: record {r.count + 1} at offset {offset}"
-        if incl > limit or orig < incl:
-            raise RecordError(
-                f"{where}: captured length {incl} (original {orig}) is impossible: "
-                f"must be at most {limit} and the original length"
-            )
-        pkt = f.read(incl)
-        if len(pkt) < incl:
-            r._torn(offset, 16 + len(pkt))
-            return
-        peer, local, length, data = _parse_packet(link, pkt, orig, where)
-        yield Record(sec + frac * unit, peer, local, length, data, offset)
-        offset += 16 + incl
-
-
-def _link_ethernet(pkt: bytes) -> tuple[int, int]:
-    off, etype = 14, int.from_bytes(pkt[12:14], "big")
-    while etype in (0x8100, 0x88A8) and len(pkt) >= off + 4:  # VLAN tags
-        etype, off = int.from_bytes(pkt[off + 2 : off + 4], "big"), off + 4
-    return off, etype
-
-
-# link type -> (IP header offset, ethertype); ethertype 0 means "the IP version nibble".
-_LINKS: dict[int, Callable[[bytes], tuple[int, int]]] = {
-    101: lambda p: (0, 0),  # LINKTYPE_RAW: what we write
-    228: lambda p: (0, 0x0800),  # LINKTYPE_IPV4
-    229: lambda p: (0, 0x86DD),  # LINKTYPE_IPV6
-    1: _link_ethernet,  # tcpdump on an Ethernet interface
-    113: lambda p: (16, int.from_bytes(p[14:16], "big")),  # Linux cooked (tcpdump -i any)
-}
-
-
-def _parse_packet(
-    link: int, pkt: bytes, orig: int, where: str
-) -> tuple[SockAddr, SockAddr, int, bytes]:
-    off, etype = _LINKS[link](pkt)
-    ip = pkt[off:]
-    version = ip[0] >> 4 if ip else 0
-    if etype not in (0, 0x0800, 0x86DD) or (etype and version != (4 if etype == 0x800 else 6)):
-        raise RecordError(f"{where}: not an IP packet (ethertype {etype:#06x})")
-    if version == 4 and len(ip) >= 20:
-        hl = (ip[0] & 15) * 4
-        if hl < 20 or ip[9] != 17 or int.from_bytes(ip[6:8], "big") & 0x3FFF:
-            raise RecordError(
-                f"{where}: not a whole UDP datagram (protocol {ip[9]}, or a fragment)"
-            )
-        fam, src, dst = socket.AF_INET, ip[12:16], ip[16:20]
-    elif version == 6 and len(ip) >= 40:
-        hl = 40
-        if ip[6] != 17:
-            raise RecordError(f"{where}: not a UDP datagram (IPv6 next header {ip[6]})")
-        fam, src, dst = socket.AF_INET6, ip[8:24], ip[24:40]
-    else:
-        raise RecordError(
-            f"{where}: not an IPv4 or IPv6 packet ({len(ip)} bytes, version {version})"
-        )
-    if len(ip) < hl + 8:
-        raise RecordError(f"{where}: the UDP header is missing ({len(ip)} bytes of IP packet)")
-    sport, dport, ulen, _ = _UDP.unpack_from(ip, hl)
-    length = ulen - 8 if ulen else orig - (off + hl + 8)  # 0: an IPv6 jumbogram
-    if length < 0:
-        raise RecordError(f"{where}: invalid UDP length {ulen}: must be 0 or at least 8")
-    data = ip[hl + 8 : hl + 8 + length]  # drops Ethernet padding
-
-    def addr(packed: bytes, port: int) -> SockAddr:
-        host = socket.inet_ntop(fam, packed)
-        return (host, port) if fam == socket.AF_INET else (host, port, 0, 0)
-
-    return addr(src, sport), addr(dst, dport), length, data
+        for d in reader:
+            r.format = reader.format
+            peer: SockAddr = d.src if ":" not in d.src[0] else (*d.src, 0, 0)
+            local: SockAddr = d.dst if ":" not in d.dst[0] else (*d.dst, 0, 0)
+            when = d.time_ns / 1e9 if d.time_ns is not None else 0.0  # a Simple Packet Block
+            yield Record(when, peer, local, d.length, d.data, d.offset)
+    except CaptureError as exc:
+        raise RecordError(str(exc)) from None  # the message names the file and offset
+    r.format = reader.format or r.format
+    if reader.torn_tail_offset is not None:
+        r._torn(reader.torn_tail_offset, reader.torn_tail_bytes)
 
 
 def _iter_jsonl(f: IO[bytes], r: RecordReader) -> Iterator[Record]:

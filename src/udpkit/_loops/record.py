@@ -56,8 +56,6 @@ from typing import TypeVar
 from udpkit._core.datagram import Datagram, Peer, SockAddr
 from udpkit._core.errors import UdpkitError, UsageError, map_oserror
 from udpkit._core.records import (
-    _SNAPLEN,
-    _UDP,
     RECORD_FORMATS,
     Record,
     RecordError,
@@ -84,6 +82,9 @@ _CACHE_MAX = 4096  # peers whose encoded address is remembered
 _V = TypeVar("_V")
 
 _LINKTYPE_RAW = 101
+WRITE_FORMATS = ("jsonl", "pcap")  # what a Recorder writes; the reader also reads pcapng
+_SNAPLEN = 262144  # tcpdump's default; larger kept data is cut, orig_len stays real
+_UDP = struct.Struct("!HHHH")
 _PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, _SNAPLEN, _LINKTYPE_RAW)
 _REC = struct.Struct("<IIII")
 _IP4 = struct.Struct("!BBHHHBBH4s4s")
@@ -280,12 +281,12 @@ class Recorder:
         self.path = os.fspath(path)
         if fmt is None:
             fmt = format_from_name(self.path)
-            if fmt is None:
+            if fmt not in WRITE_FORMATS:
                 raise UsageError(
                     f"cannot tell the recording format of {self.path!r}: "
                     "name it .jsonl or .pcap (or pass fmt='jsonl' or 'pcap')"
                 )
-        elif fmt not in RECORD_FORMATS:
+        elif fmt not in WRITE_FORMATS:
             raise UsageError(f"unknown recording format {fmt!r}: must be 'jsonl' or 'pcap'")
         if on_full not in ("stop", "continue"):
             raise UsageError(f"invalid on_full {on_full!r}: must be 'stop' or 'continue'")
