@@ -58,3 +58,26 @@ def test_lazy_table_matches_all() -> None:
         assert getattr(udpkit, name) is getattr(
             __import__(f"udpkit.{module}", fromlist=[name]), name
         )
+
+
+def test_every_cli_capability_has_a_public_name() -> None:
+    """The CLI is a thin layer: binding for workers and groups, the first answering
+    address, bench's results and the relay's impairments are all public."""
+    for name in (
+        "bind_server",
+        "first_answering",
+        "request_first",
+        "BenchConfig",
+        "BenchResult",
+        "FlowResult",
+        "run_bench",
+        "ImpairConfig",
+        "Relay",
+        "Reflector",
+        "Recorder",
+        "Policy",
+        "DatagramServer",
+    ):
+        assert name in udpkit.__all__, name
+    assert udpkit.DatagramServer.start_metrics.__doc__
+    assert udpkit.run_bench.__module__ == "udpkit._loops.bench"  # the library's, not the CLI's

@@ -35,10 +35,17 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     )
     from udpkit._core.escape import escape_bytes, escape_text
     from udpkit._core.policy import Policy, Verdict
+    from udpkit._core.relay import ImpairConfig
     from udpkit._core.relaystats import RelayStats
     from udpkit._core.serving import ECHO, BatchAnswer, Echo, Fixed, ServeStep, StepStats
-    from udpkit._loops.bench import BenchConfig, run_bench
-    from udpkit._loops.client import request, request_all, stream_request
+    from udpkit._loops.bench import BenchConfig, BenchResult, FlowResult, run_bench
+    from udpkit._loops.client import (
+        first_answering,
+        request,
+        request_all,
+        request_first,
+        stream_request,
+    )
     from udpkit._loops.engine import Engine, EngineStats, fast_path_available, send_batch
     from udpkit._loops.record import (
         Record,
@@ -70,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         resolve_one,
         split_hostport,
     )
+    from udpkit._net.binding import bind_server
     from udpkit._net.domains import (
         IPPROTO_UDPLITE,
         open_socket,
@@ -106,6 +114,7 @@ __all__ = [
     "BatchAnswer",
     "BatchObserver",
     "BenchConfig",
+    "BenchResult",
     "ConnectionRefused",
     "Datagram",
     "DatagramServer",
@@ -114,7 +123,9 @@ __all__ = [
     "Engine",
     "EngineStats",
     "Fixed",
+    "FlowResult",
     "Handler",
+    "ImpairConfig",
     "MessageTooLarge",
     "NetworkError",
     "PermissionDenied",
@@ -139,9 +150,11 @@ __all__ = [
     "Verdict",
     "__version__",
     "aio",
+    "bind_server",
     "escape_bytes",
     "escape_text",
     "fast_path_available",
+    "first_answering",
     "format_sockaddr",
     "is_broadcast",
     "is_multicast",
@@ -157,6 +170,7 @@ __all__ = [
     "reply_handler",
     "request",
     "request_all",
+    "request_first",
     "resolve",
     "resolve_one",
     "run_bench",
@@ -188,6 +202,10 @@ _LAZY: dict[str, str] = {
     "Relay": "_loops.relay",
     "RelayStats": "_core.relaystats",
     "BenchConfig": "_loops.bench",
+    "BenchResult": "_loops.bench",
+    "FlowResult": "_loops.bench",
+    "ImpairConfig": "_core.relay",
+    "bind_server": "_net.binding",
     "run_bench": "_loops.bench",
     "Reflector": "_loops.reflect",
     "BROADCAST": "_net.addr",
@@ -206,6 +224,8 @@ _LAZY: dict[str, str] = {
     "split_hostport": "_net.addr",
     "request": "_loops.client",
     "request_all": "_loops.client",
+    "request_first": "_loops.client",
+    "first_answering": "_loops.client",
     "stream_request": "_loops.client",
     "AddressError": "_core.errors",
     "AddressInUse": "_core.errors",

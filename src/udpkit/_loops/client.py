@@ -7,22 +7,29 @@ One monotonic deadline per attempt, computed once and passed to every wait;
 from __future__ import annotations
 
 import errno
+import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from udpkit._core.errors import (
+    AddressError,
     ConnectionRefused,
     MessageTooLarge,
     NetworkError,
     Timeout,
     UsageError,
 )
-from udpkit._net.sockets import Datagram, DatagramSocket
+from udpkit._net.addr import Address, format_sockaddr, resolve
+from udpkit._net.domains import parse_domain
+from udpkit._net.sockets import Datagram, DatagramSocket, udp_connect
 
 if TYPE_CHECKING:
     from udpkit._net.stream import StreamSocket
 
-__all__ = ["request", "request_all", "stream_request"]
+__all__ = ["first_answering", "request", "request_all", "request_first", "stream_request"]
+
+_T = TypeVar("_T")
 
 # After a stream reply starts, a pause this long with nothing more means the
 # server has said all it will say to this message (it may keep the connection).
@@ -221,3 +228,105 @@ def stream_request(
     if not chunks:
         raise Timeout(f"no reply within {timeout:g} s")
     return b"".join(chunks)
+
+
+def first_answering(
+    addresses: Sequence[Address],
+    exchange: Callable[[DatagramSocket], _T],
+    *,
+    bind: tuple[str | int | None, int | str] | None = None,
+    broadcast: bool = False,
+    on_skip: Callable[[str], None] | None = None,
+) -> _T:
+    """Run ``exchange`` on a socket connected to the first of a name's addresses that answers.
+
+    A name such as ``localhost`` may give ``::1`` first while the server listens
+    on 127.0.0.1 only: an address that cannot be reached (or bound from
+    ``bind``), or whose exchange draws ICMP port unreachable (so nobody
+    received the datagram), makes way for the next.  A silent one does not:
+    the server may just be slow, and a second copy would reach it twice.
+
+    Args:
+        addresses: the name's addresses in order, as :func:`udpkit.resolve` gives them.
+        exchange: what to do on the connected socket (e.g. send and wait for
+            the reply); its result is returned.  The socket is closed after it.
+        bind: the local ``(host, port)`` to send from, as for :func:`udpkit.udp_connect`.
+        broadcast: set SO_BROADCAST.
+        on_skip: told why an address was given up, and which one comes next
+            (``"nothing listens at 127.0.0.1:5005 (ICMP port unreachable);
+            trying ..."``).
+
+    Returns:
+        What ``exchange`` returned for the first address that answered.
+
+    Raises:
+        ConnectionRefused, NetworkError, AddressError: the last address's error,
+            when none answered; Timeout or any other error of ``exchange`` at once.
+        UsageError: no addresses.
+    """
+    if not addresses:
+        raise UsageError("no addresses to try: resolve the name first (udpkit.resolve)")
+    for i, addr in enumerate(addresses):
+        last = i == len(addresses) - 1
+        try:
+            sock = udp_connect(
+                addr.host, addr.port, bind=bind, family=addr.family, broadcast=broadcast
+            )
+        except (NetworkError, AddressError) as exc:  # AddressError: a bind of the other family
+            if last:
+                raise
+            reason = str(exc)
+        else:
+            with sock:
+                try:
+                    return exchange(sock)
+                except ConnectionRefused:
+                    if last:
+                        raise
+                    reason = f"nothing listens at {format_sockaddr(addr)} (ICMP port unreachable)"
+        if on_skip is not None:
+            on_skip(f"{reason}; trying {format_sockaddr(addresses[i + 1])}")
+    raise AssertionError("unreachable: the last address returns or raises")
+
+
+def request_first(
+    host: str | int | None,
+    port: int | str,
+    message: bytes,
+    *,
+    family: int | str = socket.AF_UNSPEC,
+    bind: tuple[str | int | None, int | str] | None = None,
+    timeout: float = 2.0,
+    retries: int = 0,
+    bufsize: int = 65535,
+    on_skip: Callable[[str], None] | None = None,
+) -> tuple[Datagram, int]:
+    """:func:`request` to the first of ``host``'s addresses that answers (``udpkit send``'s way).
+
+    Each address is tried as :func:`first_answering` says: the next one only
+    when this one cannot be reached or nothing listens there.
+
+    Args:
+        host, port: any forms udpkit accepts; a name may give several addresses.
+        message: the payload.
+        family: AF_UNSPEC (every address of the name), AF_INET or AF_INET6.
+        bind: the local ``(host, port)`` to send from.
+        timeout, retries, bufsize: as for :func:`request`, per address.
+        on_skip: told why an address was given up (see :func:`first_answering`).
+
+    Returns:
+        ``(reply, attempts)`` from the address that answered.
+
+    Raises:
+        AddressError: a bad host or port.
+        Timeout: an address that was reached stayed silent (the next is not tried).
+        ConnectionRefused: nothing listens at any of the addresses.
+        NetworkError: none could be reached.
+    """
+    addresses = resolve(host, port, family=parse_domain(family))
+    return first_answering(
+        addresses,
+        lambda sock: request(sock, message, timeout=timeout, retries=retries, bufsize=bufsize),
+        bind=bind,
+        on_skip=on_skip,
+    )

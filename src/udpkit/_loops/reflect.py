@@ -11,21 +11,22 @@ anti-amplification budget at once.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from udpkit._core.errors import NetworkError
 from udpkit._core.policy import Policy
 from udpkit._core.probe import HEADER, HEADER_SIZE, MAGIC, VERSION, Kind, Report, build_report
 from udpkit._core.serving import ServeStep
 from udpkit._core.stats import Jitter, SequenceTracker
-from udpkit._loops.bench import _RCVBUF, _now
+from udpkit._loops.bench import _now
 from udpkit._loops.engine import Engine
+from udpkit._net.kernel import DEFAULT_RCVBUF
 from udpkit._net.sockets import Datagram, DatagramSocket, set_receive_buffer
 
-__all__ = ["Reflector", "open_reflector_socket"]
+__all__ = ["Reflector"]
 
 _RSEQ_OFF = 24
 # RFC 3550 jitter over m transit differences in one step: J_m = J_0 * DECAY**m +
@@ -63,6 +64,9 @@ class Reflector:
         policy: admission and reply rules, as for :class:`udpkit.DatagramServer`
             (by default loopback trusted, every other source held to its
             anti-amplification budget, which reflected probes always fit).
+        rcvbuf: the kernel receive buffer to ask for (bench's bursts queue
+            there), ``None`` to leave the socket's; :attr:`rcvbuf` is then what
+            the kernel granted (0: it refused the option).
     """
 
     reply_ratio = 1.0  # a reflection or a report is never longer than its request
@@ -75,7 +79,12 @@ class Reflector:
         busy_poll_us: int = 0,
         max_runs: int = 4096,
         policy: Policy | None = None,
+        rcvbuf: int | None = DEFAULT_RCVBUF,
     ) -> None:
+        self.rcvbuf = 0
+        if rcvbuf is not None:
+            with contextlib.suppress(NetworkError):  # a smaller buffer still reflects
+                self.rcvbuf = set_receive_buffer(sock.sock, rcvbuf)
         self.runs: dict[int, _RunState] = {}
         self.max_runs = max_runs
         self.malformed = 0
@@ -273,30 +282,3 @@ class Reflector:
     def close(self) -> None:
         """Release the engine's wake-up sockets (the served socket is the caller's)."""
         self.engine.close()
-
-
-def open_reflector_socket(
-    host: str, port: int | str, family: int, rcvbuf: int | None, *, group: bool = False
-) -> Any:
-    """Bind the reflector's socket and size its receive buffer.
-
-    ``group``: it will join groups, so it shares the port with other group
-    receivers on the host (SO_REUSEADDR), as ``serve --join`` does.
-
-    Returns:
-        ``(DatagramSocket, receive buffer granted in bytes)``.
-
-    Raises:
-        AddressError, AddressInUse, NetworkError: as for ``udp_bind``.
-    """
-    from udpkit._net.sockets import udp_bind
-
-    sock = udp_bind(host, port, family=family, reuse_addr=group)
-    try:
-        got = set_receive_buffer(sock.sock, rcvbuf or _RCVBUF)
-    except NetworkError:
-        got = 0
-    except BaseException:
-        sock.close()
-        raise
-    return sock, got

@@ -102,19 +102,26 @@ def bind_server(
         bound_port = first.local_address[1]  # the rest join the port the first got
         for _ in range(workers - 1):
             socks.append(udp_bind(addr.host, bound_port, family=addr.family, **share))
-        if workers > 1:
-            # With IP_MULTICAST_ALL on, a wildcard socket hears any group another
-            # socket on the host joined.  The first keeps the default without
-            # groups, like a single socket; join_group turns it off with groups.
-            for s in socks[0 if groups else 1 :]:
-                _multicast_all_off(s.sock)
-        for group, group_iface in groups:
-            join_group(first, group, iface=group_iface, source=source)
+        _join(socks, groups, source)
     except BaseException:
         for s in socks:
             s.close()
         raise
     return socks
+
+
+def _join(
+    socks: list[DatagramSocket], groups: list[tuple[str, str | None]], source: str | None
+) -> None:
+    """The first socket joins every group; the other workers' sockets hear none."""
+    if len(socks) > 1:
+        # With IP_MULTICAST_ALL on, a wildcard socket hears any group another
+        # socket on the host joined.  The first keeps the default without
+        # groups, like a single socket; join_group turns it off with groups.
+        for s in socks[0 if groups else 1 :]:
+            _multicast_all_off(s.sock)
+    for group, iface in groups:
+        join_group(socks[0], group, iface=iface, source=source)
 
 
 def default_host(family: int, groups: Sequence[str] = ()) -> str:
