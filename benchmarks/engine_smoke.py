@@ -14,7 +14,8 @@ import sys
 import time
 from typing import Any
 
-from udpkit._loops.engine import Engine, send_batch
+from udpkit._loops.engine import Engine
+from udpkit._net.sendmmsg import send_batch
 
 
 def _flood(addr: Any, size: int, seconds: float, gso: bool) -> None:

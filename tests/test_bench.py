@@ -456,7 +456,7 @@ def test_reflector_batch_at_once_matches_the_general_loop(
 
     clock = iter(range(9_000_000, 10**12, 250_000))
     arrival = [0]  # both reflectors see each batch arrive at the same time
-    monkeypatch.setattr(_reflect, "_now", lambda: arrival[0])
+    monkeypatch.setattr(_reflect, "clock_ns", lambda: arrival[0])
 
     peer = ("127.0.0.1", 40000)
     sends = [1_000_000 + 37 * i + (i % 5) * 11_000 for i in range(100)]

@@ -16,12 +16,7 @@ import pytest
 
 from udpkit._core.errors import UsageError
 from udpkit._core.serving import ECHO, Fixed
-from udpkit._loops.engine import (
-    Engine,
-    EngineStats,
-    fast_path_available,
-    send_batch,
-)
+from udpkit._loops.engine import Engine, EngineStats
 from udpkit._net.kernel import (
     SOL_UDP,
     UDP_GRO,
@@ -32,7 +27,8 @@ from udpkit._net.kernel import (
     proc_drops_by_inode,
     wait_writable,
 )
-from udpkit._net.mmsg import Packer, decode_sockaddr, encode_sockaddr
+from udpkit._net.mmsg import decode_sockaddr, encode_sockaddr, fast_path_available
+from udpkit._net.sendmmsg import Packer, send_batch
 from udpkit._net.sockets import Datagram
 
 LINUX = sys.platform.startswith("linux")

@@ -13,7 +13,7 @@ import json
 import socket
 import time
 
-from udpkit._loops.engine import send_batch
+from udpkit._net.sendmmsg import send_batch
 
 
 def main() -> None:

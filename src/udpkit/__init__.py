@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazily below
     from udpkit import aio
+    from udpkit._core.datagram import Datagram
     from udpkit._core.errors import (
         AddressError,
         AddressInUse,
@@ -37,7 +38,16 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     from udpkit._core.policy import Policy, Verdict
     from udpkit._core.relay import ImpairConfig
     from udpkit._core.relaystats import RelayStats
-    from udpkit._core.serving import ECHO, BatchAnswer, Echo, Fixed, ServeStep, StepStats
+    from udpkit._core.serving import (
+        ECHO,
+        BatchAnswer,
+        BatchObserver,
+        Echo,
+        Fixed,
+        Handler,
+        ServeStep,
+        StepStats,
+    )
     from udpkit._loops.bench import BenchConfig, BenchResult, FlowResult, run_bench
     from udpkit._loops.client import (
         first_answering,
@@ -46,7 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         request_first,
         stream_request,
     )
-    from udpkit._loops.engine import Engine, EngineStats, fast_path_available, send_batch
+    from udpkit._loops.engine import Engine, EngineStats
     from udpkit._loops.record import (
         Record,
         Recorder,
@@ -56,14 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     )
     from udpkit._loops.reflect import Reflector
     from udpkit._loops.relay import Relay
-    from udpkit._loops.server import (
-        BatchObserver,
-        DatagramServer,
-        Handler,
-        ServeStats,
-        StreamServer,
-        reply_handler,
-    )
+    from udpkit._loops.server import DatagramServer, ServeStats, StreamServer, reply_handler
     from udpkit._net.addr import (
         BROADCAST,
         MAX_UDP_PAYLOAD,
@@ -86,13 +89,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         parse_type,
     )
     from udpkit._net.mcast import join_group, leave_group, set_multicast_send
-    from udpkit._net.sockets import (
-        Datagram,
-        DatagramSocket,
-        set_receive_buffer,
-        udp_bind,
-        udp_connect,
-    )
+    from udpkit._net.mmsg import fast_path_available
+    from udpkit._net.sendmmsg import send_batch
+    from udpkit._net.sockets import DatagramSocket, set_receive_buffer, udp_bind, udp_connect
     from udpkit._net.stream import StreamListener, StreamSocket, tcp_connect, tcp_listen
     from udpkit._net.unix import (
         unix_datagram_bind,
@@ -253,8 +252,8 @@ _LAZY: dict[str, str] = {
     "BatchObserver": "_core.serving",
     "Engine": "_loops.engine",
     "EngineStats": "_loops.engine",
-    "fast_path_available": "_loops.engine",
-    "send_batch": "_loops.engine",
+    "fast_path_available": "_net.mmsg",
+    "send_batch": "_net.sendmmsg",
     "set_receive_buffer": "_net.sockets",
     "IPPROTO_UDPLITE": "_net.domains",
     "Datagram": "_core.datagram",

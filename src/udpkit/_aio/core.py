@@ -35,8 +35,8 @@ from udpkit._net.mmsg import (
     PeerCache,
     fast_path_available,
     libc_mmsg,
-    send_batch,
 )
+from udpkit._net.sendmmsg import send_batch
 from udpkit._net.sockets import Datagram, DatagramSocket
 
 __all__ = [

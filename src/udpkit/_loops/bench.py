@@ -48,22 +48,30 @@ from udpkit._core.probe import (
 )
 from udpkit._core.stats import IntervalMeter, IntervalRow, Jitter, LatencyHistogram, SequenceTracker
 from udpkit._core.units import parse_rate
-from udpkit._net import mmsg as _mmsg
 from udpkit._net.addr import Address, is_multicast, resolve_one
+from udpkit._net.kernel import (
+    AGAIN,
+    DEFAULT_RCVBUF,
+    ICMP_ERRORS,
+    MSG_DONTWAIT,
+    MSG_TRUNC,
+    UNANSWERED,
+    clock_ns,
+    errno_name,
+    proc_drops,
+)
 from udpkit._net.mcast import set_multicast_send
+from udpkit._net.mmsg import MM, MsgArray, fast_path_available, libc_mmsg
+from udpkit._net.sendmmsg import send_batch
 from udpkit._net.sockets import DatagramSocket, set_receive_buffer, udp_bind, udp_connect
 
 __all__ = ["BenchConfig", "BenchResult", "FlowResult", "parse_bench_rate", "run_bench"]
 
 _BATCH = 64
 _MAX_BURST = 1024  # most probes one flow sends per loop turn (the loop must still read)
-_RCVBUF = 4 << 20
 _HELLO_TRIES = 5
 _HELLO_WAIT = 0.3
-# Of those, the ones that mean "nothing answers there" when the opening exchange fails.
-_UNANSWERED = ("ECONNREFUSED", "EHOSTUNREACH", "ENETUNREACH")
 _IFACE_HINT = "name the interface: --iface IFACE"
-_now = time.monotonic_ns
 
 
 def parse_bench_rate(text: str, size: int) -> float | None:
@@ -263,13 +271,13 @@ class _Flow:
             self.raw = self.sock.sock
             self.raw.setblocking(False)
             with contextlib.suppress(NetworkError):
-                set_receive_buffer(self.raw, _RCVBUF)
+                set_receive_buffer(self.raw, DEFAULT_RCVBUF)
             self.fd = self.raw.fileno()
             self.res = FlowResult(
                 random.getrandbits(32), self.sock.local_text, self.ctrl_sock.local_text
             )
             self.bufsize = max(cfg.size, 2048)
-            self.rx = _mmsg.MsgArray(_BATCH, self.bufsize) if fast else None
+            self.rx = MsgArray(_BATCH, self.bufsize) if fast else None
             self.buf = bytearray(self.bufsize)
             self.template = memoryview(self.rx.template) if self.rx else None
             self.outstanding: dict[int, int] = {}  # window mode: seq -> send time
@@ -300,16 +308,16 @@ class _Flow:
         rx = self.rx
         if rx is not None:
             assert self.template is not None
-            rx.hdr_view[: _BATCH * _mmsg.MM] = self.template
-            flags = _mmsg.MSG_TRUNC | _mmsg.MSG_DONTWAIT
-            n = _mmsg.libc_mmsg.recvmmsg(self.fd, rx.hdrs_addr, _BATCH, flags, None)
+            rx.hdr_view[: _BATCH * MM] = self.template
+            flags = MSG_TRUNC | MSG_DONTWAIT
+            n = libc_mmsg.recvmmsg(self.fd, rx.hdrs_addr, _BATCH, flags, None)
             if n > 0:
                 size = self.bufsize
                 return list(zip(range(0, n * size, size), rx.msg_lens(n), strict=True))
             code = ctypes.get_errno() if n < 0 else errno.EAGAIN
             return self._recv_error(code)
         try:
-            ln = self.raw.recv_into(self.buf, self.bufsize, _mmsg.MSG_TRUNC | _mmsg.MSG_DONTWAIT)
+            ln = self.raw.recv_into(self.buf, self.bufsize, MSG_TRUNC | MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return []
         except OSError as exc:
@@ -317,16 +325,16 @@ class _Flow:
         return [(0, ln)]
 
     def _recv_error(self, code: int) -> list[tuple[int, int]]:
-        if code in _mmsg.AGAIN or code == errno.EINTR:
+        if code in AGAIN or code == errno.EINTR:
             return []
-        if code in _mmsg.ICMP_ERRORS:  # about an earlier probe: counted, never fatal
+        if code in ICMP_ERRORS:  # about an earlier probe: counted, never fatal
             self.count_icmp(code)
             return []
         raise map_oserror(OSError(code, os.strerror(code)), "bench receive")
 
     def count_icmp(self, code: int) -> None:
         """Count an ICMP error (about an earlier probe) under its errno name."""
-        name = _mmsg.errno_name(code)
+        name = errno_name(code)
         self.res.icmp_errors[name] = self.res.icmp_errors.get(name, 0) + 1
 
     @property
@@ -347,7 +355,7 @@ class _Run:
     ) -> None:
         self.cfg = cfg
         self.on_rows = on_rows
-        fast = _mmsg.fast_path_available() if cfg.fast is None else cfg.fast
+        fast = fast_path_available() if cfg.fast is None else cfg.fast
         self.flows: list[_Flow] = []
         try:
             for _ in range(cfg.parallel):
@@ -376,7 +384,7 @@ class _Run:
             batch = f.recv_batch()
             if not batch:
                 return got
-            now = _now()
+            now = clock_ns()
             data = f.data
             seqs: list[int] = []
             rseqs: list[int] = []
@@ -456,7 +464,7 @@ class _Run:
                 f.reported = False
                 f.nonce = random.getrandbits(63)
                 with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
-                    request = build_report_request(f.res.run_id, f.nonce, _now())
+                    request = build_report_request(f.res.run_id, f.nonce, clock_ns())
                     if f.multicast:
                         f.ctrl.sendto(request, f.ctrl_to)
                     else:
@@ -495,7 +503,7 @@ class _Run:
         """Number and send up to ``n`` probes on flow ``f``; return how many were numbered."""
         res = f.res
         seq = res.numbered
-        now = _now()
+        now = clock_ns()
         pack = HEADER.pack
         pad = self.pad
         kind = self.kind
@@ -506,7 +514,7 @@ class _Run:
         except NetworkError as exc:
             # The kernel refused the first probe (an ICMP error from an earlier one,
             # an unreachable route): it is lost at the sender, and counted so.
-            name = _mmsg.errno_name(exc.errno)
+            name = errno_name(exc.errno)
             res.send_errors[name] = res.send_errors.get(name, 0) + 1
             res.sender_lost += 1
             res.numbered += 1
@@ -527,7 +535,7 @@ class _Run:
     @staticmethod
     def _send_batch(f: _Flow, payloads: list[bytes]) -> int:
         try:
-            return _mmsg.send_batch(f.raw, payloads, gso=f.gso)
+            return send_batch(f.raw, payloads, gso=f.gso)
         except NetworkError as exc:
             if exc.errno != errno.EMSGSIZE:
                 raise
@@ -540,10 +548,10 @@ class _Run:
             # which then sent nothing (the report is consumed): count it as the ICMP
             # error it is and send again.  A probe the kernel refuses fails again.
             f.count_icmp(errno.EMSGSIZE)
-        return _mmsg.send_batch(f.raw, payloads, gso=f.gso)
+        return send_batch(f.raw, payloads, gso=f.gso)
 
     def _tick(self) -> None:
-        rows = self.meter.tick(_now() - self.start)
+        rows = self.meter.tick(clock_ns() - self.start)
         if rows and self.on_rows is not None:
             self.on_rows(rows)
 
@@ -553,14 +561,14 @@ class _Run:
         flows = self.flows
         per_flow = None if cfg.rate is None else cfg.rate / len(flows)
         count = cfg.count
-        self.start = start = _now()
+        self.start = start = clock_ns()
         end = None if cfg.duration is None else start + int(cfg.duration * 1e9)
         window = cfg.window
         timeout_ns = int(cfg.timeout * 1e9)
         one_way = cfg.one_way
         last_send = start
         while True:
-            now = _now()
+            now = clock_ns()
             if end is not None and now >= end:
                 break
             active = [f for f in flows if count is None or f.res.numbered < count]
@@ -587,14 +595,14 @@ class _Run:
                     room = min(room, _BATCH * 4)
                 if room > 0:
                     self.send(f, room)
-                    last_send = _now()
+                    last_send = clock_ns()
                     next_due = now
             got = 0
             if not one_way:
                 for f in flows:
                     got += self.drain(f)
             self._tick()
-            now = _now()
+            now = clock_ns()
             if next_due > now and not got:  # a reply may have opened the window: no sleep
                 wake = min(next_due, self.start + self.meter.current.end_ns)
                 if end is not None:
@@ -670,7 +678,7 @@ def run_bench(
             target = format_sockaddr(run.flows[0].raw.getpeername())
         missing = run.ask(run.flows, _HELLO_TRIES, _HELLO_WAIT)
         if missing:
-            if any(f.res.icmp_errors.get(n) for f in missing for n in _UNANSWERED):
+            if any(f.res.icmp_errors.get(n) for f in missing for n in map(errno_name, UNANSWERED)):
                 raise ConnectionRefused(
                     errno.ECONNREFUSED,
                     f"nothing listening at {target}: start 'udpkit reflect' "
@@ -687,7 +695,7 @@ def run_bench(
             )
         for f in run.flows:
             f.res.report = None
-            f.res.kernel_drops_start = _mmsg.proc_drops(f.fd)
+            f.res.kernel_drops_start = proc_drops(f.fd)
         send_seconds = run.loop()
         run.linger()
         for f in run.flows:
@@ -695,8 +703,8 @@ def run_bench(
         if not echo:
             run.final_reports()
         for f in run.flows:
-            f.res.kernel_drops_end = _mmsg.proc_drops(f.fd)
-        rows = run.meter.finish(_now() - run.start)
+            f.res.kernel_drops_end = proc_drops(f.fd)
+        rows = run.meter.finish(clock_ns() - run.start)
         if rows and on_rows is not None:
             on_rows(rows)
         if not any(f.res.sent for f in run.flows) and any(f.res.send_errors for f in run.flows):

@@ -59,22 +59,12 @@ from udpkit._net.kernel import (
     proc_drops,
     wait_writable,
 )
-from udpkit._net.mmsg import (
-    MM,
-    MsgArray,
-    PeerCache,
-    fast_path_available,
-    libc_mmsg,
-    send_batch,
-)
+from udpkit._net.mmsg import MM, MsgArray, PeerCache, fast_path_available, libc_mmsg
 from udpkit._net.sockets import Datagram
 
 __all__ = [
     "Engine",
     "EngineStats",
-    "Handler",
-    "fast_path_available",
-    "send_batch",
 ]
 
 _RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT

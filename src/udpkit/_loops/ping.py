@@ -22,19 +22,18 @@ import contextlib
 import os
 import select
 import socket
-import time
 from collections.abc import Iterator
 
 from udpkit._core.errors import UsageError, map_oserror
 from udpkit._core.pingstats import PingEvent, PingResult, PingSession
 from udpkit._loops.sigwake import signals_wake
 from udpkit._net.addr import format_sockaddr
+from udpkit._net.kernel import clock_ns
 from udpkit._net.sockets import udp_connect
 
 __all__ = ["Pinger", "ping"]
 
 _BUFSIZE = 65535  # the largest UDP payload: a reply is never cut short
-_clock = time.monotonic_ns
 
 
 class Pinger:
@@ -139,7 +138,7 @@ class Pinger:
         with Python's default handler) leaves :meth:`result` valid.
         """
         size, interval_ns, timeout_ns, count = self._settings
-        now = _clock()
+        now = clock_ns()
         sess = self.session = PingSession(
             run_id=int.from_bytes(os.urandom(4), "big"),
             start_ns=now,
@@ -156,7 +155,7 @@ class Pinger:
         spin_ns = self.busy_poll_us * 1000
         with signals_wake(self._wake_w.fileno()):
             while not self._stopping:
-                now = _clock()
+                now = clock_ns()
                 expired = sess.expire(now)
                 if expired is not None:
                     yield expired
@@ -165,11 +164,11 @@ class Pinger:
                     break
                 due = sess.due_ns()
                 if due is not None and now >= due:
-                    data = sess.probe(_clock())
+                    data = sess.probe(clock_ns())
                     try:
                         send(data)
                     except OSError as exc:
-                        yield sess.error(_clock(), _why(exc, "send"))
+                        yield sess.error(clock_ns(), _why(exc, "send"))
                     continue
                 deadline = sess.deadline_ns()
                 assert deadline is not None  # not finished: a probe is due or awaited
@@ -181,17 +180,17 @@ class Pinger:
                         try:
                             data = recv(_BUFSIZE)
                         except BlockingIOError:
-                            if _clock() >= end:
+                            if clock_ns() >= end:
                                 break
                             continue
                         except OSError as exc:
-                            yield sess.error(_clock(), _why(exc, "receive"))
+                            yield sess.error(clock_ns(), _why(exc, "receive"))
                         else:
-                            yield sess.datagram(data, _clock())
+                            yield sess.datagram(data, clock_ns())
                         ready = True
                         break
                 if not ready and not self._stopping:
-                    wait = (deadline - _clock()) / 1e9
+                    wait = (deadline - clock_ns()) / 1e9
                     if wait > 0:
                         select.select(fds, [], [], wait)
                 # Read everything queued (a reply and any duplicates or strangers).
@@ -201,13 +200,13 @@ class Pinger:
                     except BlockingIOError:
                         break
                     except OSError as exc:
-                        yield sess.error(_clock(), _why(exc, "receive"))
+                        yield sess.error(clock_ns(), _why(exc, "receive"))
                         break  # the error is reported once: read on at the next turn
-                    yield sess.datagram(data, _clock())
+                    yield sess.datagram(data, clock_ns())
                 with contextlib.suppress(OSError):  # BlockingIOError: drained
                     while wake.recv(64):
                         pass
-        sess.expire(_clock())  # a probe past its timeout as the run ends counts as one
+        sess.expire(clock_ns())  # a probe past its timeout as the run ends counts as one
 
     def close(self) -> None:
         """Close the socket (idempotent)."""

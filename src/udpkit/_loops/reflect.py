@@ -21,9 +21,8 @@ from udpkit._core.policy import Policy
 from udpkit._core.probe import HEADER, HEADER_SIZE, MAGIC, VERSION, Kind, Report, build_report
 from udpkit._core.serving import ServeStep
 from udpkit._core.stats import Jitter, SequenceTracker
-from udpkit._loops.bench import _now
 from udpkit._loops.engine import Engine
-from udpkit._net.kernel import DEFAULT_RCVBUF
+from udpkit._net.kernel import DEFAULT_RCVBUF, clock_ns
 from udpkit._net.sockets import Datagram, DatagramSocket, set_receive_buffer
 
 __all__ = ["Reflector"]
@@ -113,7 +112,7 @@ class Reflector:
         uniform = self._answer_uniform(batch)
         if uniform is not None:
             return uniform
-        now = _now()  # one arrival time per batch, as read by the application
+        now = clock_ns()  # one arrival time per batch, as read by the application
         answers: list[bytes | None] = []
         unpack = HEADER.unpack_from
         cur = -1
@@ -185,7 +184,7 @@ class Reflector:
             return None
         if kind != Kind.PROBE and kind != Kind.PROBE_ONEWAY:  # noqa: PLR1714 - hot path
             return None
-        now = _now()
+        now = clock_ns()
         st = self.runs.get(runs[0]) or self._run(runs[0])
         # Transit differences: all arrived at `now`, so D_k = sent[k-1] - sent[k].
         gaps = list(map(abs, map(operator.sub, sent[:-1], sent[1:])))
@@ -264,7 +263,7 @@ class Reflector:
         )
 
     def _report(self, run_id: int, nonce: int, request_len: int) -> bytes | None:
-        out = build_report(run_id, nonce, _now(), self.report(run_id))
+        out = build_report(run_id, nonce, clock_ns(), self.report(run_id))
         if len(out) > request_len:
             self.refused_small += 1  # never answer with more bytes than were sent
             return None

@@ -43,18 +43,15 @@ from udpkit._net.kernel import (
 )
 from udpkit._net.mmsg import (
     NAME_SPACE,
-    RETRY,
-    SKIP,
     InetAddr,
     MsgArray,
-    Packer,
     PeerKey,
     decode_sockaddr,
     encode_sockaddr,
     fast_path_available,
     libc_mmsg,
-    push,
 )
+from udpkit._net.sendmmsg import RETRY, SKIP, Packer, push
 from udpkit._net.sockets import DatagramSocket, set_receive_buffer
 
 __all__ = ["Relay", "RelayStats", "format_stats"]

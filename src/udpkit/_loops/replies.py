@@ -1,6 +1,6 @@
 """The engine's send side: a batch's replies out with ``sendmmsg``, as GSO runs where it can.
 
-Two ways out, both through the one sending loop (:func:`udpkit._net.mmsg.push`):
+Two ways out, both through the one sending loop (:func:`udpkit._net.sendmmsg.push`):
 
 * **Whole batches** (:meth:`Replies.send_whole`): every received message gets
   the same kind of reply, an echo or a fixed payload, so the send headers are
@@ -9,7 +9,7 @@ Two ways out, both through the one sending loop (:func:`udpkit._net.mmsg.push`):
   only the echo lengths change.  One peer's same-size replies go out as GSO runs
   of those same buffers, cut into datagrams by the kernel.
 * **Replies a handler returned** (:meth:`Replies.send`): packed into an arena by
-  the one packer (:class:`udpkit._net.mmsg.Packer`), a header each, and
+  the one packer (:class:`udpkit._net.sendmmsg.Packer`), a header each, and
   consecutive same-size replies to one peer as one GSO message.
 
 A full send buffer is waited for (at most ``SEND_WAIT`` per batch); a reply
@@ -30,16 +30,8 @@ from typing import TYPE_CHECKING
 from udpkit._core.datagram import Payload
 from udpkit._core.serving import Echo
 from udpkit._net.kernel import GSO_MAX_BYTES, MSG_DONTWAIT, OFFLOAD_REFUSED, UDP_MAX_SEGMENTS
-from udpkit._net.mmsg import (
-    CONTROL_SPACE,
-    NAME_SPACE,
-    SKIP,
-    STOP,
-    MsgArray,
-    Packer,
-    libc_mmsg,
-    push,
-)
+from udpkit._net.mmsg import CONTROL_SPACE, NAME_SPACE, MsgArray, libc_mmsg
+from udpkit._net.sendmmsg import SKIP, STOP, Packer, push
 
 if TYPE_CHECKING:
     from udpkit._loops.engine import EngineStats
@@ -257,7 +249,7 @@ class Replies:
         counts: Sequence[int] | None,
         nbytes: Sequence[int],
     ) -> int:
-        """Send headers ``first .. first+j-1`` (see :func:`~udpkit._net.mmsg.push`) and count.
+        """Send headers ``first .. first+j-1`` (see :func:`~udpkit._net.sendmmsg.push`) and count.
 
         Returns:
             -1; or the index of a GSO message the kernel refused (GSO is then

@@ -11,20 +11,19 @@ library user passes their own.
 
 from __future__ import annotations
 
-import contextlib
-import selectors
 import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from udpkit._core.datagram import Peer
 from udpkit._core.errors import NetworkError, Timeout, UsageError, map_oserror
 from udpkit._core.policy import Policy
 from udpkit._core.serving import ECHO, BatchObserver, Fixed, Handler, PeerSet, ServeStep, _unnamed
 from udpkit._loops.engine import Engine, EngineStats
 from udpkit._loops.sigwake import signals_wake
-from udpkit._net.mmsg import errno_name
+from udpkit._net.kernel import Waker, errno_name
 from udpkit._net.sockets import Datagram, DatagramSocket
 from udpkit._net.stream import StreamListener, StreamSocket
 
@@ -34,7 +33,6 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchObserver",
     "DatagramServer",
-    "Handler",
     "ServeStats",
     "StreamServer",
     "reply_handler",
@@ -341,9 +339,7 @@ class StreamServer(_Metrics):
         self.observer = observer
         self._stats = ServeStats(peers=0)
         self._peers = PeerSet()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._waker = Waker()
         self._stopping = False
 
     @property
@@ -354,56 +350,51 @@ class StreamServer(_Metrics):
     def stop(self) -> None:
         """Ask :meth:`serve` to end; safe from any thread and from signal handlers."""
         self._stopping = True
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"x")
+        self._waker.wake()
 
     def close(self) -> None:
         """Release the wake-up sockets and stop the metrics (the listener is the caller's)."""
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
         self._close_metrics()
 
     def serve(self) -> ServeStats:
         """Serve until ``count`` messages arrived or :meth:`stop` was called."""
-        stats = self.stats
-        conns: dict[int, tuple[StreamSocket, Any]] = {}
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.listener.sock, selectors.EVENT_READ, "listen")
-            sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-            try:
-                with signals_wake(self._wake_w.fileno()):
-                    while not self._stopping and (
-                        self.count is None or stats.received < self.count
-                    ):
-                        for key, _ in sel.select():
-                            if key.data == "wake":
-                                # stop() or a signal (SIGUSR1 asks for counters and
-                                # serving goes on): the loop's test decides.
-                                with contextlib.suppress(OSError):
-                                    while self._wake_r.recv(256):
-                                        pass
-                                break
-                            if key.data == "listen":
-                                try:
-                                    conn, peer = self.listener.accept(timeout=0)
-                                except (Timeout, NetworkError):
-                                    continue
-                                conns[conn.sock.fileno()] = (conn, peer)
-                                sel.register(conn.sock, selectors.EVENT_READ, "conn")
+        waker = self._waker
+        listen_fd = self.listener.sock.fileno()
+        conns: dict[int, tuple[StreamSocket, Peer]] = {}
+        waker.register(listen_fd)
+        try:
+            with signals_wake(waker.signal_fd):
+                while not self._done():
+                    # Empty after stop() or a signal (SIGUSR1 asks for counters and
+                    # serving goes on): the loop's test decides.
+                    for fd in waker.wait(None):
+                        if self._done():
+                            break
+                        if fd == listen_fd:
+                            try:
+                                conn, peer = self.listener.accept(timeout=0)
+                            except (Timeout, NetworkError):
                                 continue
-                            conn, peer = conns[key.fd]
-                            if not self._serve_chunk(conn, peer):
-                                sel.unregister(conn.sock)
-                                del conns[key.fd]
-                                conn.close()
-                            if self.count is not None and stats.received >= self.count:
-                                break
-            finally:
-                for conn, _ in conns.values():
-                    conn.close()
-        return stats
+                            conns[conn.sock.fileno()] = (conn, peer)
+                            waker.register(conn.sock.fileno())
+                            continue
+                        conn, peer = conns[fd]
+                        if not self._serve_chunk(conn, peer):
+                            waker.unregister(fd)
+                            del conns[fd]
+                            conn.close()
+        finally:
+            waker.unregister(listen_fd)
+            for fd, (conn, _) in conns.items():
+                waker.unregister(fd)
+                conn.close()
+        return self.stats
 
-    def _serve_chunk(self, conn: StreamSocket, peer: Any) -> bool:
+    def _done(self) -> bool:
+        return self._stopping or (self.count is not None and self.stats.received >= self.count)
+
+    def _serve_chunk(self, conn: StreamSocket, peer: Peer) -> bool:
         """Read one chunk and answer it; False when the connection is over."""
         stats = self.stats
         try:

@@ -11,7 +11,7 @@ write to).
   never waits for a line), and a short piece waits for more only while more
   is already readable, so a file goes out in full-size datagrams and a typed
   word goes out at once. Datagrams leave in batches (``sendmmsg``, and UDP GSO
-  when they have one size) through :func:`udpkit._net.mmsg.send_batch`.
+  when they have one size) through :func:`udpkit._net.sendmmsg.send_batch`.
 - **The network to the sink.** Queued datagrams are read in batches
   (``recvmmsg`` on Linux), counted, then handed to the caller's ``sink`` with
   their peers and the wall-clock time, once per batch.
@@ -45,7 +45,6 @@ from typing import Any
 
 from udpkit._core.errors import NetworkError, UsageError, map_oserror
 from udpkit._loops.sigwake import signals_wake
-from udpkit._net import mmsg as _mmsg
 from udpkit._net.addr import MAX_UDP_PAYLOAD, format_sockaddr
 from udpkit._net.kernel import (
     AGAIN,
@@ -57,6 +56,8 @@ from udpkit._net.kernel import (
     proc_drops,
     wait_writable,
 )
+from udpkit._net.mmsg import MsgArray, PeerCache, fast_path_available, libc_mmsg
+from udpkit._net.sendmmsg import send_batch
 
 __all__ = ["Session", "SessionConfig", "SessionStats", "Sink", "Stopped"]
 
@@ -171,15 +172,15 @@ class Session:
         self._writing = False  # inside the sink: stop() raises Stopped there
         self._waker = Waker(self._fd)
         fast = config.fast
-        usable = _mmsg.fast_path_available() and sock.family in (socket.AF_INET, socket.AF_INET6)
+        usable = fast_path_available() and sock.family in (socket.AF_INET, socket.AF_INET6)
         if fast and not usable:
             raise UsageError("fast=True: recvmmsg is not available for this socket; pass None")
-        self._rx: _mmsg.MsgArray | None = None
-        self._cache: _mmsg.PeerCache | None = None
+        self._rx: MsgArray | None = None
+        self._cache: PeerCache | None = None
         if usable and fast is not False:
-            self._rx = _mmsg.MsgArray(_BATCH, _BUFSIZE)
+            self._rx = MsgArray(_BATCH, _BUFSIZE)
             self._rx.strip(names=True, control=False)
-            self._cache = _mmsg.PeerCache(sock.family == socket.AF_INET)
+            self._cache = PeerCache(sock.family == socket.AF_INET)
 
     # -- control ------------------------------------------------------------------
 
@@ -319,9 +320,7 @@ class Session:
         cache = self._cache
         assert rx is not None and cache is not None
         rx.reset()
-        n: int = _mmsg.libc_mmsg.recvmmsg(
-            self._fd, rx.hdrs_addr, want, MSG_TRUNC | MSG_DONTWAIT, None
-        )
+        n: int = libc_mmsg.recvmmsg(self._fd, rx.hdrs_addr, want, MSG_TRUNC | MSG_DONTWAIT, None)
         if n <= 0:
             code = ctypes.get_errno() if n < 0 else errno.EAGAIN
             self._recv_error(code)
@@ -460,7 +459,7 @@ class Session:
         retried = False
         while k < len(payloads):
             try:
-                n = _mmsg.send_batch(self.sock, payloads[k:], to)
+                n = send_batch(self.sock, payloads[k:], to)
             except NetworkError as exc:
                 self._count_error(exc.errno)
                 if retried or exc.errno not in ICMP_ERRORS:

@@ -6,6 +6,7 @@
 * The errno classes every loop sorts an error into: "try again"
   (:data:`AGAIN`), a soft ICMP report about an earlier datagram
   (:data:`ICMP_ERRORS`), an offload the kernel refuses (:data:`OFFLOAD_REFUSED`).
+* The clock probes are timed with (:data:`clock_ns`).
 * The receive buffer udpkit asks for on a socket that must absorb bursts
   (:data:`DEFAULT_RCVBUF`).
 * The kernel's drop counters, from ``/proc/net/udp{,6}`` (:func:`proc_drops`,
@@ -44,6 +45,7 @@ __all__ = [
     "UDP_SEGMENT",
     "UNANSWERED",
     "Waker",
+    "clock_ns",
     "errno_name",
     "inode",
     "proc_drops",
@@ -73,6 +75,11 @@ MSG_WAITFORONE = 0x10000
 # scheduled (the relay's sockets, bench's and the reflector's): the default
 # ~208 KiB is ~13 ms of 64-byte datagrams at 20k/s.
 DEFAULT_RCVBUF = 4 << 20
+
+# The clock of every probe timestamp and arrival time (bench's ``send_ns``, the
+# reflector's arrivals, ping's probes): CLOCK_MONOTONIC in ns, so readings taken
+# by different loops on one host compare, and none steps with the wall clock.
+clock_ns = time.monotonic_ns
 
 # -- errno classes ------------------------------------------------------------------
 
