@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Self
 
+from udpkit._core.counters import counters_dict
 from udpkit._core.datagram import AnySockAddr, SockAddr
 from udpkit._core.errors import NetworkError, Unsupported, UsageError, map_oserror
 from udpkit._net.addr import MAX_UDP_PAYLOAD
@@ -110,11 +111,7 @@ class EndpointStats:
 
     def as_dict(self) -> dict[str, object]:
         """Return the counters as a plain dict (ready for JSON)."""
-        d = dict(self.__dict__)
-        d["icmp_errors"] = dict(self.icmp_errors)
-        d["send_errors"] = dict(self.send_errors)
-        d["policy"] = dict(self.policy)
-        return d
+        return counters_dict(self)
 
 
 def _count(table: dict[str, int], code: int | None) -> None:

@@ -20,10 +20,11 @@ from __future__ import annotations
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from udpkit._core import units
+from udpkit._core.counters import add_counters, counters_dict
 from udpkit._core.errors import UsageError
 
 __all__ = [
@@ -188,12 +189,11 @@ class ImpairStats:
 
     def merge(self, other: ImpairStats) -> None:
         """Add ``other``'s counts to these."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        add_counters(self, other)
 
     def as_dict(self) -> dict[str, int]:
         """The counters as a plain dict."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return cast("dict[str, int]", counters_dict(self))
 
     @property
     def dropped(self) -> int:

@@ -38,6 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 
+from udpkit._core.counters import add_counters, counters_dict
 from udpkit._core.datagram import Payload, Peer, SockAddr
 from udpkit._core.errors import Unsupported, UsageError, map_oserror
 from udpkit._core.serving import Echo, Handler, ServeStep
@@ -106,36 +107,14 @@ class EngineStats:
 
     def as_dict(self) -> dict[str, object]:
         """Return the counters as a plain dict (ready for JSON)."""
-        return {
-            "rx_datagrams": self.rx_datagrams,
-            "rx_bytes": self.rx_bytes,
-            "tx_datagrams": self.tx_datagrams,
-            "tx_bytes": self.tx_bytes,
-            "truncated": self.truncated,
-            "truncated_bytes_lost": self.truncated_bytes_lost,
-            "kernel_drops": self.kernel_drops,
-            "send_errors": dict(self.send_errors),
-            "handler_errors": self.handler_errors,
-            "batches": self.batches,
-        }
+        return counters_dict(self)
 
     def merge(self, other: EngineStats) -> None:
         """Add ``other``'s counters to these (summing workers).
 
         ``kernel_drops`` stays ``None`` only if both sides are ``None``.
         """
-        self.rx_datagrams += other.rx_datagrams
-        self.rx_bytes += other.rx_bytes
-        self.tx_datagrams += other.tx_datagrams
-        self.tx_bytes += other.tx_bytes
-        self.truncated += other.truncated
-        self.truncated_bytes_lost += other.truncated_bytes_lost
-        if other.kernel_drops is not None:
-            self.kernel_drops = (self.kernel_drops or 0) + other.kernel_drops
-        for name, n in other.send_errors.items():
-            self.send_errors[name] = self.send_errors.get(name, 0) + n
-        self.handler_errors += other.handler_errors
-        self.batches += other.batches
+        add_counters(self, other)
 
     def count_error(self, code: int | None, n: int = 1) -> None:
         name = errno_name(code)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from udpkit._core.counters import add_counters, counters_dict
 from udpkit._core.datagram import Peer
 from udpkit._core.errors import NetworkError, Timeout, UsageError, map_oserror
 from udpkit._core.policy import Policy
@@ -69,22 +70,7 @@ class ServeStats:
 
     def as_dict(self) -> dict[str, object]:
         """The counters as a plain dict (ready for JSON)."""
-        return {
-            "received": self.received,
-            "bytes_received": self.bytes_received,
-            "truncated": self.truncated,
-            "truncated_bytes_lost": self.truncated_bytes_lost,
-            "replies": self.replies,
-            "bytes_sent": self.bytes_sent,
-            "reply_errors": dict(self.reply_errors),
-            "handler_errors": self.handler_errors,
-            "unreplyable": self.unreplyable,
-            "kernel_drops": self.kernel_drops,
-            "peers": self.peers,
-            "peers_estimated": self.peers_estimated,
-            "policy": dict(self.policy),
-            "record": dict(self.record),
-        }
+        return counters_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ServeStats:
@@ -97,26 +83,7 @@ class ServeStats:
         Unknown (``None``) figures stay unknown only when both sides are unknown.
         SO_REUSEPORT sends each peer to one worker, so peer counts add up.
         """
-        for name in (
-            "received",
-            "bytes_received",
-            "truncated",
-            "truncated_bytes_lost",
-            "replies",
-            "bytes_sent",
-            "handler_errors",
-            "unreplyable",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        for code, n in other.reply_errors.items():
-            self.reply_errors[code] = self.reply_errors.get(code, 0) + n
-        for name, n in other.policy.items():
-            self.policy[name] = self.policy.get(name, 0) + n
-        if other.kernel_drops is not None:
-            self.kernel_drops = (self.kernel_drops or 0) + other.kernel_drops
-        if other.peers is not None:
-            self.peers = (self.peers or 0) + other.peers
-        self.peers_estimated = self.peers_estimated or other.peers_estimated
+        add_counters(self, other)
 
 
 def reply_handler(mode: str, text: bytes = b"Hello UDP Client") -> Handler | None:
