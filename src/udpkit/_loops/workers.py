@@ -20,6 +20,7 @@ from typing import NoReturn
 from udpkit._core.errors import UsageError
 from udpkit._loops.server import DatagramServer, ServeStats
 from udpkit._loops.sigwake import on_signals, stops_held
+from udpkit._net.kernel import LINUX
 
 __all__ = ["cpu_count", "parse_workers", "run_workers"]
 
@@ -140,7 +141,7 @@ def _die_with_parent(parent: int) -> None:
 
     Otherwise a worker whose parent was killed would serve on, holding the port.
     """
-    if not sys.platform.startswith("linux"):
+    if not LINUX:
         return
     import ctypes
 

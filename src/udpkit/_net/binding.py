@@ -10,19 +10,13 @@ datagram.
 from __future__ import annotations
 
 import socket
-import sys
 from collections.abc import Iterable, Sequence
 
 from udpkit._core.errors import UsageError, map_oserror
 from udpkit._net.addr import Address, resolve
 from udpkit._net.domains import parse_domain
-from udpkit._net.mcast import (
-    IP_MULTICAST_ALL,
-    IPV6_MULTICAST_ALL,
-    group_family,
-    join_group,
-    parse_group,
-)
+from udpkit._net.kernel import IP_MULTICAST_ALL, IPV6_MULTICAST_ALL, LINUX
+from udpkit._net.mcast import group_family, join_group, parse_group
 from udpkit._net.sockets import DatagramSocket, first_that_binds, udp_bind
 
 __all__ = ["DEFAULT_SERVER_HOST", "bind_server", "default_host"]
@@ -182,7 +176,7 @@ def _multicast_all_off(sock: socket.socket) -> None:
     Raises:
         NetworkError: the kernel refused.
     """
-    if not sys.platform.startswith("linux"):
+    if not LINUX:
         return
     try:
         # A dual-stack IPv6 socket hears IPv4 groups too: both levels.

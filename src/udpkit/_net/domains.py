@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import errno
 import socket
-import sys
 
 from udpkit._core.errors import Unsupported, UsageError, map_oserror
+from udpkit._net.kernel import LINUX
 
 __all__ = ["IPPROTO_UDPLITE", "open_socket", "parse_domain", "parse_protocol", "parse_type"]
 
-_LINUX = sys.platform.startswith("linux")
 #: UDP-Lite (RFC 3828); older Pythons and some platforms lack the constant.
 IPPROTO_UDPLITE: int = getattr(socket, "IPPROTO_UDPLITE", 136)
 
@@ -31,7 +30,7 @@ _DOMAINS: dict[str, int] = {
     if name.startswith(("AF_", "PF_")) and isinstance(getattr(socket, name), int)
 }
 _DOMAINS["local"] = socket.AF_UNIX  # POSIX's name for AF_UNIX
-if _LINUX:
+if LINUX:
     # Linux numbers, for Python builds that lack the constants.
     for _name, _value in (("x25", 9), ("netlink", 16), ("packet", 17)):
         _DOMAINS.setdefault(_name, _value)

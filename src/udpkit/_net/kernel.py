@@ -1,7 +1,8 @@
 """What the kernel says and how a loop waits for it: one home for each such fact.
 
-* UDP offload and receive constants Python 3.11's ``socket`` module lacks
-  (GRO/GSO, ``SO_RXQ_OVFL``, ``MSG_WAITFORONE``...), as plain ints: or-ing the
+* Whether the kernel is Linux (:data:`LINUX`), and the UDP offload, receive and
+  multicast constants Python 3.11's ``socket`` module lacks (GRO/GSO,
+  ``SO_RXQ_OVFL``, ``MSG_WAITFORONE``, ``MCAST_JOIN_GROUP``...), as plain ints: or-ing the
   socket module's IntFlag members costs a microsecond per call.
 * The errno classes every loop sorts an error into: "try again"
   (:data:`AGAIN`), a soft ICMP report about an earlier datagram
@@ -33,6 +34,13 @@ __all__ = [
     "EARLIER",
     "GSO_MAX_BYTES",
     "ICMP_ERRORS",
+    "IPV6_MULTICAST_ALL",
+    "IP_MULTICAST_ALL",
+    "LINUX",
+    "MCAST_JOIN_GROUP",
+    "MCAST_JOIN_SOURCE_GROUP",
+    "MCAST_LEAVE_GROUP",
+    "MCAST_LEAVE_SOURCE_GROUP",
     "MSG_DONTWAIT",
     "MSG_TRUNC",
     "MSG_WAITFORONE",
@@ -70,6 +78,14 @@ MSG_TRUNC: int = int(getattr(socket, "MSG_TRUNC", 0x20))
 MSG_DONTWAIT: int = int(getattr(socket, "MSG_DONTWAIT", 0))
 # recvmmsg: sleep until the first datagram, then take what is queued without waiting.
 MSG_WAITFORONE = 0x10000
+# Multicast (include/uapi/linux/in.h, in6.h): the protocol-independent joins
+# (RFC 3678), and the switch that makes a wildcard socket hear only its own groups.
+MCAST_JOIN_GROUP = 42
+MCAST_LEAVE_GROUP = 45
+MCAST_JOIN_SOURCE_GROUP = 46
+MCAST_LEAVE_SOURCE_GROUP = 47
+IP_MULTICAST_ALL = 49
+IPV6_MULTICAST_ALL = 29
 
 # Receive buffer of every socket that must hold a burst while its loop is not
 # scheduled (the relay's sockets, bench's and the reflector's): the default

@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 from typing import Protocol
 
 from udpkit._core.errors import AddressError, UsageError, map_oserror
 from udpkit._net.addr import link_local_without_scope, parse_host, resolve_one
+from udpkit._net.kernel import (
+    IP_MULTICAST_ALL,
+    IPV6_MULTICAST_ALL,
+    LINUX,
+    MCAST_JOIN_GROUP,
+    MCAST_JOIN_SOURCE_GROUP,
+    MCAST_LEAVE_GROUP,
+    MCAST_LEAVE_SOURCE_GROUP,
+)
 
 __all__ = [
     "group_family",
@@ -26,13 +34,6 @@ __all__ = [
     "set_multicast_send",
 ]
 
-_LINUX = sys.platform.startswith("linux")
-MCAST_JOIN_GROUP = 42
-MCAST_LEAVE_GROUP = 45
-MCAST_JOIN_SOURCE_GROUP = 46
-MCAST_LEAVE_SOURCE_GROUP = 47
-IP_MULTICAST_ALL = 49
-IPV6_MULTICAST_ALL = 29
 _SS_SIZE = 128  # sizeof(struct sockaddr_storage)
 _ALIGN = 8  # the storage is 8-byte aligned: 4 bytes of padding after the interface
 
@@ -217,7 +218,7 @@ def _membership(
             sock.setsockopt(
                 level, opt, head + _storage(family, addr.sockaddr) + _storage(family, src.sockaddr)
             )
-        if _LINUX and join:
+        if LINUX and join:
             opt = IP_MULTICAST_ALL if family == socket.AF_INET else IPV6_MULTICAST_ALL
             sock.setsockopt(level, opt, 0)
     except OSError as exc:

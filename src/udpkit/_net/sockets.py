@@ -25,7 +25,6 @@ import contextlib
 import errno
 import os
 import socket
-import sys
 from collections.abc import Callable, Sequence
 from typing import Self, TypeVar
 
@@ -50,6 +49,7 @@ from udpkit._net.domains import (
     parse_domain,
     parse_protocol,
 )
+from udpkit._net.kernel import LINUX, MSG_TRUNC
 
 _T = TypeVar("_T")
 
@@ -66,8 +66,6 @@ __all__ = [
     "udp_connect",
 ]
 
-_LINUX = sys.platform.startswith("linux")
-_MSG_TRUNC: int = getattr(socket, "MSG_TRUNC", 0)
 
 # --- error helpers ---------------------------------------------------------------------------
 
@@ -217,7 +215,7 @@ class DatagramSocket(_Wrapped):
     _kind = socket.SOCK_DGRAM
     _kind_hint = "use StreamSocket for stream sockets"
     # Class attribute so the tests can run the portable path on Linux too.
-    _kernel_length: bool = _LINUX and bool(_MSG_TRUNC)
+    _kernel_length: bool = LINUX
 
     def __init__(self, sock: socket.socket) -> None:
         """Wrap a SOCK_DGRAM socket; this object owns it from now on.
@@ -284,7 +282,7 @@ class DatagramSocket(_Wrapped):
             if self._kernel_length:
                 # With MSG_TRUNC Linux returns the datagram's real length.
                 view = self._buffer(bufsize)
-                n, peer = self._sock.recvfrom_into(view, bufsize, _MSG_TRUNC)
+                n, peer = self._sock.recvfrom_into(view, bufsize, MSG_TRUNC)
             else:
                 if not self._floor:
                     rcvbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
@@ -622,13 +620,13 @@ def _unix_sockaddr(path: str) -> str:
     if not path:
         raise UsageError("empty unix socket path '': give a file path, or @name on Linux")
     if path.startswith("@"):
-        if not _LINUX:
+        if not LINUX:
             raise UsageError(f"abstract unix socket '{path}' needs Linux: use a file path")
         return "\0" + path[1:]  # Linux's abstract namespace: no file at all
     return path
 
 
-_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if _LINUX else None)
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33 if LINUX else None)
 
 
 def set_receive_buffer(sock: socket.socket, size: int) -> int:
@@ -649,7 +647,7 @@ def set_receive_buffer(sock: socket.socket, size: int) -> int:
 
     def granted() -> int:
         value = int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
-        return value // 2 if _LINUX else value
+        return value // 2 if LINUX else value
 
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)

@@ -16,7 +16,8 @@ import stat
 from typing import TYPE_CHECKING
 
 from udpkit._core.errors import AddressInUse, map_oserror
-from udpkit._net.domains import _LINUX, _new_socket
+from udpkit._net.domains import _new_socket
+from udpkit._net.kernel import LINUX
 from udpkit._net.sockets import (
     DatagramSocket,
     _bind,
@@ -82,7 +83,7 @@ def _bind_unix(sock: socket.socket, path: str, kind: int) -> tuple[str, int, int
 
 def _autobind(sock: socket.socket) -> tuple[str, int, int] | None:
     """Give a client a name so a datagram server can reply to it."""
-    if _LINUX:
+    if LINUX:
         _bind(sock, "", "an automatic abstract address")  # Linux autobind
         return None
     import tempfile  # off Linux only
