@@ -297,17 +297,17 @@ def test_abandon_counts_what_was_held() -> None:
 def test_flows_created_lazily_and_capped() -> None:
     t = FlowTable(max_flows=2, idle_timeout=10.0)
     a = t.admit("a", ("127.0.0.1", 1), 0.0)
-    assert a is not None and t.admit("a", None, 1.0) is a
-    assert t.admit("b", None, 1.0) is not None
-    assert t.admit("c", None, 2.0, count=5) is None
-    assert t.admit("c", None, 2.0) is None
+    assert a is not None and t.admit("a", ("127.0.0.1", 1), 1.0) is a
+    assert t.admit("b", ("127.0.0.1", 1), 1.0) is not None
+    assert t.admit("c", ("127.0.0.1", 1), 2.0, count=5) is None
+    assert t.admit("c", ("127.0.0.1", 1), 2.0) is None
     assert t.refused == 6 and t.created == 2 and len(t) == 2 and t.peak == 2
 
 
 def test_idle_flows_expire_on_time() -> None:
     t = FlowTable(max_flows=8, idle_timeout=60.0)
-    a = t.admit("a", None, 0.0)
-    b = t.admit("b", None, 10.0)
+    a = t.admit("a", ("127.0.0.1", 1), 0.0)
+    b = t.admit("b", ("127.0.0.1", 1), 10.0)
     assert a is not None and b is not None
     assert t.next_expiry() == 60.0
     assert t.expire(59.999) == []
@@ -320,7 +320,7 @@ def test_idle_flows_expire_on_time() -> None:
 
 def test_expired_flow_counters_are_kept() -> None:
     t = FlowTable(idle_timeout=1.0)
-    f = t.admit("a", None, 0.0)
+    f = t.admit("a", ("127.0.0.1", 1), 0.0)
     assert f is not None
     f.up_in, f.down_out = 5, 3
     t.expire(2.0)
@@ -332,7 +332,7 @@ def test_flow_with_held_datagrams_is_not_expired() -> None:
     cfg = ImpairConfig(delay=5.0)
     rng = ImpairRng(1, "up")
     t = FlowTable(idle_timeout=1.0, make_impairments=lambda: (Impairment(cfg, rng), None))
-    f = t.admit("a", None, 0.0)
+    f = t.admit("a", ("127.0.0.1", 1), 0.0)
     assert f is not None and f.up is not None
     f.up.feed(0.0, [b"x"])
     assert t.expire(2.0) == []

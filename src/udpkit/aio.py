@@ -67,7 +67,7 @@ from udpkit._aio.server import Server
 from udpkit._core.errors import PermissionDenied
 from udpkit._core.policy import Policy
 from udpkit._core.serving import Handler
-from udpkit._net.addr import is_broadcast, is_multicast, resolve_one
+from udpkit._net.addr import Address, is_broadcast, is_multicast, resolve_one
 from udpkit._net.sockets import DatagramSocket, udp_bind, udp_connect
 
 __all__ = [
@@ -113,6 +113,27 @@ def _guard(sock: DatagramSocket | socket.socket, build: Callable[[], _T]) -> _T:
     except BaseException:
         sock.close()  # never leak the socket when the endpoint cannot be made
         raise
+
+
+def _endpoint(
+    sock: DatagramSocket,
+    queue_size: int,
+    bufsize: int,
+    busy_poll_us: int,
+    *,
+    default_to: Address | None = None,
+) -> Endpoint:
+    """An :class:`Endpoint` on a socket just opened for it (closed again if that fails)."""
+    return _guard(
+        sock,
+        lambda: Endpoint(
+            sock,
+            queue_size=queue_size,
+            bufsize=bufsize,
+            default_to=default_to,
+            busy_poll_us=busy_poll_us,
+        ),
+    )
 
 
 def open_udp(
@@ -167,23 +188,9 @@ def open_udp(
             # As `udpkit send --broadcast`: replies come from each responder's own address.
             local = bind if bind is not None else ("", 0)
             sock = udp_bind(local[0], local[1], family=dest.family, broadcast=broadcast)
-            return _guard(
-                sock,
-                lambda: Endpoint(
-                    sock,
-                    queue_size=queue_size,
-                    bufsize=bufsize,
-                    default_to=dest,
-                    busy_poll_us=busy_poll_us,
-                ),
-            )
+            return _endpoint(sock, queue_size, bufsize, busy_poll_us, default_to=dest)
         sock = udp_connect(dest.host, dest.port, bind=bind, family=dest.family, broadcast=broadcast)
-        return _guard(
-            sock,
-            lambda: Endpoint(
-                sock, queue_size=queue_size, bufsize=bufsize, busy_poll_us=busy_poll_us
-            ),
-        )
+        return _endpoint(sock, queue_size, bufsize, busy_poll_us)
 
     return _Opening(make)
 
@@ -222,12 +229,7 @@ def bind_udp(
 
     async def make() -> Endpoint:
         sock = udp_bind(host, port, family=family, broadcast=broadcast, reuse_port=reuse_port)
-        return _guard(
-            sock,
-            lambda: Endpoint(
-                sock, queue_size=queue_size, bufsize=bufsize, busy_poll_us=busy_poll_us
-            ),
-        )
+        return _endpoint(sock, queue_size, bufsize, busy_poll_us)
 
     return _Opening(make)
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from udpkit._core import units
 from udpkit._core.counters import add_counters, counters_dict
+from udpkit._core.datagram import SockAddr
 from udpkit._core.errors import UsageError
 
 __all__ = [
@@ -242,7 +243,7 @@ class Impairment:
         """Datagrams inside the pipeline now (held back, delayed, or waiting for tokens)."""
         return len(self._held) + len(self._delayq) + len(self._rateq)
 
-    def feed(self, now: float, payloads: Any) -> tuple[list[bytes], float | None]:
+    def feed(self, now: float, payloads: Iterable[bytes]) -> tuple[list[bytes], float | None]:
         """Put datagrams in (in arrival order) at time ``now``.
 
         Args:
@@ -418,7 +419,7 @@ class Flow:
     """
 
     key: Hashable
-    peer: Any
+    peer: SockAddr
     created: float
     last_seen: float
     up: Impairment | None = None
@@ -512,7 +513,7 @@ class FlowTable:
         """The flow for ``key``, or ``None`` (no side effects)."""
         return self._flows.get(key)
 
-    def admit(self, key: Hashable, peer: Any, now: float, count: int = 1) -> Flow | None:
+    def admit(self, key: Hashable, peer: SockAddr, now: float, count: int = 1) -> Flow | None:
         """The flow for ``key``, created if new; ``None`` if the table is full.
 
         Args:

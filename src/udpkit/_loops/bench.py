@@ -30,8 +30,8 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
+from udpkit._core.datagram import Peer, SockAddr
 from udpkit._core.errors import ConnectionRefused, NetworkError, Timeout, UsageError, map_oserror
 from udpkit._core.probe import (
     HEADER,
@@ -257,7 +257,7 @@ class _Flow:
         # does to them never mixes into the probe flow's counts.
         self.ctrl_sock: DatagramSocket | None = None
         try:
-            self.ctrl_to: Any = None
+            self.ctrl_to: SockAddr | None = None  # where a multicast run's requests go
             if self.multicast:
                 # Every group member answers from its own address: an unconnected
                 # control socket hears them all.
@@ -291,9 +291,9 @@ class _Flow:
                 self.ctrl_sock.close()
             raise
 
-    def recv_ctrl(self) -> list[tuple[bytes, Any]]:
+    def recv_ctrl(self) -> list[tuple[bytes, Peer]]:
         """Every datagram queued on the control socket, with its sender (ICMP errors counted)."""
-        out: list[tuple[bytes, Any]] = []
+        out: list[tuple[bytes, Peer]] = []
         while True:
             try:
                 out.append(self.ctrl.recvfrom(max(self.bufsize, REPORT_REQUEST_SIZE)))
@@ -428,7 +428,7 @@ class _Run:
                 m.add("rtt_sum_ns", rtt_sum)
                 m.peak("rtt_max_ns", rtt_max)
 
-    def _control(self, f: _Flow, kind: int, nonce: int, data: bytes, peer: Any = None) -> None:
+    def _control(self, f: _Flow, kind: int, nonce: int, data: bytes, peer: Peer = None) -> None:
         if nonce != f.nonce:
             return  # an old request's answer (or its duplicate)
         if kind == Kind.REPORT_REQUEST:
@@ -465,7 +465,7 @@ class _Run:
                 f.nonce = random.getrandbits(63)
                 with contextlib.suppress(BlockingIOError, InterruptedError, OSError):
                     request = build_report_request(f.res.run_id, f.nonce, clock_ns())
-                    if f.multicast:
+                    if f.ctrl_to is not None:  # a multicast run's unconnected socket
                         f.ctrl.sendto(request, f.ctrl_to)
                     else:
                         f.ctrl.send(request)

@@ -10,7 +10,7 @@ import errno
 import socket
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from udpkit._core.errors import (
     AddressError,
@@ -22,7 +22,7 @@ from udpkit._core.errors import (
 )
 from udpkit._net.addr import Address, format_sockaddr, resolve
 from udpkit._net.domains import parse_domain
-from udpkit._net.sockets import Datagram, DatagramSocket, udp_connect
+from udpkit._net.sockets import Datagram, DatagramSocket, Destination, udp_connect
 
 if TYPE_CHECKING:
     from udpkit._net.stream import StreamSocket
@@ -54,7 +54,7 @@ def _path_mtu_error(exc: NetworkError, size: int) -> NetworkError:
     )
 
 
-def _send(sock: DatagramSocket, message: bytes, to: Any) -> None:
+def _send(sock: DatagramSocket, message: bytes, to: Destination | None) -> None:
     """Send once; a kernel EMSGSIZE left over from an earlier datagram's ICMP is retried."""
     try:
         sock.send(message, to)
@@ -71,7 +71,7 @@ def _send(sock: DatagramSocket, message: bytes, to: Any) -> None:
 def request(
     sock: DatagramSocket,
     message: bytes,
-    to: Any = None,
+    to: Destination | None = None,
     *,
     timeout: float = 2.0,
     retries: int = 0,
@@ -149,7 +149,7 @@ def request(
 def request_all(
     sock: DatagramSocket,
     message: bytes,
-    to: Any = None,
+    to: Destination | None = None,
     *,
     timeout: float = 2.0,
     bufsize: int = 65535,

@@ -353,7 +353,7 @@ class Relay:
     # -- flows ---------------------------------------------------------------------
 
     def _admit(
-        self, key: PeerKey | Peer, raw: bytes, peer: Peer, now: float, count: int
+        self, key: PeerKey | Peer, raw: bytes, peer: SockAddr, now: float, count: int
     ) -> Flow | None:
         t = self.table
         flow = t.admit(key, peer, now, 0)
@@ -454,7 +454,9 @@ class Relay:
             self.table.touch(flow, now)
             return flow
         raw = self._raw_name(i)
-        return self._admit(key, raw, decode_sockaddr(raw), now, count)
+        peer = decode_sockaddr(raw)
+        assert isinstance(peer, tuple)  # an IP socket's sender: (host, port[, flow, scope])
+        return self._admit(key, raw, peer, now, count)
 
     def _forward_up(self, now: float, n: int, lens: list[int], keys: Sequence[PeerKey]) -> None:
         self._fwd_iovq[1 : 2 * n : 2] = array.array("Q", lens)

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from udpkit._core.datagram import Peer
 from udpkit._core.errors import NetworkError, UsageError, map_oserror
 from udpkit._loops.sigwake import signals_wake
 from udpkit._net.addr import MAX_UDP_PAYLOAD, format_sockaddr
@@ -164,8 +165,8 @@ class Session:
         self._connected = peer is not None
         self._peer = peer
         self._peer_text = format_sockaddr(peer) if peer is not None else ""
-        self._to: Any = None  # listen: the latest peer
-        self._peer_set: set[Any] = set()
+        self._to: Peer = None  # listen: the latest peer
+        self._peer_set: set[Peer] = set()
         self._pending = b""  # stdin bytes not sent yet (a partial line or chunk)
         self._said: set[str] = set()
         self._stop = False
@@ -341,7 +342,7 @@ class Session:
 
     def _recv_portable(self, want: int) -> int:
         payloads: list[bytes] = []
-        peers: list[Any] = []
+        peers: list[Peer] = []
         while len(payloads) < want:
             try:
                 data, peer = self.sock.recvfrom(_BUFSIZE, MSG_DONTWAIT)
@@ -364,7 +365,7 @@ class Session:
             return
         raise map_oserror(OSError(code, os.strerror(code)), "receive")
 
-    def _deliver(self, payloads: list[bytes], peers: list[Any], nbytes: int) -> None:
+    def _deliver(self, payloads: list[bytes], peers: list[Peer], nbytes: int) -> None:
         st = self.stats
         st.received += len(payloads)
         st.bytes_received += nbytes
