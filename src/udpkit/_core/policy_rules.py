@@ -13,7 +13,7 @@ import ipaddress
 import math
 import socket
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from udpkit._core.errors import UsageError
 from udpkit._core.units import parse_count, parse_rate
@@ -55,7 +55,9 @@ def parse_rate_limit(text: str) -> RateLimit:
     return RateLimit(rate, burst)
 
 
-def _unmap(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Any:
+def _unmap(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     # IPv4-mapped peers are judged as IPv4, so mapped CIDRs must be too.
     if net.version == 6 and net.prefixlen >= 96:
         base = int(net.network_address)

@@ -9,16 +9,21 @@ counters, so nothing is copied on the hot path.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 from udpkit._core.errors import UsageError, map_oserror
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from udpkit._loops.server import ServeStats
 
 __all__ = ["serve_metrics"]
 
 _PREFIX = "udpkit"
 _HOST = "127.0.0.1"  # metrics stay on this host unless asked
 
-# (counter key in ServeStats.as_dict(), metric name, help)
+# (ServeStats field, metric name, help)
 _COUNTERS = (
     ("received", "datagrams_received", "Datagrams read from the socket, whole or truncated."),
     ("bytes_received", "bytes_received", "Bytes received, by real length on the wire."),
@@ -32,14 +37,13 @@ _COUNTERS = (
 
 
 def serve_metrics(
-    where: str | tuple[str, int | str], snapshot: Callable[[], dict[str, Any]]
+    where: str | tuple[str, int | str], snapshot: Callable[[], ServeStats]
 ) -> tuple[Callable[[], None], str]:
     """Serve Prometheus text format at ``http://HOST:PORT/metrics`` from a daemon thread.
 
     Args:
         where: ``"[HOST:]PORT"`` (host 127.0.0.1) or ``(host, port)`` to listen on.
-        snapshot: returns the current counters (``ServeStats.as_dict()`` shape,
-            plus optional ``"record"``: dict of recording counters).
+        snapshot: returns the current counters (a fresh :class:`ServeStats`).
 
     Returns:
         A function that stops the metrics server, and the URL it serves.
@@ -63,7 +67,7 @@ def serve_metrics(
         ) from None
 
     class _Collector:
-        def collect(self) -> Iterator[Any]:
+        def collect(self) -> Iterator[Metric]:
             return _families(snapshot())
 
     registry = CollectorRegistry()
@@ -84,7 +88,7 @@ def serve_metrics(
     return stop, f"http://{shown}:{bound_port}/metrics"
 
 
-# (key in the snapshot, metric name, help, label) of the counters kept by kind
+# (ServeStats field, metric name, help, label) of the counters kept by kind
 _BY_KIND = (
     ("reply_errors", "reply_errors", "Reply send errors by errno.", "errno"),
     ("policy", "policy", "Policy decisions by kind.", "kind"),
@@ -92,15 +96,15 @@ _BY_KIND = (
 )
 
 
-def _families(snap: dict[str, Any]) -> Iterator[Any]:
+def _families(snap: ServeStats) -> Iterator[Metric]:
     """One scrape's metric families, from one snapshot of the counters."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
     for key, name, doc in _COUNTERS:
         c = CounterMetricFamily(f"{_PREFIX}_{name}", doc)
-        c.add_metric([], float(snap.get(key) or 0))
+        c.add_metric([], float(getattr(snap, key)))
         yield c
-    drops = snap.get("kernel_drops")
+    drops = snap.kernel_drops
     g = GaugeMetricFamily(
         f"{_PREFIX}_kernel_drops",
         "Datagrams the kernel dropped for a full receive buffer (absent when unknown).",
@@ -110,6 +114,7 @@ def _families(snap: dict[str, Any]) -> Iterator[Any]:
     yield g
     for key, name, doc, label in _BY_KIND:
         family = CounterMetricFamily(f"{_PREFIX}_{name}", doc, labels=[label])
-        for kind, n in sorted((snap.get(key) or {}).items()):
+        by_kind: dict[str, int] = getattr(snap, key)
+        for kind, n in sorted(by_kind.items()):
             family.add_metric([str(kind)], float(n))
         yield family

@@ -139,7 +139,7 @@ class _Metrics:
         if self._stop_metrics is not None:
             raise UsageError("metrics are served already: one start_metrics() per server")
         # A fresh snapshot per scrape: `stats` is computed on access.
-        self._stop_metrics, url = serve_metrics(where, lambda: self.stats.as_dict())  # noqa: PLW0108
+        self._stop_metrics, url = serve_metrics(where, lambda: self.stats)
         return url
 
     def _close_metrics(self) -> None:

@@ -19,7 +19,6 @@ import contextlib
 import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
 
 __all__ = ["STOP_SIGNALS", "on_signals", "signals_wake", "stops_held"]
 
@@ -96,7 +95,7 @@ def on_signals(
         if report is not None:
             report()
 
-    old: dict[int, Any] = {}
+    old: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
     signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
     try:
         for signum in sorted(STOP_SIGNALS):
