@@ -855,19 +855,30 @@ _POSITIONALS = {
     "reflect": [],
     "relay": ["5000", "5001"],
     "read": ["rec.jsonl"],
+    "ping": ["127.0.0.1", "5005"],
+    "connect": ["127.0.0.1", "5005"],
+    "listen": ["5005"],
 }
-# The commands held to one option convention here (ping, connect and listen
-# read their own options, with meanings of their own).
-_CONVENTION = ("serve", "send", "demo", "bench", "reflect", "relay", "read")
 # Every option more than one command has, with the commands that have it.
 _SHARED = {
-    "--rcvbuf": ("serve", "reflect"),
-    "--busy-poll": ("serve", "reflect"),
-    "--timeout": ("send", "bench"),
-    "--count": ("serve", "bench"),
+    "--rcvbuf": ("serve", "reflect", "connect", "listen"),
+    "--busy-poll": ("serve", "reflect", "ping"),
+    "--timeout": ("send", "bench", "ping"),
+    "--count": ("serve", "bench", "ping", "connect", "listen"),
     "--buffer-size": ("serve", "send"),
     "--ttl": ("send", "bench"),
     "--format": ("serve", "read"),
+    "--size": ("bench", "ping"),
+    "--bind": ("send", "connect"),
+    "--chunk": ("connect", "listen"),
+}
+# Spelled alike in other commands, but another option there (tested on its own below).
+_OWN_MEANING = {
+    "--interval": ("bench", "ping"),  # bench: per live row, ping: between probes (0 ok)
+    "-i": ("bench", "ping"),
+    "--rate": ("bench", "relay"),  # probes per second vs a token bucket in bytes/s
+    "--format": ("connect", "listen"),  # serve's formats and raw
+    "-w": ("connect", "listen"),  # nc's -w: --wait after stdin ends, --idle
 }
 
 
@@ -895,18 +906,17 @@ def test_shared_options_are_listed_completely() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert isinstance(sub.choices, dict)
     for command, parser in sub.choices.items():
-        if command not in _CONVENTION:
-            continue
         for action in parser._actions:
             for flag in action.option_strings:
                 seen.setdefault(flag, set()).add(command)
     flags_only = {"-h", "--help", "-4", "-6", "--ipv4", "--ipv6", "-q", "--quiet", "--tcp",
                   "--no-batch", "--join", "--source", "--iface", "--unix", "--stream",
-                  "--one-way", "--json", "--echo", "--rate"}  # fmt: skip
+                  "--one-way", "--json", "--echo", "-u", "--udp"}  # fmt: skip
     shared = {f for f, cmds in seen.items() if len(cmds) > 1 and f not in flags_only}
-    assert shared == set(_SHARED)
-    for flag, commands in _SHARED.items():
-        assert seen[flag] == set(commands), flag
+    assert shared == set(_SHARED) | set(_OWN_MEANING)
+    for flag in shared:
+        commands = {*_SHARED.get(flag, ()), *_OWN_MEANING.get(flag, ())}
+        assert seen[flag] == commands, flag
 
 
 @pytest.mark.parametrize(
@@ -923,6 +933,11 @@ def test_shared_options_are_listed_completely() -> None:
         ("--ttl", "3", "ttl", 3),
         ("--format", "seed", "format", "textbook"),
         ("--format", "textbook", "format", "textbook"),
+        ("--size", "1K", "size", 1024),
+        ("--bind", "54312", "bind", ("", "54312")),
+        ("--bind", "127.0.0.1:54312", "bind", ("127.0.0.1", "54312")),
+        ("--chunk", "1400", "chunk", 1400),
+        ("--chunk", "8K", "chunk", 8192),
     ],
 )
 def test_shared_option_parses_the_same_in_every_command(
@@ -951,13 +966,20 @@ def test_shared_option_parses_the_same_in_every_command(
         ("--ttl", "256"),
         ("--ttl", "-1"),
         ("--format", "xml"),
+        ("--timeout", "0"),
+        ("--size", "16"),
+        ("--size", "64K"),
+        ("--bind", "[::1"),
+        ("--chunk", "0"),
+        ("--chunk", "65528"),
     ],
 )
 def test_shared_option_has_the_same_limits_in_every_command(
     option: str, text: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Identical options refuse identical values with identical words (they once had
-    different limits: --ttl 256 passed send, --busy-poll had no cap in serve)."""
+    different limits: --ttl 256 passed send, --busy-poll had no cap in serve, --timeout 0
+    passed send and bench but not ping)."""
     errors = {c: _refusal(c, option, text, capsys=capsys) for c in _SHARED[option]}
     assert len(set(errors.values())) == 1, errors
     line = next(iter(errors.values()))
@@ -981,6 +1003,17 @@ def test_shared_option_has_the_same_limits_in_every_command(
         ("bench", ("--window", "1k", "--parallel", "4"), {"window": 1000, "parallel": 4}),
         ("serve", ("--rate-limit", "10k/s:2k"), {"rate_limit": (10_000.0, 2000)}),
         ("send", ("--retries", "3"), {"retries": 3}),
+        ("ping", ("-i", "0", "-W", "200ms", "-c", "1k"),
+         {"interval": 0.0, "timeout": 0.2, "count": 1000}),
+        ("ping", ("-i", "500ms"), {"interval": 0.5}),
+        ("ping", ("--busy-poll",), {"busy_poll": -1}),  # bare: the whole wait for a reply
+        ("ping", ("--busy-poll=50us",), {"busy_poll": 50}),
+        ("connect", ("-w", "500ms"), {"wait": 0.5}),
+        ("connect", ("-w", "0"), {"wait": 0.0}),  # end as soon as stdin does
+        ("listen", ("-w", "2min"), {"idle": 120.0}),
+        ("listen", ("--idle", "1.5"), {"idle": 1.5}),
+        ("connect", ("--format", "raw"), {"format": "raw"}),
+        ("listen", ("--format", "seed"), {"format": "textbook"}),
     ],
 )  # fmt: skip
 def test_command_options_read_units(
@@ -1017,6 +1050,14 @@ def test_bench_rate_reads_datagrams_bits_and_bytes() -> None:
         ("bench", ("-t", "2m"), "invalid --duration '2m'"),
         ("bench", ("--size", "16"), "invalid --size '16': must be 32-65507 bytes"),
         ("serve", ("--rate-limit", "0/s"), "invalid rate limit '0/s'"),
+        # bench's rows are reports (at least 10 ms); ping's 0 is flat-out ping-pong.
+        ("bench", ("-i", "0"), "invalid --interval '0': must be 0.01-3600 seconds"),
+        ("ping", ("-i", "3601"), "invalid --interval '3601': must be 0-3600 seconds"),
+        ("ping", ("-W", "0"), "invalid --timeout '0': must be more than 0 and at most 86400"),
+        ("listen", ("-w", "0"), "invalid --idle '0': must be more than 0"),
+        ("connect", ("-w", "2days"), "invalid --wait '2days'"),
+        ("connect", ("--format", "xml"), "invalid choice: 'xml'"),
+        ("serve", ("--format", "raw"), "invalid choice: 'raw'"),
     ],
 )
 def test_command_option_refusals_are_one_line_naming_the_input(
@@ -1025,6 +1066,28 @@ def test_command_option_refusals_are_one_line_naming_the_input(
     line = _refusal(command, *options, capsys=capsys)
     assert says in line, line
     assert line.endswith("(see 'udpkit COMMAND --help')\n"), line
+
+
+def test_session_formats_are_serves_and_raw() -> None:
+    """connect and listen read every --format word serve and read do, with the same
+    meaning, and raw besides (once they had only line, raw, hex and json)."""
+    from udpkit._cli.common import FORMATS
+
+    for command in ("connect", "listen"):
+        for fmt in (*FORMATS, "seed", "raw"):
+            expected = "textbook" if fmt == "seed" else fmt
+            assert _parse(command, "--format", fmt)["format"] == expected, (command, fmt)
+
+
+def test_every_command_maps_errors_in_the_dispatcher_only() -> None:
+    """ping and the session once had a main() of their own, a second copy of the
+    error-to-exit-code mapping."""
+    import udpkit._cli
+
+    root = Path(udpkit._cli.__file__).parent
+    for path in root.glob("*.py"):
+        if path.name != "main.py":
+            assert "def main(" not in path.read_text(), path.name
 
 
 def test_command_modules_do_not_import_the_dispatcher() -> None:

@@ -7,7 +7,6 @@ twice, answer something that is no echo, stay silent).  Every wait is bounded.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import select
@@ -49,17 +48,7 @@ Family = tuple[socket.AddressFamily, str]
 MS = 1_000_000
 
 
-def _ping_command() -> list[str]:
-    """``udpkit ping`` once the dispatcher registers it; the module on its own until then."""
-    from udpkit._cli.main import build_parser
-
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction) and "ping" in action.choices:
-            return [*UDPKIT, "ping"]
-    return [sys.executable, "-m", "udpkit._cli.ping"]
-
-
-PING = _ping_command()
+PING = [*UDPKIT, "ping"]
 
 
 def start_ping(port: int, *args: str) -> subprocess.Popen[bytes]:

@@ -54,12 +54,8 @@ from udpkit._loops.session import Session, SessionConfig
 
 Family = tuple[socket.AddressFamily, str]
 
-# The commands as the dispatcher will run them: `udpkit connect ...`, `udpkit listen ...`.
-SESSION = [
-    sys.executable,
-    "-c",
-    "import sys; from udpkit._cli.session import main; sys.exit(main(sys.argv[1:]))",
-]
+# `udpkit connect ...`, `udpkit listen ...` as users start them.
+SESSION = [sys.executable, "-m", "udpkit"]
 
 SUMMARY = re.compile(
     rb"udpkit: sent (\d+) datagrams? \((\d+) bytes?\); received (\d+) datagrams? "

@@ -11,9 +11,10 @@ import argparse
 import math
 import signal
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from udpkit._cli import options
+from udpkit._cli.common import SubParsers, Writer, add_command
 from udpkit._cli.common import family as _family
 from udpkit._core import units
 from udpkit._core.errors import UsageError
@@ -22,6 +23,7 @@ from udpkit._core.errors import UsageError
 if TYPE_CHECKING:
     from udpkit._core.stats import IntervalRow, LatencyHistogram, LossSplit
     from udpkit._loops.bench import BenchConfig, BenchResult, FlowResult
+    from udpkit._loops.reflect import Reflector
 
 __all__ = ["add_parser", "bench_command", "bench_document", "run_reflect"]
 
@@ -29,16 +31,17 @@ DEFAULT_REFLECT_PORT = "5202"
 _PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9))
 
 
-class _Writer(Protocol):
-    def write(self, text: str, /) -> Any: ...
+# A JSON object of the document: its values are read back by the table below.
+_Doc: TypeAlias = dict[str, Any]
 
 
 # ---------------------------------------------------------------- arguments
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: SubParsers) -> None:
     """Register ``bench`` and ``reflect`` on the CLI's subparsers."""
-    bench = sub.add_parser(
+    bench = add_command(
+        sub,
         "bench",
         help="measure a UDP path: throughput, loss per direction, reordering, jitter, RTT",
         description="Send numbered, timestamped probes to HOST PORT, where 'udpkit reflect' "
@@ -117,8 +120,9 @@ def add_parser(sub: Any) -> None:
     _add_reflect(sub)
 
 
-def _add_reflect(sub: Any) -> None:
-    reflect = sub.add_parser(
+def _add_reflect(sub: SubParsers) -> None:
+    reflect = add_command(
+        sub,
         "reflect",
         help="answer 'udpkit bench': echo probes and report what arrived",
         description="Echo bench probes and count each run's arrivals, so bench can tell "
@@ -181,7 +185,7 @@ def _rate(n: float, seconds: float) -> float:
     return round(n / seconds, 3) if seconds > 0 else 0.0
 
 
-def _split_dict(s: LossSplit, numbered: int) -> dict[str, Any]:
+def _split_dict(s: LossSplit, numbered: int) -> _Doc:
     return {
         "lost_datagrams": s.lost,
         "lost_sender_datagrams": s.sender,
@@ -202,7 +206,7 @@ def _direction(  # noqa: PLR0917 - one row of the table, field by field
     jitter_ms: float | None,
     seconds: float,
     size: int,
-) -> dict[str, Any]:
+) -> _Doc:
     return {
         "sent_datagrams": numbered,
         "received_datagrams": received,
@@ -218,12 +222,12 @@ def _direction(  # noqa: PLR0917 - one row of the table, field by field
     }
 
 
-def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> dict[str, Any]:
+def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> _Doc:
     from udpkit._core.stats import split_loss
 
     size = cfg.size
     own = f.kernel_drops
-    doc: dict[str, Any] = {
+    doc: _Doc = {
         "run_id": f.run_id,
         "local": f.local,
         "control_local": f.control_local,
@@ -287,7 +291,7 @@ def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> dic
     return doc
 
 
-def _rtt(h: LatencyHistogram, none: bool) -> dict[str, Any]:
+def _rtt(h: LatencyHistogram, none: bool) -> _Doc:
     keys = ["rtt_min_ms", "rtt_mean_ms", *[f"rtt_{n}_ms" for n, _ in _PERCENTILES], "rtt_max_ms"]
     if none or not h.count:
         return {"rtt_samples_count": h.count, **dict.fromkeys(keys)}
@@ -295,11 +299,11 @@ def _rtt(h: LatencyHistogram, none: bool) -> dict[str, Any]:
     return {"rtt_samples_count": h.count, **{k: _ms(v) for k, v in zip(keys, vals, strict=True)}}
 
 
-def _sum_dirs(docs: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+def _sum_dirs(docs: Sequence[_Doc | None]) -> _Doc | None:
     present = [d for d in docs if d is not None]
     if not present:
         return None
-    out: dict[str, Any] = {}
+    out: _Doc = {}
     for key in present[0]:
         vals = [d[key] for d in present]
         if key == "reorder_extent_max_datagrams":
@@ -319,7 +323,7 @@ def _sum_dirs(docs: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     return out
 
 
-def bench_document(result: BenchResult) -> dict[str, Any]:
+def bench_document(result: BenchResult) -> _Doc:
     """The run as one JSON-ready dict; every key names its unit."""
     from udpkit._core.stats import LatencyHistogram
 
@@ -329,7 +333,7 @@ def bench_document(result: BenchResult) -> dict[str, Any]:
     hist = LatencyHistogram()
     for f in result.flows:
         hist.merge(f.rtt)
-    total: dict[str, Any] = {}
+    total: _Doc = {}
     for key in (
         "sent_datagrams",
         "sent_bytes",
@@ -374,7 +378,7 @@ def bench_document(result: BenchResult) -> dict[str, Any]:
     }
 
 
-def _interval(r: IntervalRow) -> dict[str, Any]:
+def _interval(r: IntervalRow) -> _Doc:
     rx = r.sums.get("rx", 0)
     return {
         "start_s": round(r.start_ns / 1e9, 6),
@@ -425,7 +429,7 @@ def icmp_errors(result: BenchResult) -> dict[str, int]:
     return out
 
 
-def format_table(doc: dict[str, Any], icmp: dict[str, int] | None = None) -> str:
+def format_table(doc: _Doc, icmp: dict[str, int] | None = None) -> str:
     """The final table (plain text); ``icmp``: ICMP errors by errno name, if any."""
     t = doc["total"]
     s = doc["settings"]
@@ -492,7 +496,7 @@ def format_table(doc: dict[str, Any], icmp: dict[str, int] | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def _plot(path: str, result: BenchResult, doc: dict[str, Any]) -> None:
+def _plot(path: str, result: BenchResult, doc: _Doc) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -529,7 +533,7 @@ def _plot(path: str, result: BenchResult, doc: dict[str, Any]) -> None:
     plt.close(fig)
 
 
-def bench_command(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
+def bench_command(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """The ``bench`` command.
 
     Returns:
@@ -572,7 +576,7 @@ def bench_command(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
 # ---------------------------------------------------------------- reflect
 
 
-def run_reflect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
+def run_reflect(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """The ``reflect`` command: serve until SIGINT/SIGTERM, then print the counters.
 
     Returns:
@@ -611,7 +615,7 @@ def run_reflect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     return 0
 
 
-def _reflect_summary(refl: Any, quiet: bool) -> str:
+def _reflect_summary(refl: Reflector, quiet: bool) -> str:
     st = refl.engine.stats
     drops = refl.engine.read_kernel_drops()
     lines = [

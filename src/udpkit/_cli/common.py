@@ -8,10 +8,12 @@ command's start-up does not pay for another's.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
+import sys
 from collections.abc import Sequence
-from typing import NoReturn, TextIO
+from typing import NoReturn, Protocol, TextIO, TypeAlias
 
 from udpkit._core.errors import UsageError
 from udpkit._core.escape import escape_controls
@@ -31,12 +33,21 @@ __all__ = [
     "FORMAT_ALIASES",
     "Out",
     "Parser",
+    "SubParsers",
+    "Writer",
+    "add_command",
     "check_unix_args",
     "family",
     "format_name",
     "line",
+    "quiet_stdout",
+    "rcvbuf_note",
     "transport",
 ]
+
+# What ``Parser.add_subparsers(parser_class=Parser)`` returns: each command
+# module's ``add_parser(sub)`` registers its commands on it, every one a Parser.
+SubParsers: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 EXIT_OK = 0
 EXIT_NETWORK = 1
@@ -45,7 +56,7 @@ EXIT_TIMEOUT = 3
 
 EXIT_CODES_HELP = """\
 exit codes:
-  0  success (serve stopped by SIGINT or SIGTERM also exits 0)
+  0  success (serve, relay and reflect stopped by SIGINT or SIGTERM also exit 0)
   1  network or runtime error: port in use, nothing listening, permission denied
   2  bad arguments or input
   3  no reply before the timeout
@@ -92,6 +103,42 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, line(f"{self.prog}: error: {message} (see '{self.prog} --help')"))
 
 
+class _Help(argparse.HelpFormatter):
+    """Wraps a one-paragraph description to the terminal; keeps a text of
+    several lines (an epilog: exit codes, examples) as it is written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + row for row in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def add_command(
+    sub: SubParsers,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    epilog: str = EXIT_CODES_HELP,
+    usage: str | None = None,
+) -> Parser:
+    """Register command ``name``: its help page ends in its exit codes (``epilog``)."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        usage=usage,
+        formatter_class=_Help,
+    )
+
+
+class Writer(Protocol):
+    """Where a command writes its text: :class:`Out`, or a test's ``StringIO``."""
+
+    def write(self, text: str, /) -> object: ...
+
+
 class Out:
     """Writes whole lines and flushes at once, so pipes and files see each
     message as it arrives; a closed stdout ends the program quietly."""
@@ -128,3 +175,24 @@ def check_unix_args(args: argparse.Namespace, extra: Sequence[object]) -> None:
         raise UsageError("with --unix PATH give no HOST or PORT (the path is the address)")
     if args.unix is not None and (args.ipv4 or args.ipv6):
         raise UsageError("--ipv4/--ipv6 do not apply to --unix sockets")
+
+
+def quiet_stdout() -> None:
+    """Point stdout at ``/dev/null``: its reader has gone (``udpkit serve | head``), and
+    the interpreter's last flush must not complain about it."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (a test's StringIO)
+        pass
+
+
+def rcvbuf_note(asked: int, got: int) -> str:
+    """What ``--rcvbuf`` got: the size, and why when the kernel gave less."""
+    if got >= asked:
+        return f"udpkit: receive buffer {got} bytes (asked {asked})\n"
+    return (
+        f"udpkit: receive buffer {got} bytes, less than the {asked} asked: the kernel caps it at "
+        "net.core.rmem_max (raise it with sysctl, or run as root for SO_RCVBUFFORCE)\n"
+    )

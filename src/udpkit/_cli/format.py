@@ -38,6 +38,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from udpkit._cli.common import FORMAT_ALIASES, FORMATS
+from udpkit._core.datagram import unmap_v4
 from udpkit._core.errors import UsageError
 from udpkit._core.escape import escape_bytes, escape_controls, escape_text, safe_repr
 from udpkit._net.addr import format_sockaddr, scope_text
@@ -263,26 +264,11 @@ def format_datagram(
         raise UsageError(f"invalid length {length}: must be at least the {len(data)} bytes kept")
     if when is None:
         when = time.time()
-    if type(peer) is tuple and len(peer) == 4 and peer[0].startswith("::ffff:"):
-        peer = _unmap(peer)
-    return formatter(data, peer, length, when, local)
+    return formatter(data, unmap_v4(peer), length, when, local)
 
 
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _unmap(peer: tuple[str, int, int, int]) -> object:
-    """Show an IPv4 peer of a dual-stack socket as the IPv4 address it is.
-
-    ``('::ffff:127.0.0.1', 5005, 0, 0)`` reads ``('127.0.0.1', 5005)``, as an
-    IPv4 socket would report it; anything else is left alone.
-    """
-    v4 = peer[0][7:]
-    parts = v4.split(".")
-    if len(parts) == 4 and all(p.isdigit() for p in parts):
-        return (v4, peer[1])
-    return peer
 
 
 def format_summary(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from udpkit._cli.common import EXIT_CODES_HELP, EXIT_NETWORK, EXIT_OK, EXIT_TIME
 from udpkit._cli.common import Out as _Out
 from udpkit._cli.common import Parser as _Parser
 from udpkit._cli.common import line as _line
+from udpkit._cli.common import quiet_stdout as _quiet_stdout
 from udpkit._core.errors import AddressError, NetworkError, Timeout, UdpkitError, UsageError
 
 __all__ = ["build_parser", "main", "run"]
@@ -79,17 +79,6 @@ def _on_sigterm(signum: int, _frame: object) -> None:
     raise _Stopped(signum)
 
 
-def _quiet_stdout() -> None:
-    # stdout is gone (e.g. `udpkit serve | head`): point it at /dev/null so the
-    # interpreter's final flush does not complain, and end without a word.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except OSError:
-        pass
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``udpkit`` command line and return its exit code."""
     parser = build_parser()
@@ -114,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"udpkit {args.command}"
     try:
         return commands[args.command](args, out, err)
-    except BrokenPipeError:
+    except BrokenPipeError:  # stdout is gone (`udpkit serve | head`): end without a word
         _quiet_stdout()
         return EXIT_OK
     except KeyboardInterrupt:

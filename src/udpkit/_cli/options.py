@@ -2,9 +2,16 @@
 
 One argparse ``type=`` validator per option, built on :mod:`udpkit._core.units`,
 and used by every command that has the option: ``--rcvbuf 8M`` or ``--timeout
-500ms`` mean the same, with the same limits, in ``serve``, ``send``, ``bench``,
-``reflect`` and ``relay``.  A bad value is one line naming the option and the
-text and saying what would be right (exit code 2).
+500ms`` mean the same, with the same limits, in every command that has it.  A
+bad value is one line naming the option and the text and saying what would be
+right (exit code 2).
+
+Two options are spelled alike but are not the same option, and keep their own
+limits: bench's ``--interval`` is the time per live row (at least 10 ms: each
+row is a report, not a probe), ping's is the time between probes (0 means
+flat-out ping-pong, the next probe as soon as the previous is answered); and
+the session's ``--format`` has ``raw`` besides serve's and read's four, since
+only a session writes the payload bytes as they came.
 
 Only argparse and the unit grammar are imported: registering the commands costs
 no start-up time.  Values arrive parsed (``int`` bytes, ``float`` seconds, ...).
@@ -15,7 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from udpkit._cli.common import FORMATS, format_name
 from udpkit._core import units
@@ -26,20 +33,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BENCH_RATE",
+    "BIND",
     "BUFFER_SIZE",
     "BURST",
     "BUSY_POLL",
     "BYTE_RATE",
+    "CHUNK",
     "COUNT",
     "DELAY",
     "DUPLICATE",
     "DURATION",
+    "IDLE",
     "IDLE_TIMEOUT",
     "INTERVAL",
     "LINGER",
     "LOSS",
     "MAX_FLOWS",
     "PARALLEL",
+    "PROBE_INTERVAL",
     "PROBE_SIZE",
     "RATE_LIMIT",
     "RCVBUF",
@@ -51,6 +62,7 @@ __all__ = [
     "SPIN_US",
     "TIMEOUT",
     "TTL",
+    "WAIT",
     "WINDOW",
     "add_busy_poll",
     "add_family_flags",
@@ -68,7 +80,7 @@ _SPIN_MAX = 1.0
 _DAY = 86400.0
 
 
-def _argtype(parse: Callable[..., T], option: str, **limits: Any) -> Callable[[str], T]:
+def _argtype(parse: Callable[..., T], option: str, **limits: object) -> Callable[[str], T]:
     """An argparse ``type=`` calling ``parse(text, option, **limits)``."""
 
     def convert(text: str) -> T:
@@ -96,6 +108,16 @@ def _byte_rate(text: str, option: str) -> float:
     return units.parse_rate(text, option, unit="bytes/s", byte=True).value
 
 
+def _hostport(text: str, option: str) -> tuple[str, str]:
+    from udpkit._core.errors import AddressError
+    from udpkit._net.addr import split_hostport  # only when the option is given
+
+    try:
+        return split_hostport(text, default_host="")
+    except AddressError as exc:
+        raise UsageError(str(exc)) from None  # "argument --bind: invalid address ..."
+
+
 def _rate_limit(text: str, option: str) -> RateLimit:
     from udpkit._core.policy_rules import parse_rate_limit  # only when the option is given
 
@@ -116,16 +138,24 @@ SEED = _argtype(units.parse_count, "--seed", low=0)  # relay
 
 # Sizes in bytes (K/M/G = powers of 1024).
 BUFFER_SIZE = _argtype(units.parse_size, "--buffer-size", low=1, high=1 << 24)  # serve, send
-RCVBUF = _argtype(units.parse_size, "--rcvbuf", low=1, high=2**31 - 1)  # serve, reflect
-PROBE_SIZE = _argtype(units.parse_size, "--size", low=32, high=65507)  # bench
+# serve, reflect, connect, listen
+RCVBUF = _argtype(units.parse_size, "--rcvbuf", low=1, high=2**31 - 1)
+PROBE_SIZE = _argtype(units.parse_size, "--size", low=32, high=65507)  # bench, ping
 BURST = _argtype(units.parse_size, "--burst", low=1)  # relay
+# connect, listen: up to the largest IPv6 payload (the session checks its family's own).
+CHUNK = _argtype(units.parse_size, "--chunk", low=1, high=65527)
 
 # Durations, in seconds unless the option's unit is smaller (then an int or seconds).
-TIMEOUT = _argtype(units.parse_duration, "--timeout", high=_DAY)  # send, bench
+# send, bench, ping: more than 0, as a timeout of 0 gives up before any reply can come.
+TIMEOUT = _argtype(units.parse_duration, "--timeout", above_low=True, high=_DAY)
 DURATION = _argtype(units.parse_duration, "--duration", low=0.001, high=_DAY)  # bench
-INTERVAL = _argtype(units.parse_duration, "--interval", low=0.01, high=3600.0)  # bench
+INTERVAL = _argtype(units.parse_duration, "--interval", low=0.01, high=3600.0)  # bench's rows
+PROBE_INTERVAL = _argtype(units.parse_duration, "--interval", high=3600.0)  # ping: 0 flat out
 LINGER = _argtype(units.parse_duration, "--linger", high=60.0)  # bench
 IDLE_TIMEOUT = _argtype(units.parse_duration, "--idle-timeout", above_low=True)  # relay
+# connect: 0 ends as soon as stdin does; listen: 0 would end before any datagram came.
+WAIT = _argtype(units.parse_duration, "--wait", high=_DAY)
+IDLE = _argtype(units.parse_duration, "--idle", above_low=True, high=_DAY)
 REORDER_MAX = _argtype(
     units.parse_duration, "--reorder-max", default_unit="ms", above_low=True, high=_DAY
 )  # relay
@@ -138,6 +168,9 @@ BENCH_RATE = _argtype(_bench_rate, "--rate")  # bench: units.Rate, infinite for 
 BYTE_RATE = _argtype(_byte_rate, "--rate")  # relay: bytes/s
 RATE_LIMIT = _argtype(_rate_limit, "--rate-limit")  # serve: RateLimit
 
+# Addresses.
+BIND = _argtype(_hostport, "--bind")  # send, connect: (host, port), host "" for any
+
 # Probabilities (0.05 or 5%).
 LOSS = _argtype(units.parse_probability, "--loss")  # relay
 DUPLICATE = _argtype(units.parse_probability, "--duplicate")  # relay
@@ -147,7 +180,11 @@ REORDER = _argtype(units.parse_probability, "--reorder")  # relay
 # ---------------------------------------------------------------- shared option groups
 
 
-def add_family_flags(p: argparse.ArgumentParser | Any) -> None:
+# What an option group is added to: a parser or one of its argument groups.
+_Container = argparse._ActionsContainer
+
+
+def add_family_flags(p: _Container) -> None:
     """``-4``/``-6``: IPv4 or IPv6 only (mutually exclusive)."""
     fam = p.add_mutually_exclusive_group()
     fam.add_argument("-4", "--ipv4", action="store_true", help="use IPv4 only")
@@ -177,20 +214,27 @@ def add_transport(p: argparse.ArgumentParser) -> None:
     allow_negative_values(p)
 
 
-def add_busy_poll(p: argparse.ArgumentParser | Any) -> None:
-    """``--busy-poll US`` (serve, reflect)."""
+_BUSY_POLL_HELP = (
+    "spin up to US microseconds (or 50us, 1ms; at most 1s) on an empty socket before "
+    "sleeping (lower latency)"
+)
+
+
+def add_busy_poll(p: _Container, *, bare: int | None = None, help: str = _BUSY_POLL_HELP) -> None:
+    """``--busy-poll US`` (serve, reflect, ping); with ``bare``, the value may be left out."""
     p.add_argument(
         "--busy-poll",
         type=BUSY_POLL,
+        nargs=None if bare is None else "?",
+        const=bare,
         default=0,
         metavar="US",
-        help="spin up to US microseconds (or 50us, 1ms; at most 1s) on an empty socket "
-        "before sleeping (lower latency)",
+        help=help,
     )
 
 
-def add_rcvbuf(p: argparse.ArgumentParser | Any, default: str) -> None:
-    """``--rcvbuf BYTES`` (serve, reflect)."""
+def add_rcvbuf(p: _Container, default: str) -> None:
+    """``--rcvbuf BYTES`` (serve, reflect, connect, listen)."""
     p.add_argument(
         "--rcvbuf",
         type=RCVBUF,
@@ -200,17 +244,11 @@ def add_rcvbuf(p: argparse.ArgumentParser | Any, default: str) -> None:
     )
 
 
-def add_ttl(p: argparse.ArgumentParser | Any, help: str) -> None:
+def add_ttl(p: _Container, help: str) -> None:
     """``--ttl N`` (send, bench)."""
     p.add_argument("--ttl", type=TTL, metavar="N", help=help)
 
 
-def add_format(p: argparse.ArgumentParser, default: str, help: str) -> None:
-    """``--format`` of serve and read: one of :data:`FORMATS` (``seed`` still accepted)."""
-    p.add_argument(
-        "--format",
-        type=format_name,
-        choices=FORMATS,
-        default=default,
-        help=help,
-    )
+def add_format(p: _Container, default: str, help: str, choices: tuple[str, ...] = FORMATS) -> None:
+    """``--format``: one of :data:`FORMATS` (``seed`` still accepted), or of ``choices``."""
+    p.add_argument("--format", type=format_name, choices=choices, default=default, help=help)

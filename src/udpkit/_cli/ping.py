@@ -14,31 +14,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import sys
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from udpkit._cli.common import DEFAULT_HOST, family
-from udpkit._cli.options import (
-    BUSY_POLL,
-    COUNT,
-    PROBE_SIZE,
-    add_family_flags,
-    allow_negative_values,
-)
+from udpkit._cli import options
+from udpkit._cli.common import DEFAULT_HOST, SubParsers, Writer, add_command, family
 from udpkit._core.errors import UsageError
 
 if TYPE_CHECKING:
     from udpkit._core.pingstats import PingEvent, PingResult
     from udpkit._loops.ping import Pinger
 
-__all__ = ["add_parser", "main", "ping_document", "run_ping", "summary"]
+__all__ = ["add_parser", "ping_document", "run_ping", "summary"]
 
 _WHOLE_WAIT = -1  # --busy-poll without a value: spin for the whole wait for a reply
-
-
-class _Writer(Protocol):
-    def write(self, text: str, /) -> Any: ...
 
 
 EPILOG = (
@@ -54,50 +43,32 @@ EPILOG = (
 )
 
 
-def _interval(text: str) -> float:
-    from udpkit._core.units import parse_duration
-
-    try:
-        return parse_duration(text, "--interval", high=3600.0)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _timeout(text: str) -> float:
-    from udpkit._core.units import parse_duration
-
-    try:
-        return parse_duration(text, "--timeout", above_low=True, high=86400.0)
-    except UsageError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``udpkit ping`` on the ``udpkit`` subcommand parsers.
-
-    Args:
-        sub: the object ``ArgumentParser.add_subparsers()`` returned.
-    """
-    p = sub.add_parser(
+def add_parser(sub: SubParsers) -> None:
+    """Register ``udpkit ping`` on the ``udpkit`` subcommand parsers."""
+    p = add_command(
+        sub,
         "ping",
         help="measure round-trip time to any UDP echo, like ping",
         description="Send numbered, timestamped probes to HOST PORT, one at a time, where "
         "'udpkit serve --echo', 'udpkit reflect' or any UDP echo answers, and print each "
         "round trip as it comes, then loss, duplicates, reordering and min/p50/p90/p99/max.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("host", metavar="HOST", help="the echo's address or name")
     p.add_argument(
         "port", nargs="?", default=None, metavar="PORT", help="the echo's port (number or name)"
     )
     p.add_argument(
-        "-c", "--count", type=COUNT, metavar="N", help="stop after N probes (default: until Ctrl-C)"
+        "-c",
+        "--count",
+        type=options.COUNT,
+        metavar="N",
+        help="stop after N probes (default: until Ctrl-C)",
     )
     p.add_argument(
         "-i",
         "--interval",
-        type=_interval,
+        type=options.PROBE_INTERVAL,
         default=1.0,
         metavar="SECONDS",
         help="from one probe to the next (default 1; 0.2 or 200ms; 0: the next as soon as "
@@ -106,7 +77,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "-s",
         "--size",
-        type=PROBE_SIZE,
+        type=options.PROBE_SIZE,
         default=64,
         metavar="BYTES",
         help="probe size, the UDP payload (default 64, at least the 32-byte probe header)",
@@ -114,29 +85,25 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "-W",
         "--timeout",
-        type=_timeout,
+        type=options.TIMEOUT,
         default=None,
         metavar="SECONDS",
         help="how long to await each reply before the next probe (default 1, or the "
         "interval if longer); a reply after it counts as late",
     )
-    p.add_argument(
-        "--busy-poll",
-        type=BUSY_POLL,
-        nargs="?",
-        const=_WHOLE_WAIT,
-        default=0,
-        metavar="US",
+    options.add_busy_poll(
+        p,
+        bare=_WHOLE_WAIT,
         help="spin on the socket instead of sleeping while a reply is awaited (lower "
         "round-trip time, one core busy); with US, spin that long first "
-        "(--busy-poll=50us; a bare --busy-poll goes after HOST PORT)",
+        "(--busy-poll=50us; at most 1s; a bare --busy-poll goes after HOST PORT)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only the statistics at the end")
     p.add_argument(
         "-J", "--json", action="store_true", help="print one JSON document at the end, nothing else"
     )
-    add_family_flags(p)
-    allow_negative_values(p)
+    options.add_family_flags(p)
+    options.allow_negative_values(p)
 
 
 def _target(args: argparse.Namespace) -> tuple[str, str]:
@@ -232,18 +199,19 @@ def summary(shown: str, r: PingResult) -> str:
 
 
 def ping_document(
-    args: argparse.Namespace, target: tuple[str, str], peer: str, r: PingResult, stopped: str | None
-) -> dict[str, Any]:
+    args: argparse.Namespace, target: tuple[str, str], pinger: Pinger, stopped: str | None
+) -> dict[str, object]:
     """The ``-J`` document: the run's settings, then every figure (units in key names)."""
-    doc: dict[str, Any] = {
+    count: int | None = args.count
+    doc: dict[str, object] = {
         "host": target[0],
         "port": target[1],
-        "address": peer,
-        "count_probes": args.count,
-        "interval_s": args.interval,
-        "timeout_s": args.timeout,
+        "address": pinger.peer_text,
+        "count_probes": count,
+        "interval_s": pinger.interval,
+        "timeout_s": pinger.timeout,
     }
-    doc.update(r.figures())
+    doc.update(pinger.result().figures())
     doc["stopped_by"] = stopped
     return doc
 
@@ -255,45 +223,47 @@ class _Blocked(Exception):
 _UNBLOCK_AFTER = 0.5  # seconds a stopped run waits for a hung write to stdout
 
 
-@contextlib.contextmanager
-def _stop_on_signals(pinger: Pinger) -> Iterator[list[bool]]:
-    """SIGINT and SIGTERM stop the run; a write to stdout that hangs is then broken off.
+class _Stdout:
+    """Writes to ``out`` that a stop breaks off when one hangs.
 
-    Yields a one-item list the caller sets while it writes to stdout: a stop
-    that lands then arms a timer, and if the write still hangs when it fires
-    (``udpkit ping ... | sleep 60``), :class:`_Blocked` is raised out of it.
+    A stop that lands while a write hangs (``udpkit ping ... | sleep 60``)
+    arms a timer; if the write still hangs when it fires, :class:`_Blocked`
+    is raised out of it.  The timer is SIGALRM: :func:`on_signals` handles the
+    stops, this class only the alarm.
     """
-    writing = [False]
 
-    def on_stop(signum: int, _frame: object) -> None:
-        pinger.stop(signum)
-        if writing[0]:
+    def __init__(self, out: Writer) -> None:
+        self._out = out
+        self._writing = False
+
+    def write(self, text: str) -> None:
+        self._writing = True
+        try:
+            self._out.write(text)
+        finally:
+            self._writing = False
+
+    def stopped(self) -> None:
+        """Called by the stop handler: a write that hangs now has its time counted."""
+        if self._writing:
             signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
 
-    def on_alarm(_signum: int, _frame: object) -> None:
-        if writing[0]:
+    def _on_alarm(self, _signum: int, _frame: object) -> None:
+        if self._writing:
             raise _Blocked
 
-    old: dict[int, Any] = {}
-    try:
-        for sig, handler in (
-            (signal.SIGINT, on_stop),
-            (signal.SIGTERM, on_stop),
-            (signal.SIGALRM, on_alarm),
-        ):
-            try:
-                old[sig] = signal.signal(sig, handler)
-            except ValueError:  # not the main thread: the signals keep their meaning
-                break
-        yield writing
-    finally:
-        if signal.SIGALRM in old:
+    @contextlib.contextmanager
+    def breaking_off(self) -> Iterator[None]:
+        """While the block runs, the alarm breaks off a hung write."""
+        old = signal.signal(signal.SIGALRM, self._on_alarm)
+        try:
+            yield
+        finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-        for signum, previous in old.items():
-            signal.signal(signum, previous)
+            signal.signal(signal.SIGALRM, old)
 
 
-def run_ping(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
+def run_ping(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """Ping as ``args`` say; lines and statistics go to ``out``, hints to ``err``.
 
     Returns:
@@ -305,95 +275,77 @@ def run_ping(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
         BrokenPipeError: ``out`` was closed, or hung when a stop came (the
             statistics then went to ``err``).
     """
-    from udpkit._core.pingstats import UNMATCHED
     from udpkit._loops.ping import Pinger
+    from udpkit._loops.sigwake import on_signals
 
     target = _target(args)
-    shown = _shown(*target)
+    interval: float = args.interval
     timeout: float | None = args.timeout
-    busy = args.busy_poll
+    busy: int = args.busy_poll
     if busy == _WHOLE_WAIT:
-        busy = round((timeout or max(1.0, args.interval)) * 1e6)
-    with (
-        Pinger(
-            target[0],
-            target[1],
-            count=args.count,
-            interval=args.interval,
-            size=args.size,
-            timeout=timeout,
-            busy_poll_us=busy,
-            family=family(args),
-        ) as pinger,
-        _stop_on_signals(pinger) as writing,
-    ):
-        args.timeout = pinger.timeout
-        peer = pinger.peer_text
-        lines = not (args.quiet or args.json)
-        hinted = False
+        busy = round((timeout or max(1.0, interval)) * 1e6)
+    stdout = _Stdout(out)
+    with Pinger(
+        target[0],
+        target[1],
+        count=args.count,
+        interval=interval,
+        size=args.size,
+        timeout=timeout,
+        busy_poll_us=busy,
+        family=family(args),
+    ) as pinger:
 
-        def emit(text: str) -> None:
-            writing[0] = True
+        def stop() -> None:
+            pinger.stop()
+            stdout.stopped()
+
+        with stdout.breaking_off(), on_signals(stop) as stopped:
             try:
-                out.write(text)
-            finally:
-                writing[0] = False
-
-        try:
-            if not args.json:
-                where = shown if peer == shown else f"{shown} ({peer})"
-                emit(f"PING {where}: {args.size} bytes per probe\n")
-            for ev in pinger.events():
-                if ev.kind == UNMATCHED and not hinted:
-                    hinted = True
-                    err.write(
-                        f"udpkit ping: {peer} sent {ev.length} bytes that are no echo of a "
-                        "probe (counted as unmatched): is it an echo? try 'udpkit serve "
-                        "--echo' or 'udpkit reflect' there\n"
-                    )
-                if lines:
-                    emit(_event_line(ev, peer))
-            result = pinger.result()
-            if args.json:
-                import json
-
-                stopped = signal.Signals(pinger.stopped_by).name if pinger.stopped_by else None
-                doc = ping_document(args, target, peer, result, stopped)
-                emit(json.dumps(doc, indent=2) + "\n")
-            else:
-                emit(summary(shown, result))
-        except (BrokenPipeError, _Blocked):
-            err.write(summary(shown, pinger.result()))
-            raise BrokenPipeError from None
-    return 0 if result.received else 1
+                received = _report(args, pinger, target, stdout, err, stopped=stopped)
+            except (BrokenPipeError, _Blocked):
+                err.write(summary(_shown(*target), pinger.result()))
+                raise BrokenPipeError from None
+    return 0 if received else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``udpkit ping`` on its own (``python3 -m udpkit._cli.ping``), until the dispatcher has it."""
-    import os
+def _report(
+    args: argparse.Namespace,
+    pinger: Pinger,
+    target: tuple[str, str],
+    stdout: _Stdout,
+    err: Writer,
+    *,
+    stopped: list[int],
+) -> int:
+    """Print the run as it goes and its statistics; return the replies received."""
+    from udpkit._core.pingstats import UNMATCHED
 
-    from udpkit._cli.common import EXIT_NETWORK, EXIT_OK, EXIT_USAGE, Out, Parser, line
-    from udpkit._core.errors import AddressError, UdpkitError
+    shown = _shown(*target)
+    peer = pinger.peer_text
+    as_json: bool = args.json
+    lines = not (args.quiet or as_json)
+    hinted = False
+    if not as_json:
+        where = shown if peer == shown else f"{shown} ({peer})"
+        stdout.write(f"PING {where}: {args.size} bytes per probe\n")
+    for ev in pinger.events():
+        if ev.kind == UNMATCHED and not hinted:
+            hinted = True
+            err.write(
+                f"udpkit ping: {peer} sent {ev.length} bytes that are no echo of a "
+                "probe (counted as unmatched): is it an echo? try 'udpkit serve "
+                "--echo' or 'udpkit reflect' there\n"
+            )
+        if lines:
+            stdout.write(_event_line(ev, peer))
+    result = pinger.result()
+    if as_json:
+        import json
 
-    parser = Parser(prog="udpkit")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser)
-    add_parser(sub)
-    args = parser.parse_args(["ping", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return run_ping(args, Out(sys.stdout), Out(sys.stderr))
-    except BrokenPipeError:
-        with contextlib.suppress(OSError):  # no complaint at the interpreter's last flush
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
-        return EXIT_OK
-    except (UsageError, AddressError) as exc:
-        sys.stderr.write(line(f"udpkit ping: error: {exc}"))
-        return EXIT_USAGE
-    except (UdpkitError, OSError) as exc:
-        sys.stderr.write(line(f"udpkit ping: error: {exc}"))
-        return EXIT_NETWORK
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        by = signal.Signals(stopped[0]).name if stopped else None
+        doc = ping_document(args, target, pinger, by)
+        stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        stdout.write(summary(shown, result))
+    return result.received

@@ -7,27 +7,19 @@ other commands no start-up time.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Protocol
+
+from udpkit._cli.common import SubParsers, Writer, add_command
+from udpkit._cli.options import add_format
 
 __all__ = ["add_parser", "run_read"]
 
 _BATCH = 256  # records per write: _Out flushes every write
 
 
-class _Writer(Protocol):
-    def write(self, text: str) -> None: ...
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``udpkit read`` on the ``udpkit`` subcommand parsers.
-
-    Args:
-        sub: the object ``ArgumentParser.add_subparsers()`` returned.
-    """
-    from udpkit._cli.common import EXIT_CODES_HELP
-    from udpkit._cli.options import add_format
-
-    p = sub.add_parser(
+def add_parser(sub: SubParsers) -> None:
+    """Register ``udpkit read`` on the ``udpkit`` subcommand parsers."""
+    p = add_command(
+        sub,
         "read",
         help="print a recording (serve --record) or a capture (pcap, pcapng)",
         description="Print every UDP datagram in a recording made by 'udpkit serve --record' "
@@ -37,8 +29,6 @@ def add_parser(sub: Any) -> None:
         "on stderr with the number of records, the packets skipped (not UDP, fragments, ...) "
         "and whether the file ends in a torn record (what an interrupted write leaves; the "
         "records before it are all shown).",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("file", metavar="FILE", help="the recording")
     add_format(
@@ -55,7 +45,7 @@ def add_parser(sub: Any) -> None:
     )
 
 
-def run_read(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
+def run_read(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """Print the records of ``args.file``; the summary line goes to ``err``.
 
     Returns:
@@ -67,8 +57,9 @@ def run_read(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
     from udpkit._core.escape import escape_controls
     from udpkit._loops.record import RecordError, read_records_untrusted
 
+    path: str = args.file
     fmt = None if args.input_format == "auto" else args.input_format
-    reader = read_records_untrusted(args.file, fmt)
+    reader = read_records_untrusted(path, fmt)
     fmt_out: str = args.format
     lines: list[str] = []
     try:

@@ -8,16 +8,21 @@ commands no start-up time.  Option values are parsed by the validators of
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING
+
+from udpkit._cli import options
+from udpkit._cli.common import SubParsers, Writer, add_command
+
+if TYPE_CHECKING:
+    from udpkit._core.relay import ImpairConfig
 
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: SubParsers) -> None:
     """Register ``relay`` and its options on the ``udpkit`` subcommand parser."""
-    from udpkit._cli import options
-
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "relay",
         help="forward UDP between clients and a target, optionally impairing it",
         description="Forward datagrams from clients of LISTEN to TARGET and the replies back, "
@@ -55,8 +60,6 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_impairments(p: argparse.ArgumentParser) -> None:
-    from udpkit._cli import options
-
     imp = p.add_argument_group("impairments (per direction, reproducible with --seed)")
     imp.add_argument(
         "--loss",
@@ -123,7 +126,7 @@ def _add_impairments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def impair_config(args: argparse.Namespace) -> Any:
+def impair_config(args: argparse.Namespace) -> ImpairConfig | None:
     """Build the :class:`ImpairConfig` the (parsed) options ask for (``None``: no impairment)."""
     from udpkit._core.relay import ImpairConfig
 
@@ -142,7 +145,7 @@ def impair_config(args: argparse.Namespace) -> Any:
     return cfg if cfg.active else None
 
 
-def run(args: argparse.Namespace, out: Any, err: Any) -> int:
+def run(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """Run ``udpkit relay`` until SIGINT/SIGTERM; return the exit code.
 
     Raises:
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
     import signal
 
     from udpkit._core.errors import AddressError, NetworkError
-    from udpkit._core.relaystats import format_stats
+    from udpkit._core.relaystats import RelayStats, format_stats
     from udpkit._loops.relay import Relay
     from udpkit._loops.sigwake import on_signals, stops_held
     from udpkit._net.addr import format_sockaddr, resolve_one, split_hostport
@@ -167,6 +170,10 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
     target = resolve_one(thost, tport)
     if target.port == 0:
         raise AddressError(f"invalid target '{args.target}': port 0 cannot receive; give a port")
+
+    def report(st: RelayStats) -> None:
+        err.write(format_stats(st))
+
     # Stops wait until the relay's own handlers are in place, so a stop always
     # ends with the counters printed.
     with stops_held(), udp_bind(lhost, lport) as listener:
@@ -184,7 +191,7 @@ def run(args: argparse.Namespace, out: Any, err: Any) -> int:
             seed=args.seed,
             fast=False if args.no_batch else None,
             spin_us=args.spin_us,
-            on_report=lambda st: err.write(format_stats(st)),
+            on_report=report,
         )
         where = format_sockaddr(listener.sock.getsockname())
         with on_signals(relay.stop, relay.request_report) as stopped:

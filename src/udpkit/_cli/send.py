@@ -6,43 +6,37 @@ import argparse
 import socket
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
-from udpkit._cli import options
-from udpkit._cli.common import (
-    DEFAULT_HOST,
-    DEFAULT_MESSAGE,
-    DEFAULT_REPLY,
-    DEFAULT_TCP_PORT,
-    DEFAULT_UDP_PORT,
-    EXIT_CODES_HELP,
-    EXIT_OK,
-)
+from udpkit._cli import common, options
+from udpkit._cli.common import DEFAULT_HOST, DEFAULT_MESSAGE, DEFAULT_REPLY, EXIT_OK
 from udpkit._cli.common import Out as _Out
-from udpkit._cli.common import check_unix_args as _check_unix_args
-from udpkit._cli.common import family as _family
-from udpkit._cli.common import transport as _transport
 from udpkit._core.errors import Timeout, UsageError
+
+if TYPE_CHECKING:
+    from udpkit._core.datagram import Datagram, SockAddr
+    from udpkit._net.addr import Address
+    from udpkit._net.sockets import DatagramSocket
 
 # ---------------------------------------------------------------- arguments
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: common.SubParsers) -> None:
     """Register ``send`` and ``demo`` on the ``udpkit`` subcommand parsers."""
-    send = sub.add_parser(
+    send = common.add_command(
+        sub,
         "send",
         help="send a message and print the reply (the textbook's UDP client)",
         description="Send MESSAGE (default 'Hello UDP Server') to HOST PORT (default "
         "127.0.0.1 5005) and print the reply. MESSAGE '-' reads standard input. "
         "With --unix PATH the only positional argument is MESSAGE.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     send.add_argument(
         "args", nargs="*", metavar="[HOST] [PORT] [MESSAGE]", help="destination and message"
     )
     send.add_argument(
         "--bind",
+        type=options.BIND,
         metavar="[HOST:]PORT",
         help="local address to send from (the textbook's client binds port 54312)",
     )
@@ -96,7 +90,8 @@ def add_parser(sub: Any) -> None:
     )
     options.add_transport(send)
 
-    demo = sub.add_parser(
+    demo = common.add_command(
+        sub,
         "demo",
         help="run the textbook's server and client together and show both sides",
         description="Start a server on a free loopback port and a client in one process, "
@@ -132,12 +127,13 @@ def _positionals(args: argparse.Namespace) -> tuple[str | None, str | None, str]
             raise UsageError(
                 f"with --unix PATH the only argument is MESSAGE, got {len(pos)}: {pos!r}"
             )
-        _check_unix_args(args, ())
+        common.check_unix_args(args, ())
         return None, None, pos[0] if pos else DEFAULT_MESSAGE
     if len(pos) > 3:
         raise UsageError(f"too many arguments {pos[3:]!r}: expected [HOST] [PORT] [MESSAGE]")
     host = pos[0] if len(pos) > 0 else DEFAULT_HOST
-    port = pos[1] if len(pos) > 1 else (DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT)
+    default_port = common.DEFAULT_TCP_PORT if args.tcp else common.DEFAULT_UDP_PORT
+    port = pos[1] if len(pos) > 1 else default_port
     return host, port, pos[2] if len(pos) > 2 else DEFAULT_MESSAGE
 
 
@@ -156,26 +152,24 @@ def _check_all(args: argparse.Namespace, stream: bool) -> None:
 
 def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from udpkit._loops.client import first_answering
-    from udpkit._net.addr import is_broadcast, is_multicast, resolve, split_hostport
+    from udpkit._net.addr import is_broadcast, is_multicast, resolve
     from udpkit._net.unix import unix_datagram_connect
 
-    transport = _transport(args)
+    transport = common.transport(args)
     host, port, text = _positionals(args)
     message = _read_message(text, args.hex)
     stream = transport in ("TCP", "Unix stream")
     _check_all(args, stream)
-    bind: tuple[str, str] | None = None
-    if args.bind is not None:
-        if args.unix is not None:
-            raise UsageError("--bind does not apply to --unix sockets")
-        bind = split_hostport(args.bind, default_host="")
+    bind: tuple[str, str] | None = args.bind
+    if bind is not None and args.unix is not None:
+        raise UsageError("--bind does not apply to --unix sockets")
     if stream:
         return _send_stream(args, host, port, message, bind, out)
     if args.unix is not None:
         with unix_datagram_connect(args.unix) as sock:
             return _exchange(sock, None, message, args, out=out, err=err)
     assert host is not None and port is not None
-    candidates = resolve(host, port, family=_family(args))
+    candidates = resolve(host, port, family=common.family(args))
     addr = candidates[0]
     multicast = is_multicast(addr)
     if (args.ttl is not None or args.loop is not None or args.iface) and not multicast:
@@ -193,8 +187,8 @@ def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     )
 
 
-def _unconnected(addr: Any, bind: tuple[str, str] | None, args: argparse.Namespace,
-                 multicast: bool) -> Any:  # fmt: skip
+def _unconnected(addr: Address, bind: tuple[str, str] | None, args: argparse.Namespace,
+                 multicast: bool) -> DatagramSocket:  # fmt: skip
     """A socket for a broadcast or a group: its replies come from the responders' own
     addresses, which a connected socket would filter out."""
     from udpkit._net.addr import resolve_one
@@ -232,7 +226,9 @@ def _send_stream(  # noqa: PLR0917 - the parsed pieces of one command line
         conn = unix_stream_connect(args.unix, timeout=args.timeout)
     else:
         assert host is not None and port is not None
-        addr = resolve_one(host, port, family=_family(args), type=socket.SOCK_STREAM, proto="tcp")
+        addr = resolve_one(
+            host, port, family=common.family(args), type=socket.SOCK_STREAM, proto="tcp"
+        )
         conn = tcp_connect(
             addr.host, addr.port, family=addr.family, timeout=args.timeout, bind=bind
         )
@@ -246,7 +242,13 @@ def _send_stream(  # noqa: PLR0917 - the parsed pieces of one command line
 
 
 def _exchange(
-    sock: Any, to: Any, message: bytes, args: argparse.Namespace, *, out: _Out, err: _Out
+    sock: DatagramSocket,
+    to: SockAddr | None,
+    message: bytes,
+    args: argparse.Namespace,
+    *,
+    out: _Out,
+    err: _Out,
 ) -> int:
     """Send ``message`` on ``sock`` and show the reply (or every reply with --all)."""
     from udpkit._loops.client import request, request_all
@@ -269,7 +271,7 @@ def _exchange(
     return EXIT_OK
 
 
-def _show_reply(dgram: Any, unconnected: bool, out: _Out, err: _Out) -> None:
+def _show_reply(dgram: Datagram, unconnected: bool, out: _Out, err: _Out) -> None:
     from udpkit._core.escape import safe_repr
     from udpkit._net.addr import format_sockaddr
 
@@ -288,7 +290,7 @@ def run_demo(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from udpkit._loops.client import request, stream_request
     from udpkit._loops.server import DatagramServer, StreamServer, reply_handler
     from udpkit._net.addr import format_sockaddr
-    from udpkit._net.sockets import Datagram, DatagramSocket, udp_bind, udp_connect
+    from udpkit._net.sockets import udp_bind, udp_connect
     from udpkit._net.stream import StreamListener, tcp_connect, tcp_listen
 
     lock = threading.Lock()

@@ -7,36 +7,29 @@ import os
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from udpkit._cli import options
-from udpkit._cli.common import (
-    DEFAULT_HOST,
-    DEFAULT_REPLY,
-    DEFAULT_TCP_PORT,
-    DEFAULT_UDP_PORT,
-    EXIT_CODES_HELP,
-    EXIT_NETWORK,
-    EXIT_OK,
-)
+from udpkit._cli import common, options
+from udpkit._cli.common import DEFAULT_HOST, DEFAULT_REPLY, EXIT_NETWORK, EXIT_OK
 from udpkit._cli.common import Out as _Out
-from udpkit._cli.common import check_unix_args as _check_unix_args
-from udpkit._cli.common import family as _family
-from udpkit._cli.common import transport as _transport
 from udpkit._core.errors import NetworkError, UsageError
+
+if TYPE_CHECKING:
+    from udpkit._core.serving import Handler
+    from udpkit._loops.record import Recorder
+    from udpkit._loops.server import DatagramServer, ServeStats, StreamServer
 
 # ---------------------------------------------------------------- arguments
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: common.SubParsers) -> None:
     """Register ``serve`` on the ``udpkit`` subcommand parsers."""
-    serve = sub.add_parser(
+    serve = common.add_command(
+        sub,
         "serve",
         help="listen, print each message and reply (the textbook's UDP server)",
         description="Listen on HOST PORT (default 127.0.0.1 5005), print every datagram "
         "with its sender, and reply 'Hello UDP Client'.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument(
         "host",
@@ -211,10 +204,10 @@ def _bind(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[An
         return [bind_unix(args.unix)], args.unix
     if stream and (args.join or args.source):
         raise UsageError("--join and --source are for UDP: multicast has no streams")
-    family = _family(args)
+    family = common.family(args)
     port = args.port
     if port is None:
-        port = DEFAULT_TCP_PORT if args.tcp else DEFAULT_UDP_PORT
+        port = common.DEFAULT_TCP_PORT if args.tcp else common.DEFAULT_UDP_PORT
     try:
         if stream:
             host = args.host if args.host is not None else default_host(family)
@@ -259,7 +252,7 @@ def _broadcast_warning(sock: socket.socket, workers: int) -> str | None:
     )
 
 
-def _summary(st: Any, stopped_by: int | None) -> str:
+def _summary(st: ServeStats, stopped_by: int | None) -> str:
     from udpkit._cli.format import format_summary
 
     extra: dict[str, int | str] = {}
@@ -277,7 +270,7 @@ def _summary(st: Any, stopped_by: int | None) -> str:
     for name in ("denied", "rate_limited", "rate_limited_logged", "over_budget"):
         if st.policy.get(name):
             extra[name] = st.policy[name]
-    for name, n in getattr(st, "record", {}).items():
+    for name, n in st.record.items():
         if n or name != "record_errors":
             extra[name] = n
     refused = sum(n for k, n in st.policy.items() if k.startswith("unreplyable_"))
@@ -300,7 +293,7 @@ def _check_args(args: argparse.Namespace, transport: str, stream: bool) -> int:
         if args.port is not None:
             raise UsageError(f"port given twice: {args.port!r} and --port {args.port_option!r}")
         args.port = args.port_option
-    _check_unix_args(args, (args.host, args.port))
+    common.check_unix_args(args, (args.host, args.port))
     workers = parse_workers(args.workers)
     if workers > 1 and transport != "UDP":
         raise UsageError(f"--workers {args.workers} works with UDP only, not {transport}")
@@ -341,11 +334,11 @@ def _policy_args(args: argparse.Namespace) -> dict[str, Any]:
 def _servers(
     args: argparse.Namespace,
     endpoints: Sequence[Any],
-    handler: Any,
+    handler: Handler | None,
     *,
     stream: bool,
     out: _Out,
-    recorder: Any,
+    recorder: Recorder | None,
 ) -> list[Any]:
     """One server per socket, showing and answering as the options ask."""
     from udpkit._cli.format import format_datagram
@@ -408,7 +401,9 @@ def _announce(  # noqa: PLR0917 - what the banner and the warnings need
             err.write(f"udpkit: {warning.rstrip()}\n")
 
 
-def _serve_one(server: Any, args: argparse.Namespace, err: _Out) -> tuple[Any, list[int]]:
+def _serve_one(
+    server: DatagramServer | StreamServer, args: argparse.Namespace, err: _Out
+) -> tuple[ServeStats, list[int]]:
     """Serve in this process until done or stopped; SIGUSR1 prints the counters."""
     from udpkit._loops.sigwake import on_signals
 
@@ -430,14 +425,14 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from udpkit._loops.workers import run_workers
     from udpkit._net.sockets import set_receive_buffer
 
-    transport = _transport(args)
+    transport = common.transport(args)
     stream = transport in ("TCP", "Unix stream")
     workers = _check_args(args, transport, stream)
     mode = "echo" if args.echo else "none" if args.no_reply else "reply"
     handler = reply_handler(mode, os.fsencode(args.reply))
     _policy_args(args)  # bad values are reported before anything is bound
     endpoints, where = _bind(args, stream, workers)
-    recorder: Any = None
+    recorder: Recorder | None = None
     try:
         # From here on a stop must reach the server's own handler (which drains
         # and counts): held until it is in place, also by the recorder's thread.
@@ -451,7 +446,7 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
             if args.rcvbuf is not None:
                 for ep in endpoints:
                     got = set_receive_buffer(ep.sock, args.rcvbuf)
-                err.write(_rcvbuf_note(args.rcvbuf, got))
+                err.write(common.rcvbuf_note(args.rcvbuf, got))
             servers = _servers(args, endpoints, handler, stream=stream, out=out, recorder=recorder)
             _announce(args, transport, endpoints, where, handler is not None, out, err)
             if workers > 1:
@@ -466,7 +461,7 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     return _finish(stats, stopped, recorder, err)
 
 
-def _finish(stats: Any, stopped: list[int], recorder: Any, err: _Out) -> int:
+def _finish(stats: ServeStats, stopped: list[int], recorder: Recorder | None, err: _Out) -> int:
     """The summary line, and the exit code a failed recording asks for."""
     if recorder is not None:
         # The recorder has written its queue out since serve() returned: final figures.
@@ -482,12 +477,3 @@ def _finish(stats: Any, stopped: list[int], recorder: Any, err: _Out) -> int:
         if recorder.fatal:
             return EXIT_NETWORK
     return EXIT_OK
-
-
-def _rcvbuf_note(asked: int, got: int) -> str:
-    if got >= asked:
-        return f"udpkit: receive buffer {got} bytes (asked {asked})\n"
-    return (
-        f"udpkit: receive buffer {got} bytes, less than the {asked} asked: the kernel caps it at "
-        "net.core.rmem_max (raise it with sysctl, or run as root for SO_RCVBUFFORCE)\n"
-    )

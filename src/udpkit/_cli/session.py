@@ -15,17 +15,21 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
-__all__ = ["SESSION_FORMATS", "add_parser", "main", "run_connect", "run_listen"]
+from udpkit._cli import options
+from udpkit._cli.common import FORMATS, SubParsers, Writer, add_command
 
-SESSION_FORMATS = ("line", "raw", "hex", "json")
+if TYPE_CHECKING:
+    import socket
+
+    from udpkit._loops.session import SessionStats, Sink
+
+__all__ = ["SESSION_FORMATS", "add_parser", "run_connect", "run_listen"]
+
+# serve's and read's formats, and raw: the payload bytes as they came.
+SESSION_FORMATS = (*FORMATS, "raw")
 _DEFAULT_WAIT = 1.0
-
-
-class _Writer(Protocol):
-    def write(self, text: str) -> None: ...
-
 
 # ---------------------------------------------------------------- the parsers
 
@@ -33,9 +37,18 @@ _FORMAT_HELP = (
     "how to print what arrives: line (default: the payload as one line, control characters "
     "escaped), raw (the payload bytes as they are, for pipes and files; escaped like line "
     "on a terminal), hex (a header and hexdump -C rows), json (one object per datagram: "
-    "time, peer, length, payload_b64, text)"
+    "time, peer, length, payload_b64, text) or textbook (as serve prints it)"
 )
 
+# Each command's usage, one-line help and description.
+_USAGE = {
+    "connect": "udpkit connect [options] HOST PORT",
+    "listen": "udpkit listen [options] [HOST] PORT",
+}
+_HELP = {
+    "connect": "a session like 'nc -u HOST PORT': lines of stdin out, replies printed",
+    "listen": "a session like 'nc -ul PORT': datagrams printed, lines of stdin to the last peer",
+}
 _DESCRIPTION = {
     "connect": "Send each line of stdin to HOST PORT as one datagram (the newline kept, as "
     "'nc -u HOST PORT' does) and print every reply as it arrives. When stdin ends, wait "
@@ -62,54 +75,19 @@ exit codes:
 """
 
 
-def _argtype(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
-        from udpkit._core.errors import UsageError
-
-        try:
-            return parse(text)
-        except UsageError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert
-
-
-def _chunk(text: str) -> int:
-    from udpkit._core import units
-
-    return units.parse_size(text, "--chunk", low=1, high=65527)
-
-
-def _seconds(option: str) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        from udpkit._core import units
-
-        return units.parse_duration(text, option, high=86400.0)
-
-    return parse
-
-
 def _common(p: argparse.ArgumentParser) -> None:
-    from udpkit._cli import options
-
     p.add_argument(
         "--chunk",
-        type=_argtype(_chunk),
+        type=options.CHUNK,
         metavar="N",
         help="send stdin as a stream cut into N-byte datagrams (1400, 8K) instead of a "
         "datagram per line; what is there is sent at once, never held for a newline",
     )
-    p.add_argument("--format", choices=SESSION_FORMATS, default="line", help=_FORMAT_HELP)
+    options.add_format(p, "line", _FORMAT_HELP, SESSION_FORMATS)
     p.add_argument(
         "--count", type=options.COUNT, metavar="N", help="end after N datagrams received"
     )
-    p.add_argument(
-        "--rcvbuf",
-        type=options.RCVBUF,
-        metavar="BYTES",
-        help="kernel receive buffer to ask for (default 4M; the kernel caps it at "
-        "net.core.rmem_max)",
-    )
+    options.add_rcvbuf(p, "4M")
     p.add_argument(
         "--no-batch",
         action="store_true",
@@ -120,25 +98,24 @@ def _common(p: argparse.ArgumentParser) -> None:
     options.allow_negative_values(p)
 
 
-def add_parser(sub: Any) -> None:
-    """Register ``udpkit connect`` and ``udpkit listen`` on the subcommand parsers.
-
-    Args:
-        sub: the object ``ArgumentParser.add_subparsers()`` returned.
-    """
-    connect = sub.add_parser(
-        "connect",
-        usage="udpkit connect [options] HOST PORT",
-        help="a session like 'nc -u HOST PORT': lines of stdin out, replies printed",
-        description=_DESCRIPTION["connect"],
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+def add_parser(sub: SubParsers) -> None:
+    """Register ``udpkit connect`` and ``udpkit listen`` on the subcommand parsers."""
+    connect, listen = (
+        add_command(
+            sub,
+            name,
+            usage=_USAGE[name],
+            help=_HELP[name],
+            description=_DESCRIPTION[name],
+            epilog=_EPILOG,
+        )
+        for name in ("connect", "listen")
     )
     connect.add_argument("address", nargs="*", metavar="HOST PORT", help="where to send")
     connect.add_argument(
         "-w",
         "--wait",
-        type=_argtype(_seconds("--wait")),
+        type=options.WAIT,
         default=_DEFAULT_WAIT,
         metavar="SECONDS",
         help="after stdin ends, wait until no datagram has come for SECONDS (default 1; "
@@ -146,24 +123,17 @@ def add_parser(sub: Any) -> None:
     )
     connect.add_argument(
         "--bind",
+        type=options.BIND,
         metavar="[HOST:]PORT",
         help="send from this local address (e.g. 54312 or 127.0.0.1:54312)",
     )
     _common(connect)
 
-    listen = sub.add_parser(
-        "listen",
-        usage="udpkit listen [options] [HOST] PORT",
-        help="a session like 'nc -ul PORT': datagrams printed, lines of stdin to the last peer",
-        description=_DESCRIPTION["listen"],
-        epilog=_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
     listen.add_argument("address", nargs="*", metavar="[HOST] PORT", help="where to listen")
     listen.add_argument(
         "-w",
         "--idle",
-        type=_argtype(_seconds("--idle")),
+        type=options.IDLE,
         metavar="SECONDS",
         help="end after SECONDS without a datagram in or out (default: never)",
     )
@@ -230,7 +200,7 @@ def _listen_address(pos: Sequence[str], family: int) -> tuple[str, str]:
 # ---------------------------------------------------------------- output
 
 
-def _stdout_fd(out: _Writer) -> int | None:
+def _stdout_fd(out: Writer) -> int | None:
     stream = getattr(out, "stream", None)
     if stream is None:
         return None
@@ -242,7 +212,7 @@ def _stdout_fd(out: _Writer) -> int | None:
     return fd
 
 
-def _make_sink(fmt: str, out: _Writer) -> Callable[[list[bytes], list[Any], float], None]:
+def _make_sink(fmt: str, out: Writer) -> Sink:
     """The session's sink for ``fmt``: renders a batch and writes it at once."""
     from udpkit._core.escape import escape_bytes
 
@@ -262,7 +232,7 @@ def _make_sink(fmt: str, out: _Writer) -> Callable[[list[bytes], list[Any], floa
 
     if fmt == "raw" and (fd is None or not os.isatty(fd)):
 
-        def raw(payloads: list[bytes], _peers: list[Any], _when: float) -> None:
+        def raw(payloads: list[bytes], _peers: list[object], _when: float) -> None:
             write_bytes(b"".join(payloads))
 
         return raw
@@ -273,13 +243,13 @@ def _make_sink(fmt: str, out: _Writer) -> Callable[[list[bytes], list[Any], floa
                 data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
             return escape_bytes(data) + "\n"
 
-        def lines(payloads: list[bytes], _peers: list[Any], _when: float) -> None:
+        def lines(payloads: list[bytes], _peers: list[object], _when: float) -> None:
             write_bytes("".join(map(text_line, payloads)).encode("utf-8", "surrogateescape"))
 
         return lines
     from udpkit._cli.format import format_datagram
 
-    def formatted(payloads: list[bytes], peers: list[Any], when: float) -> None:
+    def formatted(payloads: list[bytes], peers: list[object], when: float) -> None:
         text = "".join(
             format_datagram(fmt, p, peer, when=when)
             for p, peer in zip(payloads, peers, strict=True)
@@ -293,7 +263,7 @@ def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def summary(stats: Any, stopped_by: int | None = None) -> str:
+def summary(stats: SessionStats, stopped_by: int | None = None) -> str:
     """The one-line summary of a session (for stderr), newline included.
 
     E.g. ``udpkit: sent 3 datagrams (18 bytes); received 3 datagrams (18 bytes)
@@ -329,59 +299,58 @@ def summary(stats: Any, stopped_by: int | None = None) -> str:
 # ---------------------------------------------------------------- the commands
 
 
-def run_connect(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
+def run_connect(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """``udpkit connect``: returns the exit code (see the epilog)."""
     from udpkit._cli.common import family
-    from udpkit._net.addr import resolve_one, split_hostport
+    from udpkit._loops.sigwake import stops_held
+    from udpkit._net.addr import resolve_one
     from udpkit._net.sockets import udp_connect
 
     host, port = _connect_address(args.address)
     dest = resolve_one(host, port, family=family(args))
-    bind = None if args.bind is None else split_hostport(args.bind, default_host="")
-    sock = udp_connect(dest.host, dest.port, family=dest.family, bind=bind)
-    with sock:
+    bind: tuple[str, str] | None = args.bind
+    # A stop during the set-up waits for the session's handler: the summary is printed.
+    with stops_held(), udp_connect(dest.host, dest.port, family=dest.family, bind=bind) as sock:
         return _run(sock.sock, args, out, err, wait=args.wait, idle=None)
 
 
-def run_listen(args: argparse.Namespace, out: _Writer, err: _Writer) -> int:
+def run_listen(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """``udpkit listen``: returns the exit code (see the epilog)."""
     from udpkit._cli.common import family
+    from udpkit._loops.sigwake import stops_held
     from udpkit._net.addr import format_sockaddr
     from udpkit._net.sockets import udp_bind
 
     host, port = _listen_address(args.address, family(args))
-    sock = udp_bind(host, port, family=family(args))
-    with sock:
+    with stops_held(), udp_bind(host, port, family=family(args)) as sock:
         err.write(f"udpkit: listening on {format_sockaddr(sock.sock.getsockname())} (UDP)\n")
         return _run(sock.sock, args, out, err, wait=None, idle=args.idle)
 
 
 def _run(
-    sock: Any,
+    sock: socket.socket,
     args: argparse.Namespace,
-    out: _Writer,
-    err: _Writer,
+    out: Writer,
+    err: Writer,
     *,
     wait: float | None,
     idle: float | None,
 ) -> int:
-    from udpkit._cli.common import line
+    from udpkit._cli.common import line, quiet_stdout, rcvbuf_note
     from udpkit._core.errors import NetworkError
     from udpkit._loops.session import Session, SessionConfig, Stopped
     from udpkit._loops.sigwake import on_signals
     from udpkit._net.kernel import DEFAULT_RCVBUF
     from udpkit._net.sockets import set_receive_buffer
 
-    asked = args.rcvbuf or DEFAULT_RCVBUF
+    rcvbuf: int | None = args.rcvbuf
+    asked = rcvbuf or DEFAULT_RCVBUF
     try:
         got = set_receive_buffer(sock, asked)
     except NetworkError:
         got = asked
-    if args.rcvbuf is not None and got < args.rcvbuf:
-        err.write(
-            f"udpkit: receive buffer {got} bytes, less than the {asked} asked: the kernel caps "
-            "it at net.core.rmem_max (raise it with sysctl, or run as root)\n"
-        )
+    if rcvbuf is not None:
+        err.write(rcvbuf_note(asked, got))  # as serve and reflect say what they got
     config = SessionConfig(
         chunk=args.chunk,
         count=args.count,
@@ -390,13 +359,17 @@ def _run(
         fast=False if args.no_batch else None,
     )
     sink = _make_sink(args.format, out)
+
+    def notice(text: str) -> None:
+        err.write(line(f"udpkit: {text}"))
+
     with (
         Session(
             sock,
             sink,
             config,
             stdin_fd=_stdin_fd(),
-            notice=lambda text: err.write(line(f"udpkit: {text}")),
+            notice=notice,
         ) as session,
         on_signals(session.stop) as stopped,
     ):
@@ -405,7 +378,7 @@ def _run(
         except Stopped:
             pass
         except BrokenPipeError:
-            _quiet_stdout()  # the reader has gone: end quietly, summary on stderr
+            quiet_stdout()  # the reader has gone: end quietly, summary on stderr
         stopped_by = stopped[0] if stopped else None
         err.write(summary(session.stats, stopped_by))
     return 0 if stopped_by is None else 128 + stopped_by
@@ -418,37 +391,3 @@ def _stdin_fd() -> int | None:
     except (AttributeError, OSError, ValueError):
         return None
     return fd
-
-
-def _quiet_stdout() -> None:
-    # Point stdout at /dev/null, so the interpreter's last flush does not complain.
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-# ---------------------------------------------------------------- standalone entry
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``connect ...`` or ``listen ...`` alone (what ``udpkit`` dispatches to)."""
-    from udpkit._cli.common import EXIT_NETWORK, EXIT_USAGE, Out, Parser, line
-    from udpkit._core.errors import AddressError, NetworkError, UdpkitError, UsageError
-
-    parser = Parser(prog="udpkit")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    add_parser(sub)
-    args = parser.parse_args(argv)
-    run = run_connect if args.command == "connect" else run_listen
-    prog = f"udpkit {args.command}"
-    try:
-        return run(args, Out(sys.stdout), Out(sys.stderr))
-    except (UsageError, AddressError) as exc:
-        sys.stderr.write(line(f"{prog}: error: {exc}"))
-        return EXIT_USAGE
-    except (NetworkError, UdpkitError) as exc:
-        sys.stderr.write(line(f"{prog}: error: {exc}"))
-        return EXIT_NETWORK
