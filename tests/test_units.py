@@ -200,6 +200,8 @@ def test_duration(text: str, default_unit: str, seconds: float) -> None:
         ("100", {"low": 0.001, "high": 60.0}, "must be 0.001-60 seconds"),
         ("2s", {"default_unit": "us", "high": 1.0}, "must be 0-1000000 microseconds"),
         ("0", {"default_unit": "ms", "above_low": True}, "must be more than 0 milliseconds"),
+        # Not "0-86400 seconds", which reads as if 0 were allowed.
+        ("0", {"above_low": True, "high": 86400.0}, "must be more than 0 and at most 86400 sec"),
         ("x", {"default_unit": "ms"}, "a bare number is milliseconds"),
     ],
 )

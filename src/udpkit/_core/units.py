@@ -230,8 +230,9 @@ def parse_duration(
         )
     seconds = parts[0] * (_SECONDS[parts[1]] if parts[1] else scale)
     if not (low < seconds if above_low else low <= seconds) or not seconds <= high:
-        if above_low and high == math.inf:
-            raise _refuse(option, text, f"must be more than {_num(low / scale)} {name}")
+        if above_low:  # "0-86400 seconds" would read as if 0 were allowed
+            most = "" if high == math.inf else f" and at most {_num(high / scale)}"
+            raise _refuse(option, text, f"must be more than {_num(low / scale)}{most} {name}")
         raise _refuse(option, text, _range_text(low / scale, high / scale, name))
     return seconds
 
