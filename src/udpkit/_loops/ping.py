@@ -18,9 +18,7 @@ not held until the wait ends).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import socket
 from collections.abc import Iterator
 
@@ -28,7 +26,7 @@ from udpkit._core.errors import UsageError, map_oserror
 from udpkit._core.pingstats import PingEvent, PingResult, PingSession
 from udpkit._loops.sigwake import signals_wake
 from udpkit._net.addr import format_sockaddr
-from udpkit._net.kernel import clock_ns
+from udpkit._net.kernel import Waker, clock_ns
 from udpkit._net.sockets import udp_connect
 
 __all__ = ["Pinger", "ping"]
@@ -94,12 +92,10 @@ class Pinger:
         self._sock = udp_connect(host, port, family=family)
         try:
             self.peer_text = format_sockaddr(self._sock.peer)
-            self._wake_r, self._wake_w = socket.socketpair()
+            self._waker = Waker(self._sock.sock.fileno())
         except BaseException:
             self._sock.close()
             raise
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
 
     @property
     def peer(self) -> object:
@@ -115,8 +111,7 @@ class Pinger:
         if signum is not None and self.stopped_by is None:
             self.stopped_by = signum
         self._stopping = True
-        with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
-            self._wake_w.send(b"\0")
+        self._waker.wake()
 
     def result(self) -> PingResult:
         """The figures so far (before the run: all zero)."""
@@ -150,10 +145,9 @@ class Pinger:
         sock = self._sock.sock
         sock.setblocking(False)
         recv, send = sock.recv, sock.send
-        wake = self._wake_r
-        fds = [sock, wake]
+        waker = self._waker
         spin_ns = self.busy_poll_us * 1000
-        with signals_wake(self._wake_w.fileno()):
+        with signals_wake(waker.signal_fd):
             while not self._stopping:
                 now = clock_ns()
                 expired = sess.expire(now)
@@ -192,7 +186,7 @@ class Pinger:
                 if not ready and not self._stopping:
                     wait = (deadline - clock_ns()) / 1e9
                     if wait > 0:
-                        select.select(fds, [], [], wait)
+                        waker.wait(wait)  # a reply, stop(), a signal, or the deadline
                 # Read everything queued (a reply and any duplicates or strangers).
                 while True:
                     try:
@@ -203,16 +197,12 @@ class Pinger:
                         yield sess.error(clock_ns(), _why(exc, "receive"))
                         break  # the error is reported once: read on at the next turn
                     yield sess.datagram(data, clock_ns())
-                with contextlib.suppress(OSError):  # BlockingIOError: drained
-                    while wake.recv(64):
-                        pass
         sess.expire(clock_ns())  # a probe past its timeout as the run ends counts as one
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self._sock.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
 
     def __enter__(self) -> Pinger:
         return self
