@@ -303,6 +303,7 @@ def test_group_send_options_come_before_connect(
     """`bench ff12::6 5202 --one-way --iface eth0` failed "connect to [ff12::6]:5202:
     invalid argument": the probe socket was connected before IPV6_MULTICAST_IF was set."""
     from udpkit._loops import bench as _bench
+    from udpkit._loops import benchflow
     from udpkit._net.mcast import set_multicast_send as real
 
     unconnected: list[bool] = []
@@ -315,10 +316,10 @@ def test_group_send_options_come_before_connect(
             unconnected.append(True)
         real(sock, **kw)
 
-    monkeypatch.setattr(_bench, "set_multicast_send", spy)
+    monkeypatch.setattr(benchflow, "set_multicast_send", spy)
     cfg = BenchConfig(group, 5202, one_way=True, count=1, iface="lo")
     try:
-        _bench._Flow(cfg, False).close()
+        _bench.ProbeFlow(cfg, False, _bench._new_result).close()
     except NetworkError as exc:
         # lo has no IPv6 multicast route: connect fails, but with the interface known,
         # never with EINVAL, and only after the options were set.
@@ -347,7 +348,8 @@ def test_reflect_bad_port_exits_2() -> None:
     [
         ("10000", 64, 10000.0),
         ("10k", 64, 10000.0),
-        ("2.5M", 64, 2.5e6),
+        ("2.5Mpps", 64, 2.5e6),
+        ("20kpps", 64, 20_000.0),
         ("max", 64, None),
         ("MAX", 64, None),
         ("512kbps", 64, 1000.0),

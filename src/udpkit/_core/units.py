@@ -11,6 +11,9 @@ rates (per second)        ``10000``, ``10k`` / ``10K`` (x1000), ``2.5M`` (x10**6
                           ``1G`` (x10**9), as iperf3's ``-b``; ``/s`` allowed; bit rates
                           (``100Mbps``, ``1Gb/s``, ``10Mbit``) and byte rates (``500kB/s``)
                           only where the option says so
+bench rates               ``--rate``: datagrams/s (``20k``, ``20kpps``), bits or bytes with
+                          their unit, ``max``; ``-b``: bits/s as iperf3 reads them
+                          (``100M``, ``100Mbit``, ``1Gbps``; ``0`` or ``max``: unlimited)
 durations                 ``250us``, ``500ms``, ``2s``, ``5min``; a bare number is in the
                           option's own unit (seconds for timeouts, milliseconds for
                           ``--delay``), so what users typed before keeps its meaning
@@ -38,10 +41,12 @@ from udpkit._core.errors import UsageError
 
 __all__ = [
     "Rate",
+    "parse_bit_rate",
     "parse_count",
     "parse_delay",
     "parse_duration",
     "parse_probability",
+    "parse_probe_rate",
     "parse_rate",
     "parse_size",
 ]
@@ -52,8 +57,8 @@ _NUMBER = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)(.*?)\s*", re.DOTALL)
 _BINARY = {"": 1, "K": 1 << 10, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 _DECIMAL = {"": 1, "k": 1_000, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
 _SIZE_UNIT = re.compile(r"(?:([kKMG])(?:iB|B)?|B)?")
-# prefix, then b/bit (bits) or B (bytes), then per second (/s, or ps after bits).
-_RATE_UNIT = re.compile(r"([kKMG]?)(bit|b|B)?(/s|ps)?")
+# prefix, then b/bit (bits), B (bytes) or p (packets: pps), then per second (/s, or ps).
+_RATE_UNIT = re.compile(r"([kKMG]?)(bit|b|B|p)?(/s|ps)?")
 _SECONDS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "sec": 1.0, "min": 60.0}
 _UNIT_NAME = {1e-6: "microseconds", 1e-3: "milliseconds", 1.0: "seconds", 60.0: "minutes"}
 
@@ -156,7 +161,13 @@ class Rate(NamedTuple):
 
 
 def parse_rate(
-    text: str, option: str, *, unit: str = "datagrams/s", bits: bool = False, byte: bool = False
+    text: str,
+    option: str,
+    *,
+    unit: str = "datagrams/s",
+    bits: bool = False,
+    byte: bool = False,
+    packets: bool = False,
 ) -> Rate:
     """Parse a rate: ``10000``, ``10k``, ``2.5M``, ``1G`` (powers of 1000), ``/s`` optional.
 
@@ -166,6 +177,7 @@ def parse_rate(
         unit: what a bare number counts, for the message (``"datagrams/s"``, ``"bytes/s"``).
         bits: also accept bit rates (``100Mbps``, ``1Gb/s``, ``10Mbit``, ``8bit/s``).
         byte: also accept byte rates (``500kB/s``, ``10kB``).
+        packets: also accept ``pps`` (``20kpps``): the option's own unit, said.
 
     Returns:
         The value per second and which unit it is in.
@@ -173,27 +185,99 @@ def parse_rate(
     Raises:
         UsageError: another form, a unit the option does not take, or not > 0.
     """
-    forms = [f"{unit} like 10000 or 10k"]
+    forms = [f"{unit} like 10000 or 10k" + (" or 10kpps" if packets else "")]
     if bits:
         forms.append("bits/s like 100Mbps or 1Gbit/s")
     if byte:
         forms.append("bytes/s like 500kB/s")
     parts = _split(text)
     m = _RATE_UNIT.fullmatch(parts[1]) if parts else None
-    kind = {None: "", "bit": "bit", "b": "bit", "B": "byte"}[m.group(2)] if m else ""
+    kind = {None: "", "bit": "bit", "b": "bit", "B": "byte", "p": "p"}[m.group(2)] if m else ""
     if (
         parts is None
         or m is None
         or (kind == "bit" and not bits)
         or (kind == "byte" and not byte)
-        or (m.group(3) == "ps" and kind != "bit")
+        or (kind == "p" and (not packets or m.group(3) != "ps"))
+        or (m.group(3) == "ps" and kind not in ("bit", "p"))
     ):
         hint = f" ({_MEGA_HINT})" if parts and parts[1][:1] == "m" else ""
         raise _refuse(option, text, f"a rate in {' or '.join(forms)}{hint}")
     value = parts[0] * _DECIMAL[m.group(1)]
     if not 0 < value < math.inf:
         raise _refuse(option, text, "must be more than 0")
-    return Rate(value, kind)
+    return Rate(value, "" if kind == "p" else kind)
+
+
+_BIG = {"M": "million", "G": "billion"}
+
+
+def parse_probe_rate(text: str, option: str = "--rate", *, bitrate: str = "-b") -> Rate:
+    """Parse a datagram rate the way ``bench --rate`` (sockperf's ``--mps``) reads it.
+
+    ``20k`` or ``20kpps`` datagrams/s, bits or bytes of payload with their unit
+    (``100Mbps``, ``5MB/s``), or ``max`` (``Rate(inf, "")``: as fast as possible).
+    A bare ``M`` or ``G`` is refused: 100 million datagrams/s is beyond any
+    sender, and an iperf3 user typing ``100M`` means bits; the message names
+    both readings and ``bitrate``, the option that reads bits.
+
+    Raises:
+        UsageError: another form, not > 0, or a bare M/G multiplier.
+    """
+    if isinstance(text, str) and text.strip().lower() == "max":
+        return Rate(math.inf, "")
+    rate = parse_rate(text, option, unit="datagrams/s", bits=True, byte=True, packets=True)
+    parts = _split(text)
+    assert parts is not None  # parse_rate read a number
+    prefix = parts[1][:1]
+    if rate.unit == "" and prefix in _BIG and not parts[1].endswith("ps"):
+        n = _num(parts[0])
+        raise _refuse(
+            option,
+            text,
+            f"{option} {n}{prefix} means {n} {_BIG[prefix]} datagrams/s, which no sender "
+            f"reaches; for {n} {prefix}bit/s write {bitrate} {n}{prefix} (or {option} "
+            f"{n}{prefix}bps); {n}{prefix}pps if you do mean datagrams",
+        )
+    return rate
+
+
+# iperf3 reads -b's suffix by its first letter, either case: 100m is 100 Mbit/s there,
+# and a milli-bit rate is never meant, so lowercase m and g are mega and giga here.
+_BIT_RATE = re.compile(r"([kKmMgG]?)(?:bits?|b)?(?:/s|ps)?")
+
+
+def parse_bit_rate(text: str, option: str = "-b") -> Rate:
+    """Parse a bit rate as iperf3's ``-b/--bitrate`` reads it: ``100M`` is 100 Mbit/s.
+
+    k, M, G are powers of 1000 (either case, as iperf3 takes them); a unit may
+    follow (``100Mbit``, ``100Mbps``, ``1Gb/s``).  ``0`` or ``max`` is unlimited
+    (iperf3's ``-b 0``), returned as ``Rate(inf, "")``.
+
+    Returns:
+        ``Rate(bits per second, "bit")``, or ``Rate(inf, "")`` for unlimited.
+
+    Raises:
+        UsageError: another form (bytes are refused: ``-b`` counts bits).
+    """
+    if isinstance(text, str) and text.strip().lower() == "max":
+        return Rate(math.inf, "")
+    parts = _split(text)
+    m = _BIT_RATE.fullmatch(parts[1]) if parts else None
+    if parts is None or m is None:
+        hint = ""
+        if parts and re.fullmatch(r"[kKMG]?B(/s|ps)?", parts[1]):
+            hint = f"; {option} counts bits (iperf3's reading): for bytes/s write --rate {text}"
+        raise _refuse(
+            option, text, f"a bit rate like 100M (bits/s, as iperf3 -b), 1Gbps, or 0 for "
+            f"unlimited{hint}"
+        )  # fmt: skip
+    value = parts[0] * _DECIMAL[m.group(1).upper()]
+    if value == 0:
+        return Rate(math.inf, "")
+    if not value < math.inf:
+        raise _refuse(option, text, "a bit rate like 100M, 1Gbps, or 0 for unlimited")
+    return Rate(value, "bit")
 
 
 # ---------------------------------------------------------------- durations

@@ -20,10 +20,8 @@ own for the return path) and *path* (the rest: lost in between).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import math
-import os
 import random
 import select
 import socket
@@ -31,14 +29,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from udpkit._core.datagram import Peer, SockAddr
-from udpkit._core.errors import ConnectionRefused, NetworkError, Timeout, UsageError, map_oserror
+from udpkit._core.datagram import Peer
+from udpkit._core.errors import ConnectionRefused, NetworkError, Timeout, UsageError
 from udpkit._core.probe import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
     MAX_PROBE_SIZE,
-    REPORT_REQUEST_SIZE,
     VERSION,
     Kind,
     ProbeError,
@@ -47,40 +44,32 @@ from udpkit._core.probe import (
     parse_report_untrusted,
 )
 from udpkit._core.stats import IntervalMeter, IntervalRow, Jitter, LatencyHistogram, SequenceTracker
-from udpkit._core.units import parse_rate
-from udpkit._net.addr import Address, is_multicast, resolve_one
+from udpkit._core.units import parse_probe_rate
+from udpkit._loops.benchflow import BATCH, ProbeFlow
 from udpkit._net.kernel import (
-    AGAIN,
-    DEFAULT_RCVBUF,
-    ICMP_ERRORS,
-    MSG_DONTWAIT,
-    MSG_TRUNC,
     UNANSWERED,
     clock_ns,
     errno_name,
     proc_drops,
 )
-from udpkit._net.mcast import set_multicast_send
-from udpkit._net.mmsg import MM, MsgArray, fast_path_available, libc_mmsg
+from udpkit._net.mmsg import fast_path_available
 from udpkit._net.sendmmsg import send_batch
-from udpkit._net.sockets import DatagramSocket, set_receive_buffer, udp_bind, udp_connect
 
 __all__ = ["BenchConfig", "BenchResult", "FlowResult", "parse_bench_rate", "run_bench"]
 
-_BATCH = 64
 _MAX_BURST = 1024  # most probes one flow sends per loop turn (the loop must still read)
 _HELLO_TRIES = 5
 _HELLO_WAIT = 0.3
-_IFACE_HINT = "name the interface: --iface IFACE"
 
 
 def parse_bench_rate(text: str, size: int) -> float | None:
-    """Parse ``bench --rate``: datagrams/s (``10k``), bits/s (``100Mbps``, ``1Gb/s``),
-    bytes/s (``5MB/s``) of payload, or ``max``.
+    """Parse ``bench --rate``: datagrams/s (``10k``, ``10kpps``), bits/s (``100Mbps``,
+    ``1Gb/s``), bytes/s (``5MB/s``) of payload, or ``max``.
 
-    The number is read by :func:`udpkit._core.units.parse_rate` (k, M, G are
-    powers of 1000).  Bits and bytes count UDP payload (``size`` per datagram),
-    as iperf3's ``-b`` does.
+    The text is read by :func:`udpkit._core.units.parse_probe_rate` (k, M, G are
+    powers of 1000; a bare ``100M`` is refused, naming ``-b 100M`` and
+    ``100Mpps``).  Bits and bytes count UDP payload (``size`` per datagram), as
+    iperf3's ``-b`` does.
 
     Returns:
         Datagrams per second, or ``None`` for ``max``.
@@ -88,10 +77,8 @@ def parse_bench_rate(text: str, size: int) -> float | None:
     Raises:
         UsageError: anything else, or a rate that is not positive.
     """
-    if text.strip().lower() == "max":
-        return None
-    rate = parse_rate(text, "--rate", unit="datagrams/s", bits=True, byte=True)
-    return rate.per_item(size)
+    rate = parse_probe_rate(text)
+    return None if rate.value == math.inf else rate.per_item(size)
 
 
 @dataclass
@@ -201,150 +188,8 @@ class BenchResult:
     intervals: list[IntervalRow]
 
 
-def _group_socket(target: Address, cfg: BenchConfig, *, connect: bool) -> DatagramSocket:
-    """A socket that sends to the group ``target``, connected to it if ``connect``.
-
-    The multicast options come first: connecting to a link-scope IPv6 group
-    (ff02::/16, ff12::/16) with no scope id takes the interface from
-    IPV6_MULTICAST_IF, and the kernel refuses it (EINVAL) while that is unset.
-    """
-    sa = target.sockaddr
-    if target.family == socket.AF_INET6 and isinstance(sa, tuple) and not cfg.iface:
-        packed = socket.inet_pton(socket.AF_INET6, str(sa[0]))
-        if packed[1] & 0x0F in (1, 2) and not (len(sa) > 3 and sa[3]):
-            raise UsageError(
-                f"the group {target.host} is link-scope: name the interface to send it "
-                f"on with --iface IFACE (or write {target.host}%IFACE)"
-            )
-    wild = "::" if target.family == socket.AF_INET6 else "0.0.0.0"
-    sock = udp_bind(wild, 0, family=target.family)
-    try:
-        set_multicast_send(sock.sock, ttl=cfg.ttl, iface=cfg.iface)
-        if connect:
-            try:
-                sock.sock.connect(sa)
-            except OSError as exc:
-                # No route for the group (no default route, several interfaces):
-                # the kernel cannot pick an interface by itself.
-                hint = _IFACE_HINT if exc.errno == errno.ENETUNREACH and not cfg.iface else ""
-                raise map_oserror(exc, f"connect to {target}", hint) from exc
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _Flow:
-    """One socket and run id, with its receive buffers."""
-
-    def __init__(self, cfg: BenchConfig, fast: bool) -> None:
-        # Resolved once: probe and control sockets must reach the same address even
-        # where a name resolves to several.
-        target = resolve_one(cfg.host, cfg.port, family=cfg.family)
-        self.multicast = is_multicast(target)
-        if self.multicast and not cfg.one_way:
-            raise UsageError(
-                f"bench to the multicast group {cfg.host} needs --one-way: every "
-                "member would echo each probe"
-            )
-        self.sock: DatagramSocket = (
-            _group_socket(target, cfg, connect=True)
-            if self.multicast
-            else udp_connect(target.host, target.port, family=target.family)
-        )
-        # The opening exchange and report requests use a socket of their own, so they
-        # form a flow of their own through a relay or NAT: whatever an impairing relay
-        # does to them never mixes into the probe flow's counts.
-        self.ctrl_sock: DatagramSocket | None = None
-        try:
-            self.ctrl_to: SockAddr | None = None  # where a multicast run's requests go
-            if self.multicast:
-                # Every group member answers from its own address: an unconnected
-                # control socket hears them all.
-                self.ctrl_sock = _group_socket(target, cfg, connect=False)
-                self.ctrl_to = target.sockaddr
-            else:
-                self.ctrl_sock = udp_connect(target.host, target.port, family=target.family)
-            self.ctrl = self.ctrl_sock.sock
-            self.ctrl.setblocking(False)
-            self.ctrl_fd = self.ctrl.fileno()
-            self.raw = self.sock.sock
-            self.raw.setblocking(False)
-            with contextlib.suppress(NetworkError):
-                set_receive_buffer(self.raw, DEFAULT_RCVBUF)
-            self.fd = self.raw.fileno()
-            self.res = FlowResult(
-                random.getrandbits(32), self.sock.local_text, self.ctrl_sock.local_text
-            )
-            self.bufsize = max(cfg.size, 2048)
-            self.rx = MsgArray(_BATCH, self.bufsize) if fast else None
-            self.buf = bytearray(self.bufsize)
-            self.template = memoryview(self.rx.template) if self.rx else None
-            self.outstanding: dict[int, int] = {}  # window mode: seq -> send time
-            self.gso: bool | None = None  # False once probes proved too big for GSO
-            self.nonce = -1
-            self.echo_peer = False
-            self.reported = False
-        except BaseException:
-            self.sock.close()
-            if self.ctrl_sock is not None:
-                self.ctrl_sock.close()
-            raise
-
-    def recv_ctrl(self) -> list[tuple[bytes, Peer]]:
-        """Every datagram queued on the control socket, with its sender (ICMP errors counted)."""
-        out: list[tuple[bytes, Peer]] = []
-        while True:
-            try:
-                out.append(self.ctrl.recvfrom(max(self.bufsize, REPORT_REQUEST_SIZE)))
-            except (BlockingIOError, InterruptedError):
-                return out
-            except OSError as exc:
-                self._recv_error(exc.errno or 0)
-                return out
-
-    def recv_batch(self) -> list[tuple[int, int]]:
-        """Read up to a batch of queued datagrams: ``(offset into buffer, length)`` each."""
-        rx = self.rx
-        if rx is not None:
-            assert self.template is not None
-            rx.hdr_view[: _BATCH * MM] = self.template
-            flags = MSG_TRUNC | MSG_DONTWAIT
-            n = libc_mmsg.recvmmsg(self.fd, rx.hdrs_addr, _BATCH, flags, None)
-            if n > 0:
-                size = self.bufsize
-                return list(zip(range(0, n * size, size), rx.msg_lens(n), strict=True))
-            code = ctypes.get_errno() if n < 0 else errno.EAGAIN
-            return self._recv_error(code)
-        try:
-            ln = self.raw.recv_into(self.buf, self.bufsize, MSG_TRUNC | MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError as exc:
-            return self._recv_error(exc.errno or 0)
-        return [(0, ln)]
-
-    def _recv_error(self, code: int) -> list[tuple[int, int]]:
-        if code in AGAIN or code == errno.EINTR:
-            return []
-        if code in ICMP_ERRORS:  # about an earlier probe: counted, never fatal
-            self.count_icmp(code)
-            return []
-        raise map_oserror(OSError(code, os.strerror(code)), "bench receive")
-
-    def count_icmp(self, code: int) -> None:
-        """Count an ICMP error (about an earlier probe) under its errno name."""
-        name = errno_name(code)
-        self.res.icmp_errors[name] = self.res.icmp_errors.get(name, 0) + 1
-
-    @property
-    def data(self) -> bytearray:
-        return self.rx.data if self.rx is not None else self.buf
-
-    def close(self) -> None:
-        self.sock.close()
-        if self.ctrl_sock is not None:
-            self.ctrl_sock.close()
+def _new_result(local: str, control_local: str) -> FlowResult:
+    return FlowResult(random.getrandbits(32), local, control_local)
 
 
 class _Run:
@@ -356,10 +201,10 @@ class _Run:
         self.cfg = cfg
         self.on_rows = on_rows
         fast = fast_path_available() if cfg.fast is None else cfg.fast
-        self.flows: list[_Flow] = []
+        self.flows: list[ProbeFlow] = []
         try:
             for _ in range(cfg.parallel):
-                self.flows.append(_Flow(cfg, fast))
+                self.flows.append(ProbeFlow(cfg, fast, _new_result))
         except BaseException:
             self.close()
             raise
@@ -374,7 +219,7 @@ class _Run:
 
     # -- receiving ------------------------------------------------------------------
 
-    def drain(self, f: _Flow) -> int:
+    def drain(self, f: ProbeFlow) -> int:
         """Read and account every queued datagram of flow ``f``; return how many."""
         got = 0
         res = f.res
@@ -428,7 +273,7 @@ class _Run:
                 m.add("rtt_sum_ns", rtt_sum)
                 m.peak("rtt_max_ns", rtt_max)
 
-    def _control(self, f: _Flow, kind: int, nonce: int, data: bytes, peer: Peer = None) -> None:
+    def _control(self, f: ProbeFlow, kind: int, nonce: int, data: bytes, peer: Peer = None) -> None:
         if nonce != f.nonce:
             return  # an old request's answer (or its duplicate)
         if kind == Kind.REPORT_REQUEST:
@@ -454,7 +299,7 @@ class _Run:
 
     # -- control exchange -------------------------------------------------------------
 
-    def ask(self, flows: Sequence[_Flow], tries: int, wait: float) -> list[_Flow]:
+    def ask(self, flows: Sequence[ProbeFlow], tries: int, wait: float) -> list[ProbeFlow]:
         """Send each flow a REPORT_REQUEST until answered; return the flows left unanswered."""
         pending = list(flows)
         for _ in range(tries):
@@ -480,7 +325,7 @@ class _Run:
                 pending = [f for f in pending if not f.reported]
         return pending
 
-    def drain_ctrl(self, f: _Flow) -> None:
+    def drain_ctrl(self, f: ProbeFlow) -> None:
         """Take the answers queued on flow ``f``'s control socket."""
         for data, peer in f.recv_ctrl():
             f.res.control_received += 1
@@ -493,13 +338,13 @@ class _Run:
                 continue
             self._control(f, kind, seq, data, peer)
 
-    def wait(self, seconds: float, flows: Sequence[_Flow]) -> None:
+    def wait(self, seconds: float, flows: Sequence[ProbeFlow]) -> None:
         if seconds > 0:
             select.select([f.fd for f in flows], [], [], seconds)
 
     # -- sending ----------------------------------------------------------------------
 
-    def send(self, f: _Flow, n: int) -> int:
+    def send(self, f: ProbeFlow, n: int) -> int:
         """Number and send up to ``n`` probes on flow ``f``; return how many were numbered."""
         res = f.res
         seq = res.numbered
@@ -533,7 +378,7 @@ class _Run:
         return k
 
     @staticmethod
-    def _send_batch(f: _Flow, payloads: list[bytes]) -> int:
+    def _send_batch(f: ProbeFlow, payloads: list[bytes]) -> int:
         try:
             return send_batch(f.raw, payloads, gso=f.gso)
         except NetworkError as exc:
@@ -592,7 +437,7 @@ class _Run:
                         nxt = start + math.ceil(res.numbered * 1e9 / per_flow)
                         next_due = min(next_due, nxt)
                 elif window is None:
-                    room = min(room, _BATCH * 4)
+                    room = min(room, BATCH * 4)
                 if room > 0:
                     self.send(f, room)
                     last_send = clock_ns()
