@@ -1,130 +1,103 @@
-"""The relay's I/O: one listening socket, one connected upstream socket per client.
+"""The relay's loop: every route's sockets in one poller, its timers, its live control.
 
-One responsibility, hence one module past 600 lines: the relay's sockets and its
-loop, on the batched path and on the portable one.
-
-Policy (which flow, when it expires, what the impairments do) is in
-:mod:`udpkit._core.relay`; this module owns the sockets, the clock and the loop.
-
-The fast path (Linux, no impairment in a direction) never copies a datagram
-into Python: ``recvmmsg`` fills a receive array and ``sendmmsg`` sends from the
-very same buffers, through send headers whose iovecs point into it.  A batch
-costs a handful of Python operations whatever its size.  With impairments on,
-datagrams become ``bytes`` and go through :class:`udpkit._core.relay.Impairment`.
+Policy (which flow, when it expires, what the faults do, which phase is on) is
+in :mod:`udpkit._core.relay` and :mod:`udpkit._core.scenario`; one route's
+state is :class:`udpkit._loops.relay_routes.Route`; the datagram paths are in
+:mod:`udpkit._loops.relay_io`.  This module owns the clock and the loop: it
+wakes for traffic, fault timers, phase changes, NAT rebindings and control
+requests, which other threads hand over through a queue (never touching the
+loop's state themselves).
 """
 
 from __future__ import annotations
 
-import array
-import contextlib
-import ctypes
-import errno
+import math
 import os
+import queue
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 from udpkit._core.datagram import Peer, SockAddr
-from udpkit._core.errors import NetworkError, UsageError, map_oserror
-from udpkit._core.relay import Flow, FlowTable, ImpairConfig, Impairment, ImpairRng, ImpairStats
+from udpkit._core.errors import UsageError
+from udpkit._core.relay import Flow, FlowTable, ImpairConfig, Impairment, ImpairStats
 from udpkit._core.relaystats import FlowRow, RelayStats, format_stats
+from udpkit._core.scenario import RouteText, Scenario, faults_from, impair_configs
+from udpkit._loops.relay_io import RelayIO
+from udpkit._loops.relay_routes import Route, RouteSpec, Upstream, show_peer
 from udpkit._loops.sigwake import signals_wake
-from udpkit._net.addr import Address, format_sockaddr
-from udpkit._net.kernel import (
-    AGAIN,
-    DEFAULT_RCVBUF,
-    ICMP_ERRORS,
-    MSG_DONTWAIT,
-    MSG_TRUNC,
-    Waker,
-    errno_name,
-    inode,
-    proc_drops_by_inode,
-)
-from udpkit._net.mmsg import (
-    NAME_SPACE,
-    InetAddr,
-    MsgArray,
-    PeerKey,
-    decode_sockaddr,
-    encode_sockaddr,
-    fast_path_available,
-    libc_mmsg,
-)
-from udpkit._net.sendmmsg import RETRY, SKIP, Packer, push
-from udpkit._net.sockets import DatagramSocket, set_receive_buffer
+from udpkit._net.addr import Address
+from udpkit._net.kernel import Waker, errno_name, inode, proc_drops_by_inode
+from udpkit._net.mmsg import InetAddr, PeerKey, fast_path_available
+from udpkit._net.sockets import DatagramSocket
 
-__all__ = ["Relay", "RelayStats", "format_stats"]
+__all__ = ["Relay", "RelayStats", "RouteSpec", "format_stats"]
 
-_ROUNDS = 8  # receive batches per readable socket before looking at the others
-_SEND_WAIT = 0.05  # longest wait for a full send buffer before counting EAGAIN
-_IOV = 16  # sizeof(struct iovec) on 64-bit Linux (checked in __init__)
-_RECV_FLAGS = MSG_TRUNC | MSG_DONTWAIT
+_T = TypeVar("_T")
+_show = show_peer  # the tests' name for it
+_CALL_WAIT = 10.0  # longest a control call waits for the loop
+_HAS_DRAIN = hasattr(Impairment, "drain")
 
 
-class _Up:
-    """A flow's I/O side: its connected upstream socket and the client's raw sockaddr."""
-
-    __slots__ = ("fd", "ino", "name", "name_addr", "namelen", "sock")
-
-    def __init__(self, sock: socket.socket, raw_name: bytes) -> None:
-        self.sock = sock
-        self.fd = sock.fileno()
-        # /proc/net/udp lists a socket by inode: its drops are read by this key.
-        self.ino = inode(self.fd)
-        self.name = ctypes.create_string_buffer(raw_name, NAME_SPACE)
-        self.name_addr = ctypes.addressof(self.name)
-        self.namelen = len(raw_name)
-
-
-def _show(peer: Peer) -> str:
-    """A flow's client as text, as bench and ``serve`` name that same peer (IPv4-mapped as IPv4)."""
-    try:
-        return format_sockaddr(peer)
-    except Exception:  # an unusual address is still shown, not fatal
-        return repr(peer)
-
-
-class Relay:
-    """Forward datagrams between clients of ``listen_sock`` and ``target_addr``.
+class Relay(RelayIO):
+    """Forward datagrams between the clients of each route and its target.
 
     Each client address gets its own upstream socket connected to the target, so
     the target sees one source port per client and its replies go back to the
     right client.  ICMP errors from the target (it is down) are counted and the
-    flow stays: the first datagram after the target is back goes through.
+    flow stays: the first datagram after the target is back goes through.  Every
+    route runs in the one loop of :meth:`run`; the control methods
+    (:meth:`set_faults`, :meth:`clear_faults`, :meth:`rebind`, :meth:`blackout`,
+    :meth:`snapshot`) are safe from any thread while it runs.
 
     Args:
-        listen_sock: a bound UDP socket (``socket.socket`` or ``DatagramSocket``);
-            the caller keeps ownership.
+        listen_sock: a bound UDP socket (``socket.socket`` or ``DatagramSocket``),
+            the first route's; the caller keeps ownership.  ``None`` with ``routes``.
         target_addr: an :class:`~udpkit.Address` or a sockaddr tuple.
+        name: the first route's name.
+        routes: more routes (:class:`RouteSpec`), each with its own faults and counters.
         idle_timeout: seconds without traffic either way after which a flow ends.
-        max_flows: flows at once; datagrams from further clients are refused and counted.
-        impair_up: impairments client -> target (``None``: none).
-        impair_down: impairments target -> client.
-        seed: seeds the impairments' random streams (``None``: a random seed,
-            reported in ``stats.seed`` so the run can be repeated).
+        max_flows: flows at once per route; datagrams from further clients are refused.
+        impair_up: faults client -> target (``None``: none), for the first route.
+        impair_down: faults target -> client.
+        seed: seeds the faults' random streams (``None``: a random seed, reported in
+            ``stats.seed`` so the run can be repeated).
+        scenario: phases over time (:func:`udpkit.parse_scenario`); time 0 is :meth:`run`.
+        drain: at stop, send what fault queues still hold (else it is counted ``abandoned``).
+        rebind_every: NAT rebinding of the first route's flows every this many seconds.
+        nat_timeout: a flow whose client is silent this long gets a new upstream port.
+        rebind_grace: after a rebinding, the old upstream socket still delivers
+            replies for this many seconds, then closes.
         batch: datagrams per receive call.
         fast: ``None`` uses recvmmsg/sendmmsg where available, ``False`` the portable path.
         clock: the monotonic clock (seconds).
         on_report: called with ``stats`` when :meth:`request_report` was called.
-        spin_us: after traffic, poll without sleeping for this many microseconds
-            (adaptive busy polling: a datagram that follows soon does not pay for
-            waking the process, ~25 µs of round trip here); 0 always sleeps.
+        spin_us: after traffic, poll without sleeping for this many microseconds.
 
     Raises:
-        UsageError: a bad ``batch``, or ``fast=True`` where the fast path is missing.
+        UsageError: a bad ``batch``, no route, or ``fast=True`` where the fast path is missing.
     """
 
     def __init__(
         self,
-        listen_sock: DatagramSocket | socket.socket,
-        target_addr: Address | InetAddr,
+        listen_sock: DatagramSocket | socket.socket | None = None,
+        target_addr: Address | InetAddr | None = None,
         *,
+        name: str = "r1",
+        routes: Sequence[RouteSpec] = (),
         idle_timeout: float = 60.0,
         max_flows: int = 1024,
         impair_up: ImpairConfig | None = None,
         impair_down: ImpairConfig | None = None,
         seed: int | None = None,
+        scenario: Scenario | None = None,
+        drain: bool = False,
+        rebind_every: float | None = None,
+        nat_timeout: float | None = None,
+        rebind_grace: float = 1.0,
         batch: int = 64,
         bufsize: int = 65535,
         fast: bool | None = None,
@@ -138,17 +111,22 @@ class Relay:
             raise UsageError(f"invalid spin_us {spin_us!r}: must be 0-1000000 microseconds")
         if not 1 <= bufsize <= 65535:
             raise UsageError(f"invalid bufsize {bufsize!r}: must be 1-65535 bytes")
-        sock = listen_sock.sock if isinstance(listen_sock, DatagramSocket) else listen_sock
-        self._lsock = sock
-        self._lfd = sock.fileno()
-        self._family = sock.family
-        self._target: SockAddr | tuple[object, ...]
-        if isinstance(target_addr, Address):
-            self._tfamily, self._target = int(target_addr.family), target_addr.sockaddr
-        else:
-            self._target = tuple(target_addr)
-            self._tfamily = socket.AF_INET6 if len(self._target) == 4 else socket.AF_INET
-        can_fast = fast_path_available() and ctypes.sizeof(ctypes.c_void_p) == 8
+        if not rebind_grace >= 0:
+            raise UsageError(f"invalid rebind_grace {rebind_grace!r}: must be 0 seconds or more")
+        specs = list(routes)
+        if listen_sock is not None:
+            if target_addr is None:
+                raise UsageError("Relay: a listening socket needs a target_addr")
+            first = RouteSpec(
+                listen_sock, target_addr, name, impair_up, impair_down, rebind_every, nat_timeout
+            )
+            specs.insert(0, first)
+        if not specs:
+            raise UsageError("Relay: give listen_sock and target_addr, or routes=[RouteSpec(...)]")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise UsageError(f"invalid routes: names must differ ({', '.join(names)})")
+        can_fast = fast_path_available() and _is_64bit()
         if fast and not can_fast:
             raise UsageError("fast=True: recvmmsg/sendmmsg are not available here; pass None")
         self._fast = can_fast if fast is None else bool(fast)
@@ -157,55 +135,33 @@ class Relay:
         self._on_report = on_report
         self._batch = batch
         self._bufsize = bufsize
+        self._drain = drain
+        self._grace = rebind_grace
+        if seed is None and scenario is not None:
+            seed = scenario.seed
         self.seed = seed if seed is not None else int.from_bytes(os.urandom(4), "big")
-        up_on = impair_up is not None and impair_up.active
-        down_on = impair_down is not None and impair_down.active
-        rng_up, rng_down = ImpairRng(self.seed, "up"), ImpairRng(self.seed, "down")
-
-        def make() -> tuple[Impairment | None, Impairment | None]:
-            return (
-                Impairment(impair_up, rng_up) if up_on and impair_up else None,
-                Impairment(impair_down, rng_down) if down_on and impair_down else None,
-            )
-
-        self.table = FlowTable(
-            max_flows=max_flows, idle_timeout=idle_timeout, make_impairments=make
-        )
-        self._impaired = up_on or down_on
-        self._send_errors: dict[str, int] = {}
-        # Kernel drops on upstream sockets already closed (a flow's socket takes the
-        # target's replies: its receive queue overflows like the listening socket's).
-        self._ended_drops = 0
-        self._by_fd: dict[int, Flow] = {}
+        self.scenario = scenario
+        self.routes: dict[str, Route] = {
+            s.name: Route(s, i, self.seed, max_flows=max_flows, idle_timeout=idle_timeout)
+            for i, s in enumerate(specs)
+        }
+        self._by_fd: dict[int, Upstream | Route] = {r.lfd: r for r in self.routes.values()}
         self._pending: dict[int, tuple[Flow, Impairment, bool]] = {}
+        self._retiring: list[Upstream] = []
         self._stop = False
         self._report = False
+        self._t0: float | None = None
+        self._next_change: float | None = None
+        self._ops: queue.SimpleQueue[tuple[Callable[[float], Any], Future[Any]]]
+        self._ops = queue.SimpleQueue()
+        self._ops_flag = False
+        self._ops_lock = threading.Lock()
+        self._loop_thread: int | None = None
         if self._fast:
             self._setup_fast()
-        sock.setblocking(False)
-        self._waker = Waker(self._lfd)
-
-    def _setup_fast(self) -> None:
-        n, size = self._batch, self._bufsize
-        # Client -> target: receive array, and send headers whose iovecs point into it.
-        self._rx = MsgArray(n, size)
-        self._fwd = MsgArray(n, 0)
-        # Target -> client: the same pair again.
-        self._drx = MsgArray(n, size)
-        self._dfwd = MsgArray(n, 0)
-        for rx, tx in ((self._rx, self._fwd), (self._drx, self._dfwd)):
-            for i in range(n):
-                tx.set_iov(i, rx.data_addr + i * size, 0)
-                tx.set_send(i, 0, 0, iov_index=i, control_off=0, controllen=0)
-        # Impaired sends: the one packer (no GSO: impairments reshape the runs).
-        self._packer = Packer(n, n * 65536)
-        self._fwd_q = self._fwd.hdr_view.cast("Q")
-        self._fwd_iovq = memoryview(self._fwd.iovs).cast("Q")
-        self._dfwd_q = self._dfwd.hdr_view.cast("Q")
-        self._dfwd_u = self._dfwd.hdr_view.cast("I")
-        self._dfwd_iovq = memoryview(self._dfwd.iovs).cast("Q")
-        self._identity = array.array("Q", [self._fwd.iovs_addr + i * _IOV for i in range(n)])
-        self._permuted = False
+        for r in self.routes.values():
+            r.sock.setblocking(False)
+        self._waker = Waker(*(r.lfd for r in self.routes.values()))
 
     # -- control -----------------------------------------------------------------
 
@@ -220,11 +176,14 @@ class Relay:
         self._waker.wake()
 
     def close(self) -> None:
-        """Close every upstream socket and the wake-up pair (not the listening socket)."""
-        drops = proc_drops_by_inode() if len(self.table) else {}
-        for flow in list(self.table):
-            self._end_flow(flow, drops)
-            self.table.remove(flow)
+        """Close every upstream socket and the wake-up pair (not the listening sockets)."""
+        drops = proc_drops_by_inode()
+        for route in self.routes.values():
+            for flow in list(route.table):
+                self._end_flow(flow, drops)
+                route.table.remove(flow)
+        for old in list(self._retiring):
+            self._close_up(old, drops)
         self._waker.close()
 
     def __enter__(self) -> Relay:
@@ -234,41 +193,186 @@ class Relay:
         self.close()
 
     @property
+    def table(self) -> FlowTable:
+        """The first route's flow table."""
+        return next(iter(self.routes.values())).table
+
+    @property
     def fast(self) -> bool:
         """True when recvmmsg/sendmmsg are in use."""
         return self._fast
 
+    def _call(self, fn: Callable[[float], _T]) -> _T:
+        """Run ``fn(now)`` in the loop's thread (at once when the loop is not running)."""
+        with self._ops_lock:
+            if self._loop_thread is None or self._loop_thread == threading.get_ident():
+                return fn(self._clock())
+            fut: Future[_T] = Future()
+            self._ops.put((fn, fut))
+            self._ops_flag = True
+        self._waker.wake()
+        return fut.result(_CALL_WAIT)
+
+    def _run_ops(self) -> None:
+        self._ops_flag = False
+        while True:
+            try:
+                fn, fut = self._ops.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fut.set_result(fn(self._clock()))
+            except Exception as exc:  # handed to the caller's thread
+                fut.set_exception(exc)
+
+    def _route(self, name: str | None) -> list[Route]:
+        if name is None:
+            return list(self.routes.values())
+        r = self.routes.get(name)
+        if r is None:
+            known = ", ".join(self.routes)
+            raise KeyError(f"no route named {name!r}: the routes are {known}")
+        return [r]
+
+    def set_faults(
+        self,
+        route: str | None = None,
+        config: ImpairConfig | None = None,
+        *,
+        direction: str = "both",
+        **fields: object,
+    ) -> None:
+        """Change a route's faults (every route's with ``route=None``) while traffic runs.
+
+        Args:
+            route: the route's name.
+            config: the faults; or give ``fields`` as the scenario and the command
+                line write them (``loss="5%"``, ``delay="20ms"``).
+            direction: ``"both"``, ``"up"`` (client -> target) or ``"down"``; the
+                other direction is cleared.
+
+        Raises:
+            KeyError: no such route.
+            UsageError: a field that does not parse, or an unknown one.
+        """
+        if config is not None:
+            if fields:
+                raise UsageError("set_faults: give config or fields, not both")
+            up, down = (
+                config if direction in ("both", "up") else None,
+                config if direction in ("both", "down") else None,
+            )
+        else:
+            up, down = impair_configs(faults_from(fields, "faults", set()), direction)
+        targets = self._route(route)
+
+        def op(now: float) -> None:
+            for r in targets:
+                r.set_faults(up, down, now)
+
+        self._call(op)
+
+    def clear_faults(self, route: str | None = None) -> None:
+        """Take every fault off a route (what is held still leaves as it was due)."""
+        self.set_faults(route, ImpairConfig())
+
+    def rebind(self, route: str | None = None) -> int:
+        """Move each flow of a route to a new upstream source port now, as a NAT does.
+
+        Returns:
+            How many flows moved.
+        """
+        targets = self._route(route)
+
+        def op(now: float) -> int:
+            return sum(self._rebind_route(r, now) for r in targets)
+
+        return self._call(op)
+
+    def blackout(
+        self, route: str | None = None, seconds: float | None = None, on: bool = True
+    ) -> None:
+        """Drop everything on a route (counted) for ``seconds`` (``None``: until ``on=False``)."""
+        if seconds is not None and not (seconds > 0 and math.isfinite(seconds)):
+            raise UsageError(f"invalid blackout seconds {seconds!r}: must be more than 0")
+        targets = self._route(route)
+
+        def op(now: float) -> None:
+            for r in targets:
+                r.set_blackout(on, now)
+                r.blackout_until = now + seconds if on and seconds is not None else None
+
+        self._call(op)
+
+    def snapshot(self, route: str | None = None, *, flows: bool = True) -> dict[str, Any]:
+        """Every route's counters (with ``held``), phase, faults and flows, ready for JSON."""
+        targets = self._route(route)
+        return self._call(lambda now: {r.name: self._route_doc(r, now, flows) for r in targets})
+
+    def _route_doc(self, r: Route, now: float, flows: bool) -> dict[str, Any]:
+        hu, hd = r.held()
+        doc: dict[str, Any] = {
+            "name": r.name,
+            "route": r.where,
+            "phase": r.phase,
+            "blackout": r.blackout,
+            "faults": {
+                "up": None if r.cfg_up is None else _cfg_dict(r.cfg_up),
+                "down": None if r.cfg_down is None else _cfg_dict(r.cfg_down),
+            },
+            "flows": len(r.table),
+            "counters": {**r.flat(), "up_held": hu, "down_held": hd},
+            "phases": r.phases(),
+            "send_errors": dict(r.send_errors),
+            "seed": self.seed,
+        }
+        if flows:
+            doc["per_flow"] = r.flow_rows()
+        return doc
+
+    # -- stats -----------------------------------------------------------------------
+
     @property
     def stats(self) -> RelayStats:
-        """A snapshot of every counter, totals and per live flow."""
-        t = self.table
-        tot = t.totals()
+        """A snapshot of every counter, totals and per live flow, over every route."""
         drops = proc_drops_by_inode()
+        parts = [self._route_stats(r, drops, len(self.routes) > 1) for r in self.routes.values()]
+        if len(parts) == 1:
+            return parts[0]
+        total = RelayStats(counts={}, seed=parts[0].seed)
+        for p in parts:
+            _merge_stats(total, p)
+        kds = [p.kernel_drops for p in parts]
+        total.kernel_drops = None if None in kds else sum(k or 0 for k in kds)
+        return total
+
+    def route_stats(self, name: str) -> RelayStats:
+        """One route's :class:`RelayStats`."""
+        (r,) = self._route(name)
+        return self._route_stats(r, proc_drops_by_inode(), False)
+
+    def _route_stats(self, r: Route, drops: dict[int, int], label: bool) -> RelayStats:
+        t = r.table
+        tot = t.totals()
         kd: int | None = None
         if drops:
-            ino = inode(self._lfd)
+            ino = inode(r.lfd)
             if ino is not None:
-                kd = drops.get(ino, 0)
                 # Every socket the relay reads: the listening one and each flow's upstream.
-                kd += self._ended_drops
+                kd = drops.get(ino, 0) + r.ended_drops
                 for flow in t:
-                    up = flow.handle
+                    up: Upstream | None = flow.handle
                     if up is not None:
-                        kd += drops.get(up.ino, 0)
+                        kd += sum(drops.get(u.ino, 0) for u in (up, *up.old) if u.ino)
+        hu, hd = r.held()
+        _set_held(tot.up, hu)
+        _set_held(tot.down, hd)
         rows: list[FlowRow] = []
-        for flow in t:
-            rows.append(
-                {
-                    "peer": _show(flow.peer),
-                    "up_in": flow.up_in,
-                    "up_out": flow.up_out,
-                    "down_in": flow.down_in,
-                    "down_out": flow.down_out,
-                    "upstream_refused": flow.upstream_refused,
-                    "up": (flow.up.stats if flow.up else ImpairStats()).as_dict(),
-                    "down": (flow.down.stats if flow.down else ImpairStats()).as_dict(),
-                }
-            )
+        for row in r.flow_rows():
+            if label:
+                row["peer"] = f"{r.name}:{row['peer']}"
+            rows.append(row)  # type: ignore[arg-type]
+        impaired = r.impaired or self.scenario is not None
         return RelayStats(
             flows=len(t),
             peak_flows=t.peak,
@@ -278,9 +382,9 @@ class Relay:
             counts=tot.counts,
             up=tot.up,
             down=tot.down,
-            send_errors=dict(self._send_errors),
+            send_errors=dict(r.send_errors),
             kernel_drops=kd,
-            seed=self.seed if self._impaired else None,
+            seed=self.seed if impaired else None,
             per_flow=rows,
         )
 
@@ -289,73 +393,238 @@ class Relay:
     def run(self, *, duration: float | None = None) -> RelayStats:
         """Relay until :meth:`stop` (or ``duration`` seconds); return the final stats.
 
+        At the end what fault queues still hold is sent (``drain=True``) or
+        counted ``abandoned``, so ``in == out + dropped`` holds in the result.
+
         Raises:
-            NetworkError: the listening socket itself failed.
+            NetworkError: a listening socket itself failed.
         """
         clock = self._clock
-        end = None if duration is None else clock() + duration
-        lfd, waker = self._lfd, self._waker
+        start = clock()
+        if duration is None and self.scenario is not None:
+            duration = self.scenario.duration
+        end = None if duration is None else start + duration
+        with self._ops_lock:
+            self._loop_thread = threading.get_ident()
+        self._start_timers(start)
+        try:
+            with signals_wake(self._waker.signal_fd):
+                self._loop(end)
+            self._finish(clock())
+        finally:
+            self._stop = False
+            with self._ops_lock:
+                self._loop_thread = None
+            self._run_ops()
+        return self.stats
+
+    def _loop(self, end: float | None) -> None:
+        clock = self._clock
+        waker = self._waker
         by_fd = self._by_fd
-        from_clients = self._from_clients_fast if self._fast else self._from_clients_portable
-        from_up = self._from_upstream_fast if self._fast else self._from_upstream_portable
+        fast = self._fast
         busy = False
         spin = self._spin
         spin_until = 0.0
-        try:
-            with signals_wake(waker.signal_fd):
-                while not self._stop:
-                    now = clock()
-                    if end is not None and now >= end:
-                        break
-                    timeout = 0.0 if busy or now < spin_until else self._timeout(now, end)
-                    ready = waker.wait(timeout)
-                    now = clock()
-                    busy = False
-                    if spin and ready:
-                        # Traffic: keep polling without sleeping for a while, so the next
-                        # datagram does not pay for waking this process up.
-                        spin_until = now + spin
-                    for fd in ready:
-                        if fd == lfd:
-                            busy |= from_clients(now)
-                        else:
-                            flow = by_fd.get(fd)
-                            if flow is not None:
-                                busy |= from_up(flow, now)
-                    if self._pending:
-                        self._run_timers(now)
-                    nxt = self.table.next_expiry()
-                    if nxt is not None and nxt <= now:
-                        ended = self.table.expire(now)
-                        drops = proc_drops_by_inode() if ended else {}
-                        for flow in ended:
-                            self._end_flow(flow, drops)
-                    if self._report:
-                        self._report = False
-                        if self._on_report is not None:
-                            self._on_report(self.stats)
-        finally:
-            self._stop = False
-        return self.stats
+        while not self._stop:
+            now = clock()
+            if end is not None and now >= end:
+                break
+            timeout = 0.0 if busy or now < spin_until else self._timeout(now, end)
+            ready = waker.wait(timeout)
+            now = clock()
+            busy = False
+            if spin and ready:
+                # Traffic: keep polling without sleeping for a while, so the next
+                # datagram does not pay for waking this process up.
+                spin_until = now + spin
+            for fd in ready:
+                obj = by_fd.get(fd)
+                if obj is None:
+                    continue
+                if isinstance(obj, Route):
+                    if fast:
+                        busy |= self._from_clients_fast(obj, now)
+                    else:
+                        busy |= self._from_clients_portable(obj, now)
+                elif fast:
+                    busy |= self._from_upstream_fast(obj, now)
+                else:
+                    busy |= self._from_upstream_portable(obj, now)
+            if self._pending:
+                self._run_timers(now)
+            if self._next_change is not None and self._next_change <= now:
+                self._timed(now)
+            for r in self.routes.values():
+                nxt = r.table.next_expiry()
+                if nxt is not None and nxt <= now:
+                    ended = r.table.expire(now)
+                    drops = proc_drops_by_inode() if ended else {}
+                    for flow in ended:
+                        self._end_flow(flow, drops)
+            if self._ops_flag:
+                self._run_ops()
+            if self._report:
+                self._report = False
+                if self._on_report is not None:
+                    self._on_report(self.stats)
 
     def _timeout(self, now: float, end: float | None) -> float | None:
         """Seconds until the next timer, or ``None`` when there is none."""
         best = end
-        nxt = self.table.next_expiry()
-        if nxt is not None and (best is None or nxt < best):
-            best = nxt
+        for cand in (self._next_change, *(r.table.next_expiry() for r in self.routes.values())):
+            if cand is not None and (best is None or cand < best):
+                best = cand
         for _, imp, _ in self._pending.values():
             d = imp.deadline
             if d is not None and (best is None or d < best):
                 best = d
         return None if best is None else max(best - now, 0.0)
 
+    # -- timed changes: phases, events, rebinding, NAT timeouts, blackouts, closes --
+
+    def _start_timers(self, now: float) -> None:
+        self._t0 = now
+        for r in self.routes.values():
+            if r.rebind_every is not None:
+                r.next_rebind = now + r.rebind_every
+            if r.nat_timeout is not None:
+                r.next_nat_check = now + _nat_tick(r.nat_timeout)
+        if self.scenario is not None:
+            self._apply_phases(now, -1.0)
+        self._plan(now)
+
+    def _plan(self, now: float) -> None:
+        """When the next timed change is due (``_next_change``)."""
+        cands: list[float] = [u.closes_at for u in self._retiring]
+        for r in self.routes.values():
+            cands += [t for t in (r.next_rebind, r.next_nat_check, r.blackout_until) if t]
+        if self.scenario is not None and self._t0 is not None:
+            nxt = self.scenario.next_change(now - self._t0)
+            if nxt is not None:
+                cands.append(self._t0 + nxt)
+        self._next_change = min(cands) if cands else None
+
+    def _timed(self, now: float) -> None:
+        if self.scenario is not None and self._t0 is not None:
+            self._apply_phases(now, self._scenario_t)
+        for r in self.routes.values():
+            if r.blackout_until is not None and r.blackout_until <= now:
+                r.blackout_until = None
+                r.set_blackout(False, now)
+            if r.next_rebind is not None and r.next_rebind <= now and r.rebind_every:
+                self._rebind_route(r, now)
+                r.next_rebind = now + r.rebind_every
+            if r.next_nat_check is not None and r.next_nat_check <= now and r.nat_timeout:
+                self._nat_check(r, now)
+                r.next_nat_check = now + _nat_tick(r.nat_timeout)
+        due = [u for u in self._retiring if u.closes_at <= now]
+        if due:
+            drops = proc_drops_by_inode()
+            for u in due:
+                self._close_up(u, drops)
+        self._plan(now)
+
+    _scenario_t = -1.0  # scenario time up to which changes were applied
+
+    def _apply_phases(self, now: float, before: float) -> None:
+        sc = self.scenario
+        assert sc is not None and self._t0 is not None
+        t = now - self._t0
+        for r in self.routes.values():
+            text = RouteText(r.name, "", "", r.base_text, "both")
+            faults, direction, black, name = sc.faults_at(t, text)
+            if name != r.phase or before < 0:
+                if name != r.phase:
+                    r.enter_phase(name)
+                if name == "base" and not r.base_text:
+                    up, down = r.base
+                else:
+                    up, down = impair_configs(faults, direction, f"phase {name}")
+                r.set_faults(up, down, now)
+                if black != r.blackout:
+                    r.set_blackout(black, now)
+        for ev in sc.events_between(before, t):
+            for r in self.routes.values():
+                if ev.rebind and (ev.routes is None or r.name in ev.routes):
+                    self._rebind_route(r, now)
+        self._scenario_t = t
+
+    def _rebind_route(self, r: Route, now: float) -> int:
+        moved = 0
+        for flow in r.table:
+            if flow.handle is not None and self._rebind_flow(r, flow, now, self._grace):
+                r.rebinds += 1
+                moved += 1
+        self._plan(now)
+        return moved
+
+    def _nat_check(self, r: Route, now: float) -> None:
+        assert r.nat_timeout is not None
+        limit = now - r.nat_timeout
+        for flow in r.table:
+            up: Upstream | None = flow.handle
+            if up is not None and up.last_up <= limit and self._rebind_flow(r, flow, now, 0.0):
+                r.nat_timeouts += 1
+                flow.handle.last_up = math.inf  # forgotten until the client speaks again
+
+    def _rebind_flow(self, r: Route, flow: Flow, now: float, grace: float) -> bool:
+        old: Upstream = flow.handle
+        try:
+            s = r.open_upstream()
+        except OSError as exc:
+            r.count_error(errno_name(exc.errno))
+            return False
+        new = Upstream(s, old.raw, flow, r)
+        new.last_up = old.last_up
+        old.closes_at = now + grace
+        new.old = [*old.old, old]
+        old.old = []
+        flow.handle = new
+        self._by_fd[new.fd] = new
+        self._waker.register(new.fd)
+        self._retiring.append(old)
+        return True
+
+    def _close_up(self, u: Upstream, drops: dict[int, int]) -> None:
+        # Keep what the kernel dropped on this socket: /proc forgets it at close.
+        if u.ino is not None:
+            u.route.ended_drops += drops.get(u.ino, 0)
+        if self._by_fd.get(u.fd) is u:
+            del self._by_fd[u.fd]
+            self._waker.unregister(u.fd)
+        u.sock.close()
+        if u in self._retiring:
+            self._retiring.remove(u)
+        cur: Upstream | None = u.flow.handle
+        if cur is not None and u in cur.old:
+            cur.old.remove(u)
+
+    def _finish(self, now: float) -> None:
+        """At stop: send what is held (``drain``) or count it abandoned."""
+        for r in self.routes.values():
+            for flow in r.table:
+                for imp, up in ((flow.up, True), (flow.down, False)):
+                    if imp is None or not imp.held:
+                        continue
+                    if self._drain and flow.handle is not None:
+                        self._send_payloads(flow, _drain(imp, now), up)
+                    imp.abandon()
+                    self._pending.pop(id(imp), None)
+
     # -- flows ---------------------------------------------------------------------
 
     def _admit(
-        self, key: PeerKey | Peer, raw: bytes, peer: SockAddr, now: float, count: int
+        self,
+        route: Route,
+        key: PeerKey | Peer,
+        raw: bytes,
+        peer: SockAddr,
+        now: float,
+        *,
+        count: int,
     ) -> Flow | None:
-        t = self.table
+        t = route.table
         flow = t.admit(key, peer, now, 0)
         if flow is None:
             ended = t.expire(now)
@@ -367,28 +636,17 @@ class Relay:
                 return None
         if flow.handle is None:
             try:
-                s = socket.socket(self._tfamily, socket.SOCK_DGRAM)
+                s = route.open_upstream()
             except OSError as exc:
                 t.remove(flow)
                 t.refused += count
-                self._count_error(exc.errno, count)
+                route.count_error(errno_name(exc.errno), count)
                 return None
-            try:
-                s.setblocking(False)
-                # The target's replies queue here while the relay is not scheduled:
-                # as big a buffer as bench and reflect use, so a busy box does not drop.
-                with contextlib.suppress(NetworkError, UsageError):
-                    set_receive_buffer(s, DEFAULT_RCVBUF)
-                s.connect(self._target)
-            except OSError as exc:
-                s.close()
-                t.remove(flow)
-                t.refused += count
-                self._count_error(exc.errno, count)
-                return None
-            flow.handle = _Up(s, raw)
-            self._by_fd[flow.handle.fd] = flow
-            self._waker.register(flow.handle.fd)
+            up = Upstream(s, raw, flow, route)
+            up.last_up = now
+            flow.handle = up
+            self._by_fd[up.fd] = up
+            self._waker.register(up.fd)
         return flow
 
     def _end_flow(self, flow: Flow, drops: dict[int, int] | None = None) -> None:
@@ -396,310 +654,64 @@ class Relay:
             if imp is not None:
                 imp.abandon()
                 self._pending.pop(id(imp), None)
-        up: _Up | None = flow.handle
+        up: Upstream | None = flow.handle
         if up is not None:
-            # Keep what the kernel dropped on this socket: /proc forgets it at close.
             if drops is None:
                 drops = proc_drops_by_inode()
-            if up.ino is not None:
-                self._ended_drops += drops.get(up.ino, 0)
-            self._by_fd.pop(up.fd, None)
-            self._waker.unregister(up.fd)
-            up.sock.close()
+            for u in (*up.old, up):
+                self._close_up(u, drops)
             flow.handle = None
 
-    def _count_error(self, code: int | None, n: int = 1) -> None:
-        name = errno_name(code)
-        self._send_errors[name] = self._send_errors.get(name, 0) + n
 
-    # -- fast path: client -> target -------------------------------------------------
+def _is_64bit() -> bool:
+    import ctypes
 
-    def _from_clients_fast(self, now: float) -> bool:
-        rx = self._rx
-        vlen = self._batch
-        for _ in range(_ROUNDS):
-            rx.reset()
-            n: int = libc_mmsg.recvmmsg(self._lfd, rx.hdrs_addr, vlen, _RECV_FLAGS, None)
-            if n <= 0:
-                if n < 0:
-                    code = ctypes.get_errno()
-                    if code in AGAIN:
-                        return False
-                    if code == errno.EINTR or code in ICMP_ERRORS:
-                        continue
-                    raise map_oserror(OSError(code, os.strerror(code)), "relay receive")
-                return False
-            lens = rx.msg_lens(n)
-            keys: Sequence[PeerKey]
-            if self._family == socket.AF_INET:
-                keys = rx.name_keys_v4(n)
-            else:
-                blob = rx.names_view[: n * NAME_SPACE].tobytes()
-                keys = [blob[o : o + 28] for o in range(0, n * NAME_SPACE, NAME_SPACE)]
-            if self._impaired or max(lens) > self._bufsize:
-                self._clients_generic(now, n, lens, keys)
-            else:
-                self._forward_up(now, n, lens, keys)
-            if n < vlen:
-                return False
-        return True
+    return ctypes.sizeof(ctypes.c_void_p) == 8
 
-    def _raw_name(self, i: int) -> bytes:
-        ln = 16 if self._family == socket.AF_INET else 28
-        return self._rx.names_view[i * NAME_SPACE : i * NAME_SPACE + ln].tobytes()
 
-    def _flow_at(self, now: float, key: PeerKey, i: int, count: int) -> Flow | None:
-        flow = self.table.get(key)
-        if flow is not None and flow.handle is not None:
-            self.table.touch(flow, now)
-            return flow
-        raw = self._raw_name(i)
-        peer = decode_sockaddr(raw)
-        assert isinstance(peer, tuple)  # an IP socket's sender: (host, port[, flow, scope])
-        return self._admit(key, raw, peer, now, count)
+def _nat_tick(timeout: float) -> float:
+    return min(max(timeout / 4, 0.01), 1.0)
 
-    def _forward_up(self, now: float, n: int, lens: list[int], keys: Sequence[PeerKey]) -> None:
-        self._fwd_iovq[1 : 2 * n : 2] = array.array("Q", lens)
-        k0 = keys[0]
-        if keys.count(k0) == n:
-            if self._permuted:
-                self._fwd_q[2 : 8 * n : 8] = self._identity[:n]
-                self._permuted = False
-            flow = self._flow_at(now, k0, 0, n)
-            if flow is not None:
-                flow.up_in += n
-                flow.up_in_bytes += sum(lens)
-                self._send_up(flow, 0, lens)
-            return
-        # Several clients in one batch: order the headers by client (stable, so each
-        # client's datagrams keep their order) and send one run per client.
-        order = sorted(range(n), key=keys.__getitem__)
-        base = self._fwd.iovs_addr
-        self._fwd_q[2 : 8 * n : 8] = array.array("Q", [base + i * _IOV for i in order])
-        self._permuted = True
-        j = 0
-        while j < n:
-            first = order[j]
-            key = keys[first]
-            e = j + 1
-            while e < n and keys[order[e]] == key:
-                e += 1
-            flow = self._flow_at(now, key, first, e - j)
-            if flow is not None:
-                sizes = [lens[i] for i in order[j:e]]
-                flow.up_in += e - j
-                flow.up_in_bytes += sum(sizes)
-                self._send_up(flow, j, sizes)
-            j = e
 
-    def _send_up(self, flow: Flow, start: int, sizes: list[int]) -> None:
-        sent, nbytes = self._send(flow, flow.handle.fd, self._fwd, start, sizes)
-        flow.up_out += sent
-        flow.up_out_bytes += nbytes
+def _drain(imp: Impairment, now: float) -> list[bytes]:
+    """Everything ``imp`` holds, in order, released now."""
+    if _HAS_DRAIN:
+        fn: Any = getattr(imp, "drain")  # noqa: B009
+        got = fn(now)
+        return list(got[0] if isinstance(got, tuple) else got)
+    out: list[bytes] = []
+    t = now
+    for _ in range(100_000):  # a core without drain: later and later polls empty it
+        if not imp.held:
+            break
+        t += 3600.0
+        data, _ = imp.poll(t)
+        out += data
+    return out
 
-    def _send(
-        self, flow: Flow, fd: int, tx: MsgArray, first: int, sizes: Sequence[int]
-    ) -> tuple[int, int]:
-        """Send headers ``first..`` of ``tx``, a datagram each; count errors; (datagrams, bytes)."""
-        retried = -1
 
-        def refused(code: int, i: int, n: int) -> int:
-            nonlocal retried
-            if code in ICMP_ERRORS and fd != self._lfd:
-                # An ICMP error from an earlier send, reported now: this datagram was
-                # not sent.  Count it and send it again once, so traffic resumes on
-                # the first datagram after the target comes back.
-                flow.upstream_refused += 1
-                if retried != i:
-                    retried = i
-                    return RETRY
-            self._count_error(code)
-            flow.send_errors += 1
-            return SKIP  # the rest still go
+def _set_held(st: ImpairStats, held: int) -> None:
+    if "held" in getattr(type(st), "__dataclass_fields__", {}):
+        setattr(st, "held", held)  # noqa: B010
 
-        _, sent, nbytes = push(
-            fd, tx, first, len(sizes), counts=None, nbytes=sizes, wait=_SEND_WAIT, on_error=refused
-        )
-        return sent, nbytes
 
-    # -- fast path: target -> client -------------------------------------------------
+def _cfg_dict(cfg: ImpairConfig) -> dict[str, Any]:
+    from dataclasses import asdict
 
-    def _from_upstream_fast(self, flow: Flow, now: float) -> bool:
-        drx = self._drx
-        vlen = self._batch
-        up: _Up = flow.handle
-        for _ in range(_ROUNDS):
-            drx.reset()
-            n: int = libc_mmsg.recvmmsg(up.fd, drx.hdrs_addr, vlen, _RECV_FLAGS, None)
-            if n <= 0:
-                if n < 0:
-                    code = ctypes.get_errno()
-                    if code in ICMP_ERRORS:
-                        flow.upstream_refused += 1
-                        continue
-                    if code == errno.EINTR:
-                        continue
-                return False
-            lens = drx.msg_lens(n)
-            flow.down_in += n
-            flow.down_in_bytes += sum(lens)
-            self.table.touch(flow, now)
-            if flow.down is not None or max(lens) > self._bufsize:
-                mv = drx.data_view
-                size = self._bufsize
-                data = [
-                    mv[i * size : i * size + min(ln, size)].tobytes() for i, ln in enumerate(lens)
-                ]
-                self._down_payloads(flow, now, data)
-            else:
-                self._dfwd_iovq[1 : 2 * n : 2] = array.array("Q", lens)
-                self._dfwd_q[0 : 8 * n : 8] = array.array("Q", [up.name_addr]) * n
-                self._dfwd_u[2 : 16 * n : 16] = array.array("I", [up.namelen]) * n
-                sent, nbytes = self._send(flow, self._lfd, self._dfwd, 0, lens)
-                flow.down_out += sent
-                flow.down_out_bytes += nbytes
-            if n < vlen:
-                return False
-        return True
+    return {k: v for k, v in asdict(cfg).items() if v not in (None, 0, 0.0, False)}
 
-    # -- generic path (impairments, truncation, portable) ------------------------------
 
-    def _clients_generic(
-        self, now: float, n: int, lens: list[int], keys: Sequence[PeerKey]
-    ) -> None:
-        mv = self._rx.data_view
-        size = self._bufsize
-        groups: dict[PeerKey, tuple[int, list[bytes]]] = {}
-        for i in range(n):
-            ln = min(lens[i], size)
-            g = groups.get(keys[i])
-            if g is None:
-                g = groups[keys[i]] = (i, [])
-            g[1].append(mv[i * size : i * size + ln].tobytes())
-        for key, (first, data) in groups.items():
-            flow = self._flow_at(now, key, first, len(data))
-            if flow is not None:
-                self._up_payloads(flow, now, data)
-
-    def _up_payloads(self, flow: Flow, now: float, data: list[bytes]) -> None:
-        flow.up_in += len(data)
-        flow.up_in_bytes += sum(map(len, data))
-        imp = flow.up
-        if imp is not None:
-            data, _ = imp.feed(now, data)
-            self._note_pending(flow, imp, True)
-        self._send_payloads(flow, data, True)
-
-    def _down_payloads(self, flow: Flow, now: float, data: list[bytes]) -> None:
-        imp = flow.down
-        if imp is not None:
-            data, _ = imp.feed(now, data)
-            self._note_pending(flow, imp, False)
-        self._send_payloads(flow, data, False)
-
-    def _note_pending(self, flow: Flow, imp: Impairment, up: bool) -> None:
-        if imp.deadline is None:
-            self._pending.pop(id(imp), None)
-        else:
-            self._pending[id(imp)] = (flow, imp, up)
-
-    def _run_timers(self, now: float) -> None:
-        for key, (flow, imp, up) in list(self._pending.items()):
-            if imp.deadline is not None and imp.deadline <= now:
-                data, dl = imp.poll(now)
-                if dl is None:
-                    del self._pending[key]
-                if data:
-                    self._send_payloads(flow, data, up)
-
-    def _send_payloads(self, flow: Flow, data: Sequence[bytes], up: bool) -> None:
-        if not data:
-            return
-        h: _Up = flow.handle
-        if self._fast:
-            packer = self._packer
-            name_addr, namelen = (0, 0) if up else (h.name_addr, h.namelen)
-            fd = h.fd if up else self._lfd
-            sent = nbytes = k = 0
-            while k < len(data):
-                k = packer.pack(data, k, gso=False, name_addr=name_addr, namelen=namelen)
-                s, b = self._send(flow, fd, packer.tx, 0, packer.nbytes)
-                sent += s
-                nbytes += b
-        else:
-            sent, nbytes = self._send_portable(flow, data, up)
-        if up:
-            flow.up_out += sent
-            flow.up_out_bytes += nbytes
-        else:
-            flow.down_out += sent
-            flow.down_out_bytes += nbytes
-
-    # -- portable path -----------------------------------------------------------------
-
-    def _from_clients_portable(self, now: float) -> bool:
-        groups: dict[InetAddr, list[bytes]] = {}
-        got = 0
-        while got < self._batch:
-            try:
-                payload, peer = self._lsock.recvfrom(65535)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in ICMP_ERRORS:
-                    continue
-                raise map_oserror(exc, "relay receive") from exc
-            got += 1
-            groups.setdefault(peer, []).append(payload)
-        for peer, data in groups.items():
-            flow = self.table.get(peer)
-            if flow is None or flow.handle is None:
-                flow = self._admit(peer, encode_sockaddr(self._family, peer), peer, now, len(data))
-            else:
-                self.table.touch(flow, now)
-            if flow is not None:
-                self._up_payloads(flow, now, data)
-        return got == self._batch
-
-    def _from_upstream_portable(self, flow: Flow, now: float) -> bool:
-        h: _Up = flow.handle
-        data: list[bytes] = []
-        while len(data) < self._batch:
-            try:
-                data.append(h.sock.recv(65535))
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno in ICMP_ERRORS:
-                    flow.upstream_refused += 1
-                    continue
-                break
-        if data:
-            flow.down_in += len(data)
-            flow.down_in_bytes += sum(map(len, data))
-            self.table.touch(flow, now)
-            self._down_payloads(flow, now, data)
-        return len(data) == self._batch
-
-    def _send_portable(self, flow: Flow, data: Sequence[bytes], up: bool) -> tuple[int, int]:
-        h: _Up = flow.handle
-        sent = nbytes = 0
-        for p in data:
-            for attempt in (0, 1):
-                try:
-                    if up:
-                        h.sock.send(p)
-                    else:
-                        self._lsock.sendto(p, flow.peer)
-                except OSError as exc:
-                    if up and exc.errno in ICMP_ERRORS:
-                        flow.upstream_refused += 1
-                        if attempt == 0:
-                            continue
-                    self._count_error(exc.errno)
-                    flow.send_errors += 1
-                    break
-                sent += 1
-                nbytes += len(p)
-                break
-        return sent, nbytes
+def _merge_stats(total: RelayStats, p: RelayStats) -> None:
+    total.flows += p.flows
+    total.peak_flows += p.peak_flows
+    total.flows_created += p.flows_created
+    total.flows_expired += p.flows_expired
+    total.refused += p.refused
+    for k, v in p.counts.items():
+        total.counts[k] = total.counts.get(k, 0) + v
+    total.up.merge(p.up)
+    total.down.merge(p.down)
+    for k, n in p.send_errors.items():
+        total.send_errors[k] = total.send_errors.get(k, 0) + n
+    total.seed = total.seed if total.seed is not None else p.seed
+    total.per_flow += p.per_flow
