@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING
 
 from udpkit._cli import options
 from udpkit._cli.common import SubParsers, Writer, add_command
+from udpkit._core.errors import UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from udpkit._core.relay import ImpairConfig
+    from udpkit._core.relaystats import RelayStats
+    from udpkit._core.scenario import Scenario
+    from udpkit._loops.relay import Relay
 
 DEFAULT_LISTEN_HOST = "127.0.0.1"
 
@@ -30,8 +36,13 @@ def add_parser(sub: SubParsers) -> None:
         "--direction), each direction with its own seeded random streams.  Counters are "
         "printed on stderr on SIGINT/SIGTERM (then exit 0) and on SIGUSR1.",
     )
-    p.add_argument("listen", metavar="LISTEN", help="[HOST:]PORT to listen on (host 127.0.0.1)")
-    p.add_argument("target", metavar="TARGET", help="[HOST:]PORT to forward to (host 127.0.0.1)")
+    p.add_argument(
+        "listen", metavar="LISTEN", nargs="?", help="[HOST:]PORT to listen on (host 127.0.0.1)"
+    )
+    p.add_argument(
+        "target", metavar="TARGET", nargs="?", help="[HOST:]PORT to forward to (host 127.0.0.1)"
+    )
+    add_routes(p)
     p.add_argument(
         "--idle-timeout",
         type=options.IDLE_TIMEOUT,
@@ -145,64 +156,200 @@ def impair_config(args: argparse.Namespace) -> ImpairConfig | None:
     return cfg if cfg.active else None
 
 
+def _duration(option: str) -> Callable[[str], float]:
+    from udpkit._core import units
+
+    def convert(text: str) -> float:
+        try:
+            return units.parse_duration(text, option, above_low=True, high=86400.0)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
+def add_routes(p: argparse.ArgumentParser) -> None:
+    """Routes, scenarios, NAT behaviour, live control and the stop (``run``'s options)."""
+    g = p.add_argument_group("routes, scenarios, NAT and live control")
+    g.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="[NAME=]LISTEN=TARGET",
+        help="one more route in this process, with the same faults (repeatable)",
+    )
+    g.add_argument(
+        "--scenario",
+        metavar="FILE",
+        help="TOML or JSON: routes, and fault phases over time (see README)",
+    )
+    g.add_argument(
+        "--control",
+        metavar="[HOST:]PORT",
+        help="serve the JSON control API here (host 127.0.0.1; off by default)",
+    )
+    g.add_argument(
+        "--drain",
+        action="store_true",
+        help="at stop, send what delay/rate/reorder queues hold (default: count it abandoned)",
+    )
+    g.add_argument(
+        "--nat-rebind",
+        type=_duration("--nat-rebind"),
+        metavar="SECONDS",
+        help="move every flow to a new upstream port this often, as a NAT rebinding does",
+    )
+    g.add_argument(
+        "--nat-timeout",
+        type=_duration("--nat-timeout"),
+        metavar="SECONDS",
+        help="a flow whose client is silent this long comes back on a new upstream port",
+    )
+
+
+def _route_args(args: argparse.Namespace, scenario: Scenario | None) -> list[tuple[str, str, str]]:
+    """``(name, listen, target)`` for the positional pair and each ``--route``."""
+    out: list[tuple[str, str, str]] = []
+    if (args.listen is None) != (args.target is None):
+        raise UsageError("relay: give both LISTEN and TARGET, or neither (with --route/--scenario)")
+    if args.listen is not None:
+        out.append(("r1", args.listen, args.target))
+    for text in args.route:
+        parts = text.split("=")
+        if len(parts) == 2:
+            parts.insert(0, f"r{len(out) + 1}")
+        if len(parts) != 3 or not all(parts) or "/" in parts[0]:
+            raise UsageError(
+                f"invalid --route '{text}': must be [NAME=]LISTEN=TARGET, like 5300=127.0.0.1:53"
+            )
+        out.append((parts[0], parts[1], parts[2]))
+    if not out and (scenario is None or not scenario.routes):
+        raise UsageError("relay: give LISTEN TARGET, --route LISTEN=TARGET or a --scenario")
+    return out
+
+
+def _load_scenario(path: str | None) -> Scenario | None:
+    from udpkit._core.scenario import parse_scenario
+
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"invalid --scenario '{path}': {getattr(exc, 'strerror', exc)}") from None
+    return parse_scenario(text, path)
+
+
+def _summary(relay: Relay, stats: RelayStats, stopped: list[int]) -> str:
+    import signal
+
+    from udpkit._core.relaystats import format_stats
+
+    text = format_stats(stats)
+    if stopped:
+        first, _, rest = text.partition("\n")
+        text = f"{first} (stopped by {signal.Signals(stopped[0]).name})\n{rest}"
+    return text + _route_lines(relay)
+
+
+def _route_lines(relay: Relay) -> str:
+    """Per route: held now, abandoned, NAT figures, and the counters of each phase."""
+    lines: list[str] = []
+    for name, doc in relay.snapshot(flows=False).items():
+        c = doc["counters"]
+        lines.append(
+            f"udpkit relay: route {name} {doc['route']} phase={doc['phase']} "
+            f"up in={c['up_in']} out={c['up_out']} held={c['up_held']} "
+            f"abandoned={c.get('up_abandoned', 0)}; down in={c['down_in']} "
+            f"out={c['down_out']} held={c['down_held']} abandoned={c.get('down_abandoned', 0)}; "
+            f"rebinds={c['rebinds']} nat_timeouts={c['nat_timeouts']}"
+        )
+        if len(doc["phases"]) > 1 or relay.scenario is not None:
+            for ph, pc in doc["phases"].items():
+                lines.append(
+                    f"udpkit relay:   phase {ph}: up in={pc.get('up_in', 0)} "
+                    f"out={pc.get('up_out', 0)} lost={pc.get('up_lost', 0)}; "
+                    f"down in={pc.get('down_in', 0)} out={pc.get('down_out', 0)} "
+                    f"lost={pc.get('down_lost', 0)}"
+                )
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """Run ``udpkit relay`` until SIGINT/SIGTERM; return the exit code.
 
     Raises:
-        UsageError: a bad option value.
+        UsageError: a bad option value or scenario.
         AddressError: a bad LISTEN or TARGET.
         NetworkError: LISTEN cannot be bound.
     """
     import contextlib
-    import signal
 
     from udpkit._core.errors import AddressError, NetworkError
-    from udpkit._core.relaystats import RelayStats, format_stats
-    from udpkit._loops.relay import Relay
+    from udpkit._core.scenario import impair_configs
+    from udpkit._loops.relay import Relay, RouteSpec
+    from udpkit._loops.relay_control import ControlServer
     from udpkit._loops.sigwake import on_signals, stops_held
     from udpkit._net.addr import format_sockaddr, resolve_one, split_hostport
     from udpkit._net.kernel import DEFAULT_RCVBUF
     from udpkit._net.sockets import set_receive_buffer, udp_bind
 
+    scenario = _load_scenario(args.scenario)
+    pairs = _route_args(args, scenario)
     cfg = impair_config(args)
-    lhost, lport = split_hostport(args.listen, default_host=DEFAULT_LISTEN_HOST)
-    thost, tport = split_hostport(args.target, default_host=DEFAULT_LISTEN_HOST)
-    target = resolve_one(thost, tport)
-    if target.port == 0:
-        raise AddressError(f"invalid target '{args.target}': port 0 cannot receive; give a port")
+    up = cfg if args.direction in ("both", "up") else None
+    down = cfg if args.direction in ("both", "down") else None
+    wanted: list[tuple[str, str, str, dict[str, str] | None]] = [(*p, None) for p in pairs]
+    for rt in scenario.routes if scenario else ():
+        wanted.append((rt.name, rt.listen, rt.target, rt.faults))
+    control = None
+    if args.control is not None:
+        chost, cport = split_hostport(args.control, default_host=DEFAULT_LISTEN_HOST)
+        if not cport.isdigit() or int(cport) > 65535:
+            raise UsageError(f"invalid --control '{args.control}': must be [HOST:]PORT")
+        control = (chost.strip("[]"), int(cport))
 
     def report(st: RelayStats) -> None:
-        err.write(format_stats(st))
+        err.write(_summary(relay, st, []))
 
-    # Stops wait until the relay's own handlers are in place, so a stop always
-    # ends with the counters printed.
-    with stops_held(), udp_bind(lhost, lport) as listener:
-        # Clients' datagrams queue here while the relay is not scheduled (the default
-        # ~208 KiB is ~13 ms of 64-byte datagrams at 20k/s): as much as bench and reflect ask.
-        with contextlib.suppress(NetworkError):
-            set_receive_buffer(listener.sock, DEFAULT_RCVBUF)
+    with stops_held(), contextlib.ExitStack() as stack:
+        specs: list[RouteSpec] = []
+        for name, listen, target_text, faults in wanted:
+            lhost, lport = split_hostport(listen, default_host=DEFAULT_LISTEN_HOST)
+            thost, tport = split_hostport(target_text, default_host=DEFAULT_LISTEN_HOST)
+            target = resolve_one(thost, tport)
+            if target.port == 0:
+                raise AddressError(f"invalid target '{target_text}': port 0 cannot receive")
+            listener = stack.enter_context(udp_bind(lhost, lport))
+            # Clients' datagrams queue here while the relay is not scheduled.
+            with contextlib.suppress(NetworkError):
+                set_receive_buffer(listener.sock, DEFAULT_RCVBUF)
+            fu, fd = (up, down) if faults is None else impair_configs(faults, "both", name)
+            specs.append(
+                RouteSpec(listener, target, name, fu, fd, args.nat_rebind, args.nat_timeout, faults)
+            )
         relay = Relay(
-            listener,
-            target,
+            routes=specs,
             idle_timeout=args.idle_timeout,
             max_flows=args.max_flows,
-            impair_up=cfg if args.direction in ("both", "up") else None,
-            impair_down=cfg if args.direction in ("both", "down") else None,
             seed=args.seed,
+            scenario=scenario,
+            drain=args.drain,
             fast=False if args.no_batch else None,
             spin_us=args.spin_us,
             on_report=report,
         )
-        where = format_sockaddr(listener.sock.getsockname())
+        stack.callback(relay.close)
+        if control is not None:
+            srv = stack.enter_context(ControlServer(relay, *control))
+            err.write(f"udpkit: control API on http://{format_sockaddr(srv.address)}/routes\n")
         with on_signals(relay.stop, relay.request_report) as stopped:
-            try:
-                err.write(f"udpkit: listening on {where} (UDP, relay to {target})\n")
-                stats = relay.run()
-            finally:
-                relay.close()
-    text = format_stats(stats)
-    if stopped:
-        first, _, rest = text.partition("\n")
-        text = f"{first} (stopped by {signal.Signals(stopped[0]).name})\n{rest}"
-    err.write(text)
+            for r in relay.routes.values():
+                listen, _, target = r.where.partition(" -> ")
+                err.write(
+                    f"udpkit: listening on {listen} (UDP, relay to {target}, route {r.name})\n"
+                )
+            stats = relay.run()
+            err.write(_summary(relay, stats, stopped))
     return 0
