@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
     from udpkit._core.policy import Policy, Verdict
     from udpkit._core.relay import ImpairConfig
     from udpkit._core.relaystats import RelayStats
+    from udpkit._core.scenario import Scenario, parse_scenario
     from udpkit._core.serving import (
         ECHO,
         BatchAnswer,
@@ -65,7 +66,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         read_records_untrusted,
     )
     from udpkit._loops.reflect import Reflector
-    from udpkit._loops.relay import Relay
+    from udpkit._loops.relay import Relay, RouteSpec
+    from udpkit._loops.relay_control import ControlServer
     from udpkit._loops.server import DatagramServer, ServeStats, StreamServer, reply_handler
     from udpkit._net.addr import (
         BROADCAST,
@@ -115,6 +117,7 @@ __all__ = [
     "BenchConfig",
     "BenchResult",
     "ConnectionRefused",
+    "ControlServer",
     "Datagram",
     "DatagramServer",
     "DatagramSocket",
@@ -136,6 +139,8 @@ __all__ = [
     "Reflector",
     "Relay",
     "RelayStats",
+    "RouteSpec",
+    "Scenario",
     "ServeStats",
     "ServeStep",
     "StepStats",
@@ -164,6 +169,7 @@ __all__ = [
     "parse_host",
     "parse_port",
     "parse_protocol",
+    "parse_scenario",
     "parse_type",
     "read_records_untrusted",
     "reply_handler",
@@ -199,6 +205,10 @@ _LAZY: dict[str, str] = {
     "RecordError": "_loops.record",
     "read_records_untrusted": "_loops.record",
     "Relay": "_loops.relay",
+    "RouteSpec": "_loops.relay",
+    "ControlServer": "_loops.relay_control",
+    "Scenario": "_core.scenario",
+    "parse_scenario": "_core.scenario",
     "RelayStats": "_core.relaystats",
     "BenchConfig": "_loops.bench",
     "BenchResult": "_loops.bench",
