@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-from udpkit._core.relay import ImpairStats
+from udpkit._core.impair import ImpairStats
 
 __all__ = ["FlowRow", "RelayStats", "format_stats"]
 
@@ -69,21 +69,27 @@ class RelayStats:
         }
 
 
+# Always shown (what parsers of the summary may rely on), then the rarer kinds
+# only when they happened: a line stays readable when one fault is on.
 _IMPAIR_KEYS = (
+    "held",
     "lost",
     "duplicated",
     "reordered",
     "delayed",
     "rate_limited",
-    "rate_dropped",
+    "queue_drop",
     "overflow",
     "abandoned",
 )
+_IMPAIR_RARE = ("blackout_drop", "mtu_drop", "truncated", "corrupted", "drained")
 
 
 def _impair_text(st: ImpairStats | dict[str, int]) -> str:
     d = st if isinstance(st, dict) else st.as_dict()
-    return " ".join(f"{k}={d.get(k, 0)}" for k in _IMPAIR_KEYS)
+    shown = [f"{k}={d.get(k, 0)}" for k in _IMPAIR_KEYS]
+    shown += [f"{k}={d[k]}" for k in _IMPAIR_RARE if d.get(k)]
+    return " ".join(shown)
 
 
 def format_stats(stats: RelayStats, *, max_flows_shown: int = 16) -> str:
