@@ -66,6 +66,10 @@ def test_dotted_quad_round_trips(ip: ipaddress.IPv4Address, port: int) -> None:
     assert parse_host(text) == text
     assert parse_host(int(ip)) == text  # host byte order integer, as the textbook says
     assert parse_host(str(int(ip))) == text
+    if port == 0 or ip in ipaddress.IPv4Network("0.0.0.0/8"):  # never a destination
+        with pytest.raises(AddressError, match=r"never a destination|not a destination"):
+            resolve(text, port)
+        return
     (addr,) = resolve(text, port)
     assert (addr.family, addr.sockaddr, addr.host, addr.port) == (
         socket.AF_INET,
@@ -80,6 +84,11 @@ def test_dotted_quad_round_trips(ip: ipaddress.IPv4Address, port: int) -> None:
 def test_ipv6_round_trips(ip: ipaddress.IPv6Address, port: int) -> None:
     if ip.is_link_local:  # fe80::/10 means nothing without an interface
         with pytest.raises(AddressError, match="needs a scope"):
+            resolve(str(ip), port)
+        return
+    v4 = ip.ipv4_mapped
+    if port == 0 or ip.is_unspecified or (v4 is not None and v4.packed[0] == 0):
+        with pytest.raises(AddressError, match=r"never a destination|not a destination"):
             resolve(str(ip), port)
         return
     for text in (str(ip), ip.exploded, f"[{ip}]"):

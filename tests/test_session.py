@@ -180,7 +180,7 @@ def test_connect_to_a_closed_port_says_no_listener_once() -> None:
     [
         (["40050"], "did you mean port 40050? give the host first: udpkit connect 127.0.0.1 40050"),
         ([], "missing HOST and PORT"),
-        (["localhost"], "missing PORT after 'localhost'"),
+        (["localhost"], "missing PORT: write udpkit connect localhost PORT"),
         (["a", "1", "x"], "too many arguments"),
     ],
 )

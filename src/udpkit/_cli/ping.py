@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from udpkit._cli import options
-from udpkit._cli.common import DEFAULT_HOST, SubParsers, Writer, add_command, family
-from udpkit._core.errors import UsageError
+from udpkit._cli.common import SubParsers, Writer, add_command, destination, family
 
 if TYPE_CHECKING:
     from udpkit._core.pingstats import PingEvent, PingResult
@@ -96,7 +95,7 @@ def add_parser(sub: SubParsers) -> None:
         bare=_WHOLE_WAIT,
         help="spin on the socket instead of sleeping while a reply is awaited (lower "
         "round-trip time, one core busy); with US, spin that long first "
-        "(--busy-poll=50us; at most 1s; a bare --busy-poll goes after HOST PORT)",
+        "(--busy-poll=50us; at most 1s)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="only the statistics at the end")
     p.add_argument(
@@ -112,23 +111,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     Raises:
         UsageError: PORT missing, or a lone number where the host goes.
     """
-    host: str = args.host
-    port: str | None = args.port
-    if host.isdigit() and int(host) <= 65535:
-        # As a host, 5005 is 0.0.19.141: never a destination, surely a port.
-        raise UsageError(
-            f"invalid host {host!r}: did you mean port {host}? give the host first: "
-            f"udpkit ping {DEFAULT_HOST} {host}"
-        )
-    if port is None:
-        if ":" in host:
-            from udpkit._net.addr import split_hostport
-
-            h, p = split_hostport(host, default_host="")
-            if h:
-                return h, p
-        raise UsageError(f"missing PORT: write udpkit ping {host} PORT")
-    return host, port
+    return destination(args.host, args.port, "ping")
 
 
 def _shown(host: str, port: str) -> str:

@@ -150,30 +150,17 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def _connect_address(pos: Sequence[str]) -> tuple[str, str]:
-    from udpkit._cli.common import DEFAULT_HOST
+    from udpkit._cli.common import DEFAULT_HOST, destination
     from udpkit._core.errors import UsageError
-    from udpkit._net.addr import split_hostport
 
-    if len(pos) == 2:
-        return pos[0], pos[1]
     if not pos:
         raise UsageError(
             f"missing HOST and PORT: write udpkit connect HOST PORT, "
             f"e.g. udpkit connect {DEFAULT_HOST} 5005"
         )
     if len(pos) > 2:
-        raise UsageError(f"too many arguments {list(pos[2:])!r}: expected HOST PORT")
-    text = pos[0]
-    if text.isdigit() and int(text) <= 65535:
-        raise UsageError(
-            f"missing PORT: did you mean port {text}? give the host first: "
-            f"udpkit connect {DEFAULT_HOST} {text}"
-        )
-    if ":" in text:  # HOST:PORT or [IPV6]:PORT in one word
-        host, port = split_hostport(text, default_host="")
-        if host:
-            return host, port
-    raise UsageError(f"missing PORT after {text!r}: write udpkit connect {text} PORT")
+        raise UsageError(f"too many arguments: {' '.join(pos[2:])}: expected HOST PORT")
+    return destination(pos[0], pos[1] if len(pos) == 2 else None, "connect")
 
 
 def _listen_address(pos: Sequence[str], family: int) -> tuple[str, str]:
@@ -189,7 +176,7 @@ def _listen_address(pos: Sequence[str], family: int) -> tuple[str, str]:
     if not pos:
         raise UsageError("missing PORT: write udpkit listen [HOST] PORT, e.g. udpkit listen 5005")
     if len(pos) > 2:
-        raise UsageError(f"too many arguments {list(pos[2:])!r}: expected [HOST] PORT")
+        raise UsageError(f"too many arguments: {' '.join(pos[2:])}: expected [HOST] PORT")
     text = pos[0]
     if ":" in text and not text.isdigit():  # HOST:PORT or [IPV6]:PORT in one word
         host, port = split_hostport(text, default_host=default)

@@ -58,7 +58,7 @@ def serve_metrics(
     from udpkit._net.addr import resolve_one, split_hostport
 
     host, port = where if isinstance(where, tuple) else split_hostport(where, default_host=_HOST)
-    addr = resolve_one(host, port, type=socket.SOCK_STREAM, proto="tcp")
+    addr = resolve_one(host, port, type=socket.SOCK_STREAM, proto="tcp", passive=True)
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError:

@@ -195,7 +195,7 @@ def _membership(
             f"{_FAMILY_WORD[family]} socket (bound to {bound!r}): use a socket of the "
             f"group's family (bind {_WILDCARD[wanted]!r} for {_FAMILY_WORD[wanted]})"
         )
-    addr = resolve_one(group, 0, family=family)
+    addr = resolve_one(group, 0, family=family, passive=True)  # a group, not a send
     if not _is_group(family, socket.inet_pton(family, addr.host.split("%", 1)[0])):
         raise _not_a_group(group)
     sa = addr.sockaddr
@@ -213,7 +213,7 @@ def _membership(
             if index and link_local_without_scope(parse_host(source)):
                 # A link-local source is on the interface of the join.
                 source = f"{parse_host(source)}%{index}"
-            src = resolve_one(source, 0, family=family)
+            src = resolve_one(source, 0, family=family, passive=True)
             opt = MCAST_JOIN_SOURCE_GROUP if join else MCAST_LEAVE_SOURCE_GROUP
             sock.setsockopt(
                 level, opt, head + _storage(family, addr.sockaddr) + _storage(family, src.sockaddr)
