@@ -74,14 +74,12 @@ RESOLVE_TABLE: list[Any] = [
     # "<broadcast>" is INADDR_BROADCAST
     (BROADCAST, 5005, ANY, False, ("255.255.255.255", 5005)),
     (BROADCAST, 5005, V4, True, ("255.255.255.255", 5005)),
-    # "" is INADDR_ANY (or in6addr_any), whether binding or sending
+    # "" is INADDR_ANY (or in6addr_any) for binding (never a destination: see below)
     ("", 5005, ANY, True, ("0.0.0.0", 5005)),
     ("", 5005, V4, True, ("0.0.0.0", 5005)),
     ("", 5005, V6, True, ("::", 5005, 0, 0)),
-    ("", 5005, ANY, False, ("0.0.0.0", 5005)),
-    ("", 5005, V4, False, ("0.0.0.0", 5005)),
-    ("", 5005, V6, False, ("::", 5005, 0, 0)),
     (None, 5005, V4, True, ("0.0.0.0", 5005)),
+    ("::", 0, ANY, True, ("::", 0, 0, 0)),
     # an integer is an IPv4 address in host byte order; digit strings too
     (2130706433, 5005, ANY, False, ("127.0.0.1", 5005)),
     (0, 5005, V4, True, ("0.0.0.0", 5005)),
@@ -122,16 +120,16 @@ INVALID_TABLE: list[Any] = [
     ("::1::2", 5005, ANY, "invalid IPv6 address '::1::2'"),
     ("fe80::1%", 5005, ANY, "invalid IPv6 scope in 'fe80::1%'"),
     ("fe80::1%nosuchif0", 5005, ANY, "unknown interface 'nosuchif0'"),
-    ("127.0.0.1:5005", 5005, ANY, "pass the port separately"),
+    ("127.0.0.1:5005", 5005, ANY, "give the host and the port separately: '127.0.0.1' and port"),
     ("local host", 5005, ANY, "remove the spaces"),
     (2**32, 5005, ANY, "must be 0-4294967295"),
     (-1, 5005, ANY, "must be 0-4294967295"),
     ("4294967296", 5005, ANY, "invalid host '4294967296'"),
     (True, 5005, ANY, "invalid host True of type bool"),
     (1.5, 5005, ANY, "of type float"),
-    ("::1", 5005, V4, "IPv6 address but IPv4 was asked for (-4 / family=AF_INET)"),
+    ("::1", 5005, V4, "IPv6 address but only IPv4 was asked for: give an IPv4 address, or"),
     ("127.0.0.1", 5005, V6, "'::ffff:127.0.0.1', IPv4-mapped"),
-    (BROADCAST, 5005, V6, "IPv4 broadcast address but IPv6 was asked for (-6"),
+    (BROADCAST, 5005, V6, "IPv4 broadcast address but only IPv6 was asked for"),
     ("[fe80::1%lo]:5005", 5005, ANY, "give the port separately"),
     ("fe80::1", 5005, ANY, "link-local address 'fe80::1' needs a scope"),
     ("no-such-host.invalid", 5005, ANY, "cannot resolve host 'no-such-host.invalid'"),
@@ -247,7 +245,7 @@ NUMERIC_HOSTS: list[Any] = [
 
 @pytest.mark.parametrize("host", NUMERIC_HOSTS)
 def test_numeric_hosts_never_reach_dns(host: Any, getaddrinfo_calls: list[int]) -> None:
-    assert len(resolve(host, 5005)) == 1
+    assert len(resolve(host, 5005, passive=host in ("", None))) == 1
     lookups = [f for f in getaddrinfo_calls if not f & socket.AI_NUMERICHOST]
     assert lookups == []
 
@@ -381,7 +379,7 @@ KIND_TABLE: list[tuple[Any, bool, bool]] = [
 
 @pytest.mark.parametrize(("host", "broadcast", "multicast"), KIND_TABLE)
 def test_broadcast_and_multicast(host: Any, broadcast: bool, multicast: bool) -> None:
-    addr = resolve_one(host, 1)
+    addr = resolve_one(host, 1, passive=host == "")
     assert is_broadcast(addr) is broadcast
     assert is_multicast(addr) is multicast
     # Any host form works as well as an Address (a str raised AttributeError).
@@ -419,10 +417,61 @@ def _round_trip(
         assert data == b"ping"
 
 
-def test_send_to_empty_host_reaches_loopback(family: tuple[socket.AddressFamily, str]) -> None:
-    """ "" when sending is INADDR_ANY (or ::), which Linux delivers to this host."""
-    fam, loopback = family
-    _round_trip(fam, loopback, lambda port: resolve_one("", port, family=fam))
+NOT_DESTINATIONS: list[Any] = [
+    # (host, port, family, message fragment)
+    ("", 5005, ANY, "cannot send to '' (0.0.0.0): the empty host is the wildcard, for binding"),
+    (None, 5005, ANY, "cannot send to '' (0.0.0.0)"),
+    ("", 5005, V6, "cannot send to '' (::): the empty host is the wildcard, for binding only"),
+    ("0.0.0.0", 5005, ANY, "cannot send to '0.0.0.0': 0.0.0.0/8 is 'this network', never a"),
+    ("0.1.2.3", 5005, V4, "0.0.0.0/8 is 'this network', never a destination; to reach this host"),
+    ("::", 5005, ANY, "cannot send to '::': '::' is the unspecified address, never a destination"),
+    ("::ffff:0.0.0.1", 5005, ANY, "'::ffff:0.0.0.1' (0.0.0.1): 0.0.0.0/8 is 'this network'"),
+    (0, 5005, ANY, "cannot send to '0' (the integer address 0.0.0.0)"),
+    (40050, 5005, ANY, "(the integer address 0.0.156.114): 0.0.0.0/8 is 'this network', never"),
+    ("40050", 5005, ANY, "did you mean port 40050? give the host first, then the port"),
+    ("16777215", 5005, ANY, "'16777215' (the integer address 0.255.255.255): 0.0.0.0/8"),
+    ("127.0.0.1", 0, ANY, "invalid port '0' (sending to 127.0.0.1): port 0 is not a destination"),
+    ("::1", "0", ANY, "invalid port '0' (sending to ::1): port 0 is not a destination"),
+    ("localhost", 0, ANY, "port 0 is not a destination"),
+]
+
+
+@pytest.mark.parametrize(("host", "port", "family", "needle"), NOT_DESTINATIONS)
+def test_what_is_never_a_destination_is_refused_for_sending(
+    host: Any, port: Any, family: int, needle: str
+) -> None:
+    """`udpkit send 40050` sent to 0.0.156.114, which a normal host routes off the
+    machine, and `send '' 5005` to 0.0.0.0: 0.0.0.0/8 is "this network" (RFC 1122),
+    never a destination, and `send 127.0.0.1 0` went to port 0 and then named the
+    socket's own port (getpeername() fails for a peer port 0)."""
+    with pytest.raises(AddressError) as info:
+        resolve(host, port, family=family)
+    assert needle in str(info.value), str(info.value)
+    with pytest.raises(AddressError):
+        resolve_one(host, port, family=family)
+    if host not in ("", None, 0, "0.0.0.0", "::"):
+        return
+    resolve(host, port, family=family, passive=True)  # binding: the wildcard
+
+
+def test_a_name_that_resolves_to_this_network_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ad-blocking hosts file maps names to 0.0.0.0: no datagram goes there either."""
+
+    def blocked(host: str, port: int, family: int, *args: Any) -> list[Any]:
+        return [(V4, socket.SOCK_DGRAM, 17, "", ("0.0.0.0", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", blocked)
+    with pytest.raises(AddressError, match=r"cannot send to 'ads\.example' \(it resolves to 0"):
+        resolve("ads.example", 5005)
+
+
+def test_every_integer_below_2_24_is_this_network_and_above_is_kept() -> None:
+    """Every integer host below 16777216 is 0.x.x.x; 16777216 (1.0.0.0) can be sent to."""
+    with pytest.raises(AddressError):
+        resolve(16777215, 5005)
+    assert resolve(16777216, 5005)[0].host == "1.0.0.0"
 
 
 @pytest.mark.parametrize("host", [2130706433, "2130706433", "localhost"])
@@ -455,29 +504,30 @@ def test_max_udp_payload_fits_and_one_more_does_not(
         (
             "ff02::1234",
             V4,
-            "host 'ff02::1234' is an IPv6 address but IPv4 was asked for (-4 / family=AF_INET): "
-            "give an IPv4 address, or drop -4 (family=AF_INET6 or AF_UNSPEC) to use IPv6",
+            "host 'ff02::1234' is an IPv6 address but only IPv4 was asked for: "
+            "give an IPv4 address, or ask for IPv6 or either family",
         ),
         (
             "192.0.2.1",
             V6,
-            "host '192.0.2.1' is an IPv4 address but IPv6 was asked for (-6 / family=AF_INET6): "
+            "host '192.0.2.1' is an IPv4 address but only IPv6 was asked for: "
             "give an IPv6 address (or '::ffff:192.0.2.1', IPv4-mapped), "
-            "or drop -6 (family=AF_INET or AF_UNSPEC) to use IPv4",
+            "or ask for IPv4 or either family",
         ),
         (
             "239.1.2.3",
             V6,
-            "host '239.1.2.3' is an IPv4 multicast group but IPv6 was asked for "
-            "(-6 / family=AF_INET6): use an IPv6 group (ff00::/8, e.g. ff12::1234), "
-            "or drop -6 (family=AF_INET or AF_UNSPEC) to use IPv4",
+            "host '239.1.2.3' is an IPv4 multicast group but only IPv6 was asked for: "
+            "use an IPv6 group (ff00::/8, e.g. ff12::1234), or ask for IPv4 or either family",
         ),
     ],
 )
 def test_family_mismatch_says_what_to_do(host: str, family: int, expected: str) -> None:
     """`udpkit send ff02::1234 5005 x -4` said "the family is AF_INET: use ... family
-    AF_INET6 or AF_UNSPEC", which a command-line user cannot act on; and a v4 group
-    asked for as IPv6 was told to use '::ffff:<group>', which fails."""
+    AF_INET6 or AF_UNSPEC", which a command-line user cannot act on (and then "-4 /
+    family=AF_INET", each audience reading the other's words); and a v4 group asked for
+    as IPv6 was told to use '::ffff:<group>', which fails."""
+    assert "-4" not in expected and "-6" not in expected and "AF_" not in expected
     with pytest.raises(AddressError) as info:
         resolve(host, 5005, family=family)
     assert str(info.value) == expected
@@ -504,7 +554,7 @@ def test_name_without_an_address_of_the_family_names_the_flag(
     msg = str(info.value)
     assert msg.startswith("cannot resolve host 'v4only.example': "), msg
     assert msg.endswith(
-        "IPv6 was asked for (-6 / family=AF_INET6): drop -6 or give a host that has one"
+        "only IPv6 was asked for: ask for either family or give a host that has one"
     ), msg
 
 
@@ -585,11 +635,11 @@ def test_bracketed_host_with_a_port_says_the_port_goes_separately(host: str, exp
         ),
         (
             ["send", "ff02::1234", "5005", "x", "-4", "--no-wait"],
-            "host 'ff02::1234' is an IPv6 address but IPv4 was asked for (-4",
+            "host 'ff02::1234' is an IPv6 address but only IPv4 was asked for: give an IPv4",
         ),
         (
             ["send", "239.1.2.3", "5005", "x", "-6", "--no-wait"],
-            "use an IPv6 group (ff00::/8, e.g. ff12::1234), or drop -6",
+            "use an IPv6 group (ff00::/8, e.g. ff12::1234), or ask for IPv4",
         ),
         (
             ["send", "[fe80::1%lo]:5107"],

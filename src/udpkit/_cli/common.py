@@ -37,9 +37,11 @@ __all__ = [
     "Writer",
     "add_command",
     "check_unix_args",
+    "destination",
     "family",
     "format_name",
     "line",
+    "lone_port",
     "quiet_stdout",
     "rcvbuf_note",
     "transport",
@@ -93,8 +95,43 @@ def line(text: str) -> str:
 _NAMED_TWICE = re.compile(r"argument (\S+): (invalid (\S+) .*)", re.DOTALL)
 
 
+# A number with an optional unit (`50`, `2.5ms`), unlike an address (`127.0.0.1`, `::1`).
+_NUMBER = re.compile(r"(\d+\.?\d*|\.\d+)[^\d.:]*")
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line on stderr and exit code 2."""
+    """argparse, but a bad argument is one line on stderr and exit code 2, and an
+    option whose value may be left out does not swallow a positional argument."""
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        argv = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(self._bare_options_last(argv), namespace)
+
+    def _bare_options_last(self, argv: list[str]) -> list[str]:
+        """Move an option with an optional value (``--busy-poll [US]``) after the
+        positionals when the word after it is no value of its own.
+
+        argparse gives such an option the next word whatever it is, so ``serve
+        --busy-poll 127.0.0.1 5005`` would read 127.0.0.1 as microseconds. A word
+        its type refuses is a positional: the option goes last, where it is bare.
+        """
+        end = argv.index("--") if "--" in argv else len(argv)
+        for i in range(end - 1):
+            action = self._option_string_actions.get(argv[i])
+            if action is None or action.nargs != "?" or action.const is None:
+                continue
+            word = argv[i + 1]
+            if word.startswith("-") or _NUMBER.fullmatch(word) or not callable(action.type):
+                continue  # a number (`2s` too, which its type refuses as too long) is a value
+            try:
+                action.type(word)
+            except (argparse.ArgumentTypeError, TypeError, ValueError):
+                return self._bare_options_last(
+                    [*argv[:i], *argv[i + 1 : end], argv[i], *argv[end:]]
+                )
+        return argv
 
     def error(self, message: str) -> NoReturn:
         m = _NAMED_TWICE.fullmatch(message)
@@ -175,6 +212,46 @@ def check_unix_args(args: argparse.Namespace, extra: Sequence[object]) -> None:
         raise UsageError("with --unix PATH give no HOST or PORT (the path is the address)")
     if args.unix is not None and (args.ipv4 or args.ipv6):
         raise UsageError("--ipv4/--ipv6 do not apply to --unix sockets")
+
+
+def lone_port(host: str | None, port: object, command: str) -> None:
+    """Refuse a lone number where HOST goes: ``udpkit send 40050`` means port 40050, as
+    ``nc`` reads it, never the integer address 0.0.156.114 (which may route off the host).
+
+    A number with a port after it stays an integer address, as the textbook has it
+    (``udpkit send 2130706433 5005`` is 127.0.0.1); numbers above 65535 are no port.
+
+    Raises:
+        UsageError: ``host`` is a number 0-65535 and ``port`` is None (not given).
+    """
+    lone = port is None and host is not None and host.isascii() and host.isdigit()
+    if lone and host is not None and int(host) <= 65535:
+        raise UsageError(
+            f"invalid host '{host}': did you mean port {host}? give the host first: "
+            f"udpkit {command} {DEFAULT_HOST} {host}"
+        )
+
+
+def destination(host: str, port: str | None, command: str) -> tuple[str, str]:
+    """HOST and PORT of a command that sends to them (bench, ping, connect).
+
+    A lone number is refused (:func:`lone_port`), ``HOST:PORT`` or ``[IPV6]:PORT``
+    in one word is split, and a missing PORT is said.
+
+    Raises:
+        UsageError: a lone number, or no PORT.
+        AddressError: a one-word address that does not split.
+    """
+    lone_port(host, port, command)
+    if port is not None:
+        return host, port
+    if ":" in host and (host.startswith("[") or host.count(":") == 1):
+        from udpkit._net.addr import split_hostport  # only on this path
+
+        split_host, split_port = split_hostport(host, default_host="")
+        if split_host:
+            return split_host, split_port
+    raise UsageError(f"missing PORT: write udpkit {command} {host or 'HOST'} PORT")
 
 
 def quiet_stdout() -> None:

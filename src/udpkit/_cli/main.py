@@ -44,6 +44,30 @@ class _Stopped(Exception):
         self.signum = signum
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The parser of each command, by name (aliases included)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; plain ``udpkit`` prints the help, and an unknown option is the
+    command's error, pointing at the command's own help (``udpkit send --help``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        # As git does: the help instead of "COMMAND is required"; on stderr with exit 2,
+        # since no command ran (`udpkit --help` prints it on stdout and exits 0).
+        parser.print_help(sys.stderr)
+        parser.exit(EXIT_USAGE)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser for ``udpkit`` (exposed for docs and tests)."""
     parser = _Parser(
@@ -82,7 +106,7 @@ def _on_sigterm(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``udpkit`` command line and return its exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     out, err = _Out(sys.stdout), _Out(sys.stderr)
     commands: dict[str, Callable[[argparse.Namespace, _Out, _Out], int]] = {
         "serve": _lazy_command("_cli.serve", "run_serve"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import socket
 import sys
 from collections.abc import Sequence
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING
 from udpkit._cli import common, options
 from udpkit._cli.common import DEFAULT_HOST, DEFAULT_MESSAGE, DEFAULT_REPLY, EXIT_OK
 from udpkit._cli.common import Out as _Out
-from udpkit._core.errors import Timeout, UsageError
+from udpkit._core.errors import PermissionDenied, Timeout, UsageError
 
 if TYPE_CHECKING:
     from udpkit._core.datagram import Datagram, SockAddr
@@ -125,12 +126,16 @@ def _positionals(args: argparse.Namespace) -> tuple[str | None, str | None, str]
     if args.unix is not None:
         if len(pos) > 1:
             raise UsageError(
-                f"with --unix PATH the only argument is MESSAGE, got {len(pos)}: {pos!r}"
+                f"with --unix PATH the only argument is MESSAGE, got {len(pos)}: {' '.join(pos)}"
             )
         common.check_unix_args(args, ())
         return None, None, pos[0] if pos else DEFAULT_MESSAGE
     if len(pos) > 3:
-        raise UsageError(f"too many arguments {pos[3:]!r}: expected [HOST] [PORT] [MESSAGE]")
+        raise UsageError(
+            f"too many arguments: {' '.join(pos[3:])}: expected [HOST] [PORT] [MESSAGE] "
+            "(quote a MESSAGE with spaces)"
+        )
+    common.lone_port(pos[0] if pos else None, pos[1] if len(pos) > 1 else None, "send")
     host = pos[0] if len(pos) > 0 else DEFAULT_HOST
     default_port = common.DEFAULT_TCP_PORT if args.tcp else common.DEFAULT_UDP_PORT
     port = pos[1] if len(pos) > 1 else default_port
@@ -173,18 +178,28 @@ def run_send(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     addr = candidates[0]
     multicast = is_multicast(addr)
     if (args.ttl is not None or args.loop is not None or args.iface) and not multicast:
-        raise UsageError(f"--ttl, --loop and --iface are for multicast groups, not {host!r}")
-    if args.broadcast or is_broadcast(addr) or multicast:
-        with _unconnected(addr, bind, args, multicast) as sock:
-            return _exchange(sock, addr.sockaddr, message, args, out=out, err=err)
-    # A name's next address is tried when this one cannot be reached or nobody listens.
-    return first_answering(
-        candidates,
-        lambda sock: _exchange(sock, None, message, args, out=out, err=err),
-        bind=bind,
-        broadcast=args.broadcast,
-        on_skip=lambda why: err.write(f"udpkit: {why}\n"),
-    )
+        raise UsageError(f"--ttl, --loop and --iface are for multicast groups, not '{host}'")
+    try:
+        if args.broadcast or is_broadcast(addr) or multicast:
+            with _unconnected(addr, bind, args, multicast) as sock:
+                return _exchange(sock, addr.sockaddr, message, args, out=out, err=err)
+        # A name's next address is tried when this one cannot be reached or nobody listens.
+        return first_answering(
+            candidates,
+            lambda sock: _exchange(sock, None, message, args, out=out, err=err),
+            bind=bind,
+            broadcast=args.broadcast,
+            on_skip=lambda why: err.write(f"udpkit: {why}\n"),
+        )
+    except PermissionDenied as exc:
+        if args.broadcast or "SO_BROADCAST" not in str(exc):
+            raise
+        # The kernel refuses a broadcast destination without SO_BROADCAST: name the flag.
+        raise PermissionDenied(
+            errno.EACCES,
+            f"cannot send to {addr}: permission denied: it is a broadcast address; "
+            "add --broadcast to send to it",
+        ) from exc
 
 
 def _unconnected(addr: Address, bind: tuple[str, str] | None, args: argparse.Namespace,

@@ -66,7 +66,6 @@ _FAMILY_NAMES: dict[int, str] = {
     socket.AF_INET6: "AF_INET6",
 }
 _KIND: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
-_FLAG: dict[int, str] = {socket.AF_INET: "-4", socket.AF_INET6: "-6"}
 _PORT_HELP = "must be 0-65535 or a service name"
 _V6_HELP = "write it like '2001:db8::1' or 'fe80::1%eth0', and pass the port separately"
 # Service names in /etc/services are letters, digits, '-', '_', '+', '.', '/'.
@@ -269,9 +268,10 @@ def parse_host(host: str | int | None) -> str:
         return _check_v6(inner, host)
     if host.count(":") == 1:
         # Probably HOST:PORT handed over whole; IPv6 always has two colons or more.
+        name, _, after = host.partition(":")
         raise AddressError(
-            f"invalid host '{host}': ':' belongs only in an IPv6 address; "
-            "pass the port separately (split '[HOST:]PORT' text with split_hostport)"
+            f"invalid host '{host}': ':' belongs only in an IPv6 address; give the host "
+            f"and the port separately: '{name}' and port {after or 'PORT'}"
         )
     if ":" in host:
         # A ':' is never part of a host name, so this must be IPv6.
@@ -292,10 +292,11 @@ def _family_name(family: int) -> str:
     return _FAMILY_NAMES.get(family, str(family))
 
 
-# How a family is asked for, in words for the command line and for the API alike.
+# How a family is asked for, in words that fit the command line (-4/-6) and the
+# API (family=) alike: neither spelling, so neither audience reads the other's.
 _ASKED: dict[int, str] = {
-    socket.AF_INET: "IPv4 was asked for (-4 / family=AF_INET)",
-    socket.AF_INET6: "IPv6 was asked for (-6 / family=AF_INET6)",
+    socket.AF_INET: "only IPv4 was asked for",
+    socket.AF_INET6: "only IPv6 was asked for",
 }
 
 
@@ -305,10 +306,10 @@ def _mismatch(shown: object, text: str, family: int) -> AddressError:
     if ":" in text:
         return AddressError(
             f"host '{shown}' is an IPv6 address but {asked}: give an IPv4 address, "
-            "or drop -4 (family=AF_INET6 or AF_UNSPEC) to use IPv6"
+            "or ask for IPv6 or either family"
         )
     packed = socket.inet_pton(socket.AF_INET, text)
-    drop = "or drop -6 (family=AF_INET or AF_UNSPEC) to use IPv4"
+    drop = "or ask for IPv4 or either family"
     if 224 <= packed[0] <= 239:
         # '::ffff:239.1.2.3' is no group an IPv6 socket can send to or join.
         return AddressError(
@@ -342,19 +343,38 @@ def link_local_without_scope(text: str) -> bool:
         return False
 
 
-def _example_iface() -> str:
-    """An interface name to show in advice: the first that is not loopback, else eth0."""
+def _is_up(name: str) -> bool:
+    """Whether interface ``name`` is up, as ``ip link`` says (where sysfs cannot tell: yes)."""
     try:
-        names = [name for _, name in socket.if_nameindex() if name != "lo"]
+        with open(f"/sys/class/net/{name}/operstate", encoding="ascii") as f:
+            # "unknown" is what drivers without carrier reporting say (tun, dummy): usable.
+            return f.read().strip() in ("up", "unknown")
     except OSError:
-        names = []
-    return names[0] if names else "eth0"
+        return True
+
+
+def _example_ifaces() -> list[str]:
+    """Interfaces to show in advice about a missing scope: those that are up and not
+    loopback, the ones with a link-local address first (error path only)."""
+    try:
+        names = [name for _, name in socket.if_nameindex() if name != "lo" and _is_up(name)]
+    except OSError:
+        return []
+    try:
+        with open("/proc/net/if_inet6", encoding="ascii") as f:
+            # "fe80...0001 04 40 20 80 eth0": scope 20 is link-local.
+            linked = {row.split()[-1] for row in f if row.split()[3:4] == ["20"]}
+    except (OSError, IndexError):
+        linked = set()
+    return sorted(names, key=lambda name: name not in linked)[:3]
 
 
 def _needs_scope(shown: object, addr: str) -> AddressError:
+    names = _example_ifaces()
+    example = f" (e.g. {', '.join(f'%{name}' for name in names)})" if names else ""
     return AddressError(
-        f"link-local address '{shown}' needs a scope: write '{addr}%IFACE' "
-        f"(e.g. %{_example_iface()}), naming the interface it is on"
+        f"link-local address '{shown}' needs a scope: write '{addr}%IFACE'{example}, "
+        "naming the interface it is on (see 'ip link')"
     )
 
 
@@ -399,6 +419,50 @@ def _numeric(text: str, port: int, family: int, shown: object) -> Address | None
     return Address(socket.AF_INET, (text, port))
 
 
+def _this_network(addr: Address) -> bool:
+    """Whether ``addr`` is 0.0.0.0/8 ("this network", RFC 1122; ``::ffff:0.x.x.x`` too)
+    or ``::`` (unspecified, RFC 4291): sources and wildcards, never destinations."""
+    packed = _packed_v4(addr)
+    if packed is not None:
+        return packed[0] == 0
+    return addr.family == socket.AF_INET6 and _packed_v6(addr) == bytes(16)
+
+
+def _not_a_destination(shown: object, addr: Address, named: bool) -> AddressError:
+    """The error for a destination in 0.0.0.0/8 or ``::``, naming the address."""
+    v4 = _packed_v4(addr) is not None
+    host = addr.host.removeprefix("::ffff:") if v4 else addr.host
+    text = "" if shown is None else str(shown)
+    if named:
+        where = f"'{text}' (it resolves to {host})"
+    elif text != host:
+        kind = "the integer address " if text.isascii() and text.isdigit() else ""
+        where = f"'{text}' ({kind}{host})"
+    else:
+        where = f"'{host}'"
+    why = "0.0.0.0/8 is 'this network'" if v4 else "'::' is the unspecified address"
+    if text == "":
+        why = f"the empty host is the wildcard, for binding only, and {why}"
+    hint = f"to reach this host use {'127.0.0.1' if v4 else '::1'}"
+    if text.isascii() and text.isdigit() and 0 < int(text) <= 65535:
+        # `udpkit send 40050`: a port typed where the host goes.
+        hint = f"did you mean port {text}? give the host first, then the port"
+    return AddressError(f"cannot send to {where}: {why}, never a destination; {hint}")
+
+
+def _check_destination(addrs: list[Address], shown: object, named: bool) -> list[Address]:
+    """``addrs`` when every one can be sent to; else the error naming the one that cannot."""
+    for addr in addrs:
+        if addr.port == 0:
+            raise AddressError(
+                f"invalid port '0' (sending to {addr.host}): port 0 is not a destination; "
+                "give the port the receiver listens on"
+            )
+        if _this_network(addr):
+            raise _not_a_destination(shown, addr, named)
+    return addrs
+
+
 def _resolves_at_all(text: str, port: int, type: int, flags: int) -> bool:
     """Whether a name that failed for one family has an address of any (error path only)."""
     try:
@@ -415,7 +479,7 @@ def _lookup_name(text: str, number: int, family: int, type: int, passive: bool) 
     except socket.gaierror as exc:
         hint = ""
         if family in _ASKED and _resolves_at_all(text, number, type, flags):
-            hint = f", and {_ASKED[family]}: drop {_FLAG[family]} or give a host that has one"
+            hint = f", and {_ASKED[family]}: ask for either family or give a host that has one"
         raise AddressError(f"cannot resolve host '{text}': {exc.strerror or exc}{hint}") from exc
     except UnicodeError as exc:
         # IDNA encoding refuses labels that are empty or over 63 characters.
@@ -438,7 +502,7 @@ def _lookup_name(text: str, number: int, family: int, type: int, passive: bool) 
         if family in _ASKED:
             raise AddressError(
                 f"cannot resolve host '{text}': it has no {_KIND[family]} address and "
-                f"{_ASKED[family]}: drop {_FLAG[family]} or give a host that has one"
+                f"{_ASKED[family]}: ask for either family or give a host that has one"
             )
         raise AddressError(f"cannot resolve host '{text}': no IPv4 or IPv6 address for it")
     return out
@@ -460,10 +524,12 @@ def resolve(
     through ``getaddrinfo`` and come back de-duplicated, in its order.
 
     ``""`` (or ``None``) is the wildcard: 0.0.0.0, or ``::`` when ``family`` is
-    AF_INET6. That is what ``passive=True`` (binding) wants. When sending
-    (``passive=False``) it is kept too, as the textbook says ("a zero-length string
-    specifies INADDR_ANY"): Linux delivers datagrams sent to 0.0.0.0 (or ``::``)
-    to this host, like 127.0.0.1 (or ``::1``).
+    AF_INET6, for ``bind`` (``passive=True``). Without ``passive`` the address is a
+    destination, and what can never be one is refused, whatever form names it: the
+    wildcard, 0.0.0.0/8 ("this network", RFC 1122: ``""``, ``"0.1.2.3"``, and every
+    integer below 16777216, such as ``40050``, a port typed where the host goes),
+    ``::``, and port 0. Linux would deliver 0.0.0.0 to this host, but other
+    systems route it off the machine, so "this host" is spelled 127.0.0.1 or ::1.
 
     Args:
         host: any form :func:`parse_host` accepts.
@@ -471,7 +537,8 @@ def resolve(
         family: AF_UNSPEC (any), AF_INET or AF_INET6.
         type: the socket type passed to ``getaddrinfo`` for names.
         proto: ``"udp"`` or ``"tcp"``, for service-name lookup.
-        passive: True when the address is for ``bind``.
+        passive: True when the address is for ``bind``; False (the default) for a
+            destination.
 
     Returns:
         One or more Addresses, best first.
@@ -479,7 +546,8 @@ def resolve(
     Raises:
         AddressError: a malformed host or port, an address of the wrong family,
             a link-local address (fe80::/10) without a scope, an unknown scope
-            interface, or a name that does not resolve.
+            interface, a name that does not resolve, or (not ``passive``) a
+            destination that can never be one: 0.0.0.0/8, ``::`` or port 0.
     """
     if family not in _FAMILIES:
         raise AddressError(
@@ -491,12 +559,16 @@ def resolve(
     shown = "" if host is None else host
     if text == "":
         if family == socket.AF_INET6:
-            return [Address(socket.AF_INET6, (_V6_ANY, number, 0, 0))]
-        return [Address(socket.AF_INET, (_V4_ANY, number))]
-    numeric = _numeric(text, number, family, shown)
-    if numeric is not None:
-        return [numeric]
-    return _lookup_name(text, number, family, type, passive)
+            found = [Address(socket.AF_INET6, (_V6_ANY, number, 0, 0))]
+        else:
+            found = [Address(socket.AF_INET, (_V4_ANY, number))]
+    else:
+        numeric = _numeric(text, number, family, shown)
+        found = [numeric] if numeric is not None else []
+    named = not found
+    if named:
+        found = _lookup_name(text, number, family, type, passive)
+    return found if passive else _check_destination(found, shown, named)
 
 
 def resolve_one(
@@ -641,7 +713,8 @@ def _packed_v6(addr: Address) -> bytes | None:
 
 
 def _as_address(addr: Address | str | int) -> Address:
-    return addr if isinstance(addr, Address) else resolve_one(addr, 0)
+    # Passive: a classification, not a send, so the wildcard and port 0 are fine.
+    return addr if isinstance(addr, Address) else resolve_one(addr, 0, passive=True)
 
 
 def is_broadcast(addr: Address | str | int) -> bool:
