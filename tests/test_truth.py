@@ -86,7 +86,7 @@ class RelayCounters:
 
 
 def _dropped(d: dict[str, int]) -> int:
-    return d["lost"] + d["rate_dropped"] + d["overflow"] + d["abandoned"]
+    return d["lost"] + d["queue_drop"] + d["overflow"] + d["abandoned"]
 
 
 _PAIR = re.compile(r"(\w+)=(\S+)")
@@ -260,6 +260,7 @@ def test_bench_reports_what_the_relay_did(
         ("wide reorder gap", ["--reorder", "8%", "--reorder-gap", "7"], []),
         ("big probes", ["--loss", "5%", "--duplicate", "5%"], ["--size", "1200"]),
         ("high rates", ["--loss", "20%", "--duplicate", "20%", "--reorder", "20%"], []),
+        ("jitter reorders", ["--delay", "3ms", "--jitter", "2ms", "--delay-dist", "normal"], []),
     ],
 )
 def test_other_shapes_agree_too(
@@ -275,14 +276,15 @@ def test_token_bucket_drops_are_bench_loss(reflect_port: int) -> None:
     doc, counters = bench_through_relay(
         reflect_port, ["--rate", "64k", "--direction", "up", "--seed", "3"], opts
     )
-    assert counters.up["rate_limited"] > 0 and counters.up["rate_dropped"] > 0, counters.text
+    assert counters.up["rate_limited"] > 0 and counters.up["queue_drop"] > 0, counters.text
     assert_bench_tells_the_truth(doc, counters)
 
 
 def test_jitter_never_reorders(reflect_port: int) -> None:
-    """The relay's delay stage is FIFO: jitter alone shows no reordering to bench."""
+    """With --keep-order the delay stage is FIFO: jitter alone shows no reordering to bench."""
     opts = ["--count", "500", "--rate", "5k", "--linger", LINGER]
-    doc, counters = bench_through_relay(reflect_port, ["--delay", "3±3", "--seed", "5"], opts)
+    relay = ["--delay", "3±3", "--keep-order", "--seed", "5"]
+    doc, counters = bench_through_relay(reflect_port, relay, opts)
     assert_bench_tells_the_truth(doc, counters)
     assert counters.up["delayed"] > 0 and counters.down["delayed"] > 0, counters.text
     for _, key in _DIRECTIONS:

@@ -160,6 +160,7 @@ class Impairment:
         self._stats = ImpairStats()
         self._seq = 0  # arrival number of the next datagram past the filters
         self._top = -1  # highest arrival number that has left
+        self._last = -1  # arrival number of the datagram that left last
         self._bad = False  # the Gilbert-Elliott channel's state
         self._blackout = False
         self._held: list[_Held] = []
@@ -275,7 +276,7 @@ class Impairment:
                 self._hold_in(now, items, out)
             else:
                 self._seq += len(items)
-                self._top = self._seq - 1
+                self._top = self._last = self._seq - 1
                 out += items
         st.passed += len(out)
         self.deadline = self._next_deadline()
@@ -495,10 +496,14 @@ class Impairment:
         self._stats.rate_limited += 1
 
     def _emit(self, seq: int, p: bytes, out: list[bytes]) -> None:
+        # A copy leaves right after its original: a receiver counts it a duplicate,
+        # not a second reordering.
         if seq < self._top:
-            self._stats.reordered += 1
+            if seq != self._last:
+                self._stats.reordered += 1
         else:
             self._top = seq
+        self._last = seq
         out.append(p)
 
     def _advance(self, now: float, out: list[bytes]) -> None:
