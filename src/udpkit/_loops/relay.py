@@ -301,6 +301,7 @@ class Relay(RelayIO):
             for r in targets:
                 r.set_blackout(on, now)
                 r.blackout_until = now + seconds if on and seconds is not None else None
+            self._plan(now)
 
         self._call(op)
 

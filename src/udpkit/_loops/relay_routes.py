@@ -138,6 +138,7 @@ class Route:
                 raise UsageError(f"invalid {what} {v!r}: must be more than 0 seconds")
         self.name = spec.name
         self.sock = sock
+        self.listen_text = format_sockaddr(sock.getsockname())
         self.lfd = sock.fileno()
         self.family = sock.family
         self.target: SockAddr | tuple[object, ...]
@@ -186,7 +187,7 @@ class Route:
             target = format_sockaddr(self.target)
         except Exception:
             target = repr(self.target)
-        return f"{format_sockaddr(self.sock.getsockname())} -> {target}"
+        return f"{self.listen_text} -> {target}"
 
     # -- faults --------------------------------------------------------------------
 
