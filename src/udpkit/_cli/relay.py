@@ -17,7 +17,7 @@ from udpkit._core.errors import UsageError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from udpkit._core.relay import ImpairConfig
+    from udpkit._core.impairconfig import ImpairConfig
     from udpkit._core.relaystats import RelayStats
     from udpkit._core.scenario import Scenario
     from udpkit._loops.relay import Relay
@@ -70,61 +70,61 @@ def add_parser(sub: SubParsers) -> None:
     )
 
 
+# The fault options: (field, metavar, help).  Each value is read by the parser
+# ImpairConfig.from_text uses for the field (udpkit._core.impairconfig.FIELDS),
+# so an option and a scenario's field mean the same and refuse the same words.
+_FAULT_OPTIONS = (
+    ("loss", "P", "lose each datagram with probability P (0.05 or 5%%)"),
+    ("loss_burst", "N", "... in bursts of N datagrams on average (Gilbert-Elliott; --loss is "
+     "the long-run rate: --loss 5%% --loss-burst 4)"),
+    ("gilbert", "P,R[,1-H,1-K]", "Gilbert-Elliott's four parameters, as netem's gemodel: "
+     "good->bad, bad->good, loss when bad (100%%), loss when good (0%%)"),
+    ("duplicate", "P", "send twice with probability P"),
+    ("reorder", "P", "hold back with probability P (see --reorder-gap)"),
+    ("reorder_gap", "N", "release a held datagram after N later ones passed (default 3)"),
+    ("reorder_max", "MS", "... or after this many milliseconds (default 100; 2s)"),
+    ("delay", "MS[±J]", "add MS milliseconds, J jitter (20±5, 20ms+-5ms, 1s)"),
+    ("jitter", "MS", "jitter of --delay: ± for uniform, the scale for the others (5, 5ms)"),
+    ("delay_dist", "NAME", "jitter's distribution, as netem's: uniform (default), normal, "
+     "pareto, paretonormal"),
+    ("delay_correlation", "P", "how much each delay depends on the last (25%%; the "
+     "distribution stays the one asked)"),
+    ("rate", "BYTES/S", "a link of this many bytes/s: datagrams queue behind it and leave "
+     "one after the other (125000, 500k, 1.5M: powers of 1000)"),
+    ("burst", "BYTES", "bytes the link may send at once after a quiet spell (64K; default 0)"),
+    ("queue", "BYTES|MS", "bytes that may wait for the link (64K) or time at the rate (50ms); "
+     "more is dropped, counted queue_drop (default: 1000 datagrams)"),
+    ("mtu_blackhole", "BYTES", "datagrams over BYTES vanish (counted mtu_drop)"),
+    ("truncate", "BYTES", "cut datagrams over BYTES to BYTES (counted truncated)"),
+    ("corrupt", "P", "flip one random bit in a fraction P of datagrams (counted corrupted)"),
+)  # fmt: skip
+
+
+def _fault(field: str) -> Callable[[str], object]:
+    """An argparse ``type=`` reading ``field`` as :meth:`ImpairConfig.from_text` does."""
+
+    def convert(text: str) -> object:
+        from udpkit._core.impairconfig import FIELDS  # only when the option is given
+
+        try:
+            return FIELDS[field](text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = field
+    return convert
+
+
 def _add_impairments(p: argparse.ArgumentParser) -> None:
     imp = p.add_argument_group("impairments (per direction, reproducible with --seed)")
+    for field, metavar, help in _FAULT_OPTIONS:
+        imp.add_argument(
+            "--" + field.replace("_", "-"), type=_fault(field), metavar=metavar, help=help
+        )
     imp.add_argument(
-        "--loss",
-        type=options.LOSS,
-        default=0.0,
-        metavar="P",
-        help="drop with probability P (0.05 or 5%%)",
-    )
-    imp.add_argument(
-        "--duplicate",
-        type=options.DUPLICATE,
-        default=0.0,
-        metavar="P",
-        help="send twice with probability P",
-    )
-    imp.add_argument(
-        "--reorder",
-        type=options.REORDER,
-        default=0.0,
-        metavar="P",
-        help="hold back with probability P (see --reorder-gap)",
-    )
-    imp.add_argument(
-        "--reorder-gap",
-        type=options.REORDER_GAP,
-        default=3,
-        metavar="N",
-        help="release a held datagram after N later ones passed (default 3)",
-    )
-    imp.add_argument(
-        "--reorder-max",
-        type=options.REORDER_MAX,
-        default=0.1,
-        metavar="MS",
-        help="... or after this many milliseconds (default 100; 2s)",
-    )
-    imp.add_argument(
-        "--delay",
-        type=options.DELAY,
-        default=(0.0, 0.0),
-        metavar="MS[±J]",
-        help="add MS milliseconds, +-J jitter (20±5, 20ms+-5ms, 1s)",
-    )
-    imp.add_argument(
-        "--rate",
-        type=options.BYTE_RATE,
-        metavar="BYTES/S",
-        help="token bucket rate in bytes/s (125000, 500k, 1.5M: powers of 1000)",
-    )
-    imp.add_argument(
-        "--burst",
-        type=options.BURST,
-        metavar="BYTES",
-        help="token bucket depth (1500, 64K: powers of 1024; default 10 ms worth)",
+        "--keep-order",
+        action="store_true",
+        help="jitter never lets a datagram overtake an earlier one (default: it may, as netem)",
     )
     imp.add_argument(
         "--direction",
@@ -138,21 +138,17 @@ def _add_impairments(p: argparse.ArgumentParser) -> None:
 
 
 def impair_config(args: argparse.Namespace) -> ImpairConfig | None:
-    """Build the :class:`ImpairConfig` the (parsed) options ask for (``None``: no impairment)."""
-    from udpkit._core.relay import ImpairConfig
+    """Build the :class:`ImpairConfig` the (parsed) options ask for (``None``: no impairment).
 
-    delay, jitter = args.delay
-    cfg = ImpairConfig(
-        loss=args.loss,
-        duplicate=args.duplicate,
-        reorder=args.reorder,
-        reorder_gap=args.reorder_gap,
-        reorder_max=args.reorder_max,
-        delay=delay,
-        jitter=jitter,
-        rate=args.rate,
-        burst=None if args.burst is None else float(args.burst),
-    )
+    Raises:
+        UsageError: options that do not go together (``--loss-burst`` without ``--loss``).
+    """
+    from udpkit._core.impairconfig import ImpairConfig
+
+    values = {f: getattr(args, f) for f, _, _ in _FAULT_OPTIONS if getattr(args, f) is not None}
+    if args.keep_order:
+        values["keep_order"] = True
+    cfg = ImpairConfig.from_values(values)
     return cfg if cfg.active else None
 
 
@@ -256,7 +252,10 @@ def _summary(relay: Relay, stats: RelayStats, stopped: list[int]) -> str:
 def _route_lines(relay: Relay) -> str:
     """Per route: held now, abandoned, NAT figures, and the counters of each phase."""
     lines: list[str] = []
+    one = len(relay.routes) == 1 and relay.scenario is None
     for name, doc in relay.snapshot(flows=False).items():
+        if one and not (doc["counters"]["rebinds"] or doc["counters"]["nat_timeouts"]):
+            continue  # the totals above are this route's
         c = doc["counters"]
         lines.append(
             f"udpkit relay: route {name} {doc['route']} phase={doc['phase']} "
@@ -273,7 +272,7 @@ def _route_lines(relay: Relay) -> str:
                     f"down in={pc.get('down_in', 0)} out={pc.get('down_out', 0)} "
                     f"lost={pc.get('down_lost', 0)}"
                 )
-    return "\n".join(lines) + "\n"
+    return "".join(line + "\n" for line in lines)
 
 
 def run(args: argparse.Namespace, out: Writer, err: Writer) -> int:
@@ -346,10 +345,8 @@ def run(args: argparse.Namespace, out: Writer, err: Writer) -> int:
             err.write(f"udpkit: control API on http://{format_sockaddr(srv.address)}/routes\n")
         with on_signals(relay.stop, relay.request_report) as stopped:
             for r in relay.routes.values():
-                listen, _, target = r.where.partition(" -> ")
-                err.write(
-                    f"udpkit: listening on {listen} (UDP, relay to {target}, route {r.name})\n"
-                )
+                listen, _, to = r.where.partition(" -> ")
+                err.write(f"udpkit: listening on {listen} (UDP, relay to {to}, route {r.name})\n")
             stats = relay.run()
             err.write(_summary(relay, stats, stopped))
     return 0
