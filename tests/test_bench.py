@@ -187,7 +187,8 @@ def test_bench_against_plain_echo_server(family: Family) -> None:
 
 _UNIT = re.compile(
     r"(_datagrams|_bytes|_ms|_s|_per_s|_ratio|_count|_flows|_id)$|^(version|target|peer|local|control_local|receivers"
-    r"|one_way|send_errors|forward|return|round_trip|total|flows|intervals|settings)$"
+    r"|one_way|send_errors|forward|return|round_trip|total|flows|intervals|settings"
+    r"|stopped_by|under_rate|causes|message)$"
 )
 
 
@@ -319,7 +320,7 @@ def test_group_send_options_come_before_connect(
     monkeypatch.setattr(benchflow, "set_multicast_send", spy)
     cfg = BenchConfig(group, 5202, one_way=True, count=1, iface="lo")
     try:
-        _bench.ProbeFlow(cfg, False, _bench._new_result).close()
+        benchflow.ProbeFlow(cfg, False, _bench._new_result).close()
     except NetworkError as exc:
         # lo has no IPv6 multicast route: connect fails, but with the interface known,
         # never with EINVAL, and only after the options were set.

@@ -22,10 +22,11 @@ from tests.test_netns_reach import STEP, running, serving
 from tests.test_netns_routed import _one_line_error, _send_stdin, _udpkit, routed
 
 import udpkit
-from udpkit._cli.bench import bench_document, format_table, icmp_errors
+from udpkit._cli.benchreport import bench_document, format_table, icmp_errors
 from udpkit._core.errors import MessageTooLarge, NetworkError
 from udpkit._loops import bench as _bench
 from udpkit._loops import client as _client
+from udpkit._loops.benchflow import ProbeFlow
 from udpkit._net.sockets import Datagram, DatagramSocket
 
 TRUST = ("--trust", "fd81::/16", "--trust", "10.81.0.0/16")
@@ -123,7 +124,7 @@ def test_a_stale_kernel_emsgsize_on_send_is_sent_again() -> None:
 
 
 def _flow_stub() -> Any:
-    f = _bench._Flow.__new__(_bench._Flow)
+    f = ProbeFlow.__new__(ProbeFlow)
     f.res = _bench.FlowResult(1, "127.0.0.1:1")
     return f
 

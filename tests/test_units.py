@@ -9,10 +9,12 @@ import pytest
 from udpkit._core.errors import UsageError
 from udpkit._core.units import (
     Rate,
+    parse_bit_rate,
     parse_count,
     parse_delay,
     parse_duration,
     parse_probability,
+    parse_probe_rate,
     parse_rate,
     parse_size,
 )
@@ -161,6 +163,103 @@ def test_rate_in_items() -> None:
 def test_rate_refusals_name_the_input(text: str, bits: bool, byte: bool, says: str) -> None:
     with pytest.raises(UsageError, match=re.escape(f"invalid --rate {text!r}: ")) as info:
         parse_rate(text, "--rate", bits=bits, byte=byte)
+    assert says in str(info.value)
+
+
+# ---------------------------------------------------------------- bench's rates
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("20k", Rate(20e3, "")),  # datagrams/s, as before
+        ("20kpps", Rate(20e3, "")),
+        ("20k pps", Rate(20e3, "")),
+        ("20k/s", Rate(20e3, "")),
+        ("1Mpps", Rate(1e6, "")),  # a million datagrams/s, said so: accepted
+        ("100Mbps", Rate(1e8, "bit")),
+        ("100Mbit", Rate(1e8, "bit")),
+        ("1Gb/s", Rate(1e9, "bit")),
+        ("5MB/s", Rate(5e6, "byte")),
+        ("max", Rate(INF, "")),
+        ("MAX", Rate(INF, "")),
+    ],
+)
+def test_probe_rate(text: str, value: Rate) -> None:
+    assert parse_probe_rate(text) == value
+
+
+@pytest.mark.parametrize(("text", "n", "word"), [("100M", "100", "million"),
+                                                 ("2.5M", "2.5", "million"),
+                                                 ("1G", "1", "billion"),
+                                                 ("100M/s", "100", "million")])  # fmt: skip
+def test_probe_rate_refuses_a_bare_mega_naming_both_readings(text: str, n: str, word: str) -> None:
+    """`bench --rate 100M` (iperf3's -b 100M) once meant 100 million datagrams/s: bench
+    sent flat out, the reflector dropped 69 %, and nothing said the rate was out of reach."""
+    prefix = text.rstrip("/s")[-1]
+    with pytest.raises(UsageError) as info:
+        parse_probe_rate(text)
+    assert str(info.value) == (
+        f"invalid --rate {text!r}: --rate {n}{prefix} means {n} {word} datagrams/s, which no "
+        f"sender reaches; for {n} {prefix}bit/s write -b {n}{prefix} (or --rate {n}{prefix}bps); "
+        f"{n}{prefix}pps if you do mean datagrams"
+    )
+
+
+@pytest.mark.parametrize("text", ["10p", "10ps", "10mbps", "0", "fast", ""])
+def test_probe_rate_refusals_name_the_input(text: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"invalid --rate {text!r}: ")):
+        parse_probe_rate(text)
+
+
+def test_pps_is_only_where_the_option_counts_datagrams() -> None:
+    with pytest.raises(UsageError, match="a rate in bytes/s"):
+        parse_rate("10kpps", "--rate", unit="bytes/s", byte=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "bits"),
+    [
+        ("100M", 1e8),  # iperf3 -b: bits/s, powers of 1000
+        ("100m", 1e8),  # iperf3 reads either case; a milli-bit rate is never meant
+        ("1G", 1e9),
+        ("1g", 1e9),
+        ("10k", 1e4),
+        ("10K", 1e4),
+        ("2.5M", 2.5e6),
+        ("100Mbit", 1e8),
+        ("100Mbits", 1e8),
+        ("1Gbps", 1e9),
+        ("100Mb/s", 1e8),
+        ("100 Mbit/s", 1e8),
+        ("5000", 5000.0),
+    ],
+)
+def test_bit_rate_as_iperf3_reads_it(text: str, bits: float) -> None:
+    assert parse_bit_rate(text) == Rate(bits, "bit")
+
+
+@pytest.mark.parametrize("text", ["0", "max", "Max"])
+def test_bit_rate_zero_is_unlimited(text: str) -> None:
+    assert parse_bit_rate(text) == Rate(INF, "")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("fast", "a bit rate like 100M (bits/s, as iperf3 -b), 1Gbps, or 0 for unlimited"),
+        ("10M/100", "a bit rate like"),  # iperf3's burst form is not taken
+        ("5MB/s", "-b counts bits (iperf3's reading): for bytes/s write --rate 5MB/s"),
+        ("5T", "a bit rate like"),
+        ("-1M", "a bit rate like"),
+        ("1e6", "a bit rate like"),
+    ],
+)
+def test_bit_rate_refusals_name_the_input(text: str, says: str) -> None:
+    with pytest.raises(UsageError, match=re.escape(f"invalid -b {text!r}: ")) as info:
+        parse_bit_rate(text)
     assert says in str(info.value)
 
 

@@ -1,38 +1,79 @@
-"""The ``bench`` and ``reflect`` commands: arguments, live rows, the final table, JSON, plot.
+"""The ``bench`` and ``reflect`` commands: arguments, the run, its stop, what is printed.
 
-Every JSON key carries its unit (``_datagrams``, ``_bytes``, ``_ms``, ``_s``,
-``_per_s``, ``_ratio``).  Throughput is UDP payload over the send phase, as
-iperf3 counts it.
+bench answers to iperf3's and sockperf's words where they mean the same thing:
+``-c HOST -p PORT``, ``-u``, ``-b/--bitrate`` (bits/s), ``-l/--length`` and
+``-m/--msg-size`` (the datagram size), ``-t/--time``, ``-P/--parallel``,
+``-J/--json``, ``--mps`` (sockperf's datagrams/s).  ``-R`` is refused with what
+to run instead: the reflector answers probes, it never sends on its own.
+
+Ctrl-C or SIGTERM ends the run early and prints the figures of what ran (exit
+130 or 143); a closed output pipe ends it too, the figures then on stderr.  The
+text itself (JSON document, rows, table, plot) is :mod:`udpkit._cli.benchreport`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import signal
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from udpkit._cli import options
-from udpkit._cli.common import SubParsers, Writer, add_command
+from udpkit._cli.benchreport import bench_document
+from udpkit._cli.common import SubParsers, Writer, add_command, destination, lone_port
 from udpkit._cli.common import family as _family
 from udpkit._core import units
 from udpkit._core.errors import UsageError
 
 # Registering the parsers must cost no start-up: the measuring modules load on use.
 if TYPE_CHECKING:
-    from udpkit._core.stats import IntervalRow, LatencyHistogram, LossSplit
-    from udpkit._loops.bench import BenchConfig, BenchResult, FlowResult
+    from udpkit._core.stats import IntervalRow
+    from udpkit._loops.bench import BenchConfig, BenchResult
     from udpkit._loops.reflect import Reflector
 
-__all__ = ["add_parser", "bench_command", "bench_document", "run_reflect"]
+__all__ = ["add_parser", "bench_command", "bench_document", "config_from_args", "run_reflect"]
 
 DEFAULT_REFLECT_PORT = "5202"
-_PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99_9", 99.9))
+
+EPILOG = """\
+rates: --rate counts datagrams/s (20k, 20kpps; 100Mbps or 5MB/s with a unit; max);
+  -b counts bits/s as iperf3 reads it (-b 100M is 100 Mbit/s; -b 0 is max). A bare
+  --rate 100M is refused: 100 million datagrams/s is beyond any sender.
+  A run that sends under 90 % of the asked rate says so on stderr, with the cause.
+exit codes:
+  0    the run ended and its figures were printed (also when its output pipe closed:
+       the figures then go to stderr)
+  1    network or runtime error: nothing listening, no route, permission denied
+  2    bad arguments
+  3    no answer to the opening exchange
+  130  stopped by Ctrl-C (SIGINT); 143 by SIGTERM: the figures of what ran are printed
+       first (the JSON document with --json, "stopped_by" set)
+"""
+
+_REVERSE = (
+    "-R (reverse) does not fit bench's probes: the reflector answers them and never "
+    "sends on its own. A run against 'udpkit reflect' already measures the way back "
+    "(the 'return' row: its loss, duplicates, reordering); for a paced stream the other "
+    "way, run 'udpkit reflect' here and 'udpkit bench THIS-HOST PORT' on the far host"
+)
 
 
-# A JSON object of the document: its values are read back by the table below.
-_Doc: TypeAlias = dict[str, Any]
+def _argtype(parse: Callable[[str, str], units.Rate], option: str) -> Callable[[str], units.Rate]:
+    def convert(text: str) -> units.Rate:
+        try:
+            return parse(text, option)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = option.lstrip("-")
+    return convert
+
+
+# bench's own rates (no other command has them): units.Rate, infinite for max.
+PROBE_RATE = _argtype(units.parse_probe_rate, "--rate")
+BIT_RATE = _argtype(units.parse_bit_rate, "-b")
 
 
 # ---------------------------------------------------------------- arguments
@@ -47,43 +88,10 @@ def add_parser(sub: SubParsers) -> None:
         description="Send numbered, timestamped probes to HOST PORT, where 'udpkit reflect' "
         "(loss, duplicates and reordering per direction) or 'udpkit serve --echo' (round "
         "trip only) answers, and report what happened to them.",
+        epilog=EPILOG,
     )
-    bench.add_argument("host", metavar="HOST")
-    bench.add_argument("port", metavar="PORT")
-    bench.add_argument(
-        "--size",
-        type=options.PROBE_SIZE,
-        default=64,
-        metavar="BYTES",
-        help="probe size (default 64)",
-    )
-    bench.add_argument(
-        "--rate",
-        type=options.BENCH_RATE,
-        metavar="RATE",
-        help="datagrams/s (10000, 10k), bits/s of payload (100Mbps, 1Gb/s), bytes/s of "
-        "payload (5MB/s) or 'max'; all flows together (default 1k, or max with --window)",
-    )
-    bench.add_argument(
-        "--duration",
-        "-t",
-        type=options.DURATION,
-        metavar="S",
-        help="how long to send (default 10 seconds; 500ms, 2min)",
-    )
-    bench.add_argument(
-        "--count",
-        "-n",
-        type=options.COUNT,
-        metavar="N",
-        help="probes per flow (then no time limit)",
-    )
-    bench.add_argument(
-        "--window", type=options.WINDOW, metavar="N", help="request/response: N probes outstanding"
-    )
-    bench.add_argument(
-        "--parallel", "-P", type=options.PARALLEL, default=1, metavar="N", help="flows (default 1)"
-    )
+    _add_target(bench)
+    _add_load(bench)
     bench.add_argument(
         "--interval",
         "-i",
@@ -109,7 +117,9 @@ def add_parser(sub: SubParsers) -> None:
         metavar="S",
         help="longest wait for late replies (default 1 second)",
     )
-    bench.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    bench.add_argument(
+        "--json", "-J", action="store_true", help="print one JSON document on stdout"
+    )
     bench.add_argument("--plot", metavar="FILE.png", help="latency CDF and throughput plot")
     bench.add_argument("--quiet", "-q", action="store_true", help="no live rows")
     bench.add_argument("--no-batch", action="store_true", help="recv one datagram a call")
@@ -118,6 +128,83 @@ def add_parser(sub: SubParsers) -> None:
     options.add_family_flags(bench)
     options.allow_negative_values(bench)
     _add_reflect(sub)
+
+
+def _add_target(bench: argparse.ArgumentParser) -> None:
+    """HOST PORT, or iperf3's ``-c HOST [-p PORT]``; ``-u`` and ``-R`` as iperf3 users type them."""
+    bench.add_argument("host", nargs="?", metavar="HOST")
+    bench.add_argument("port", nargs="?", metavar="PORT")  # missing: said by destination()
+    bench.add_argument(
+        "--client",
+        "-c",
+        metavar="HOST",
+        help=f"HOST, as iperf3 -c takes it (then PORT defaults to {DEFAULT_REFLECT_PORT}, "
+        "reflect's)",
+    )
+    bench.add_argument(
+        "--port", "-p", dest="port_option", metavar="PORT", help="PORT, given as an option"
+    )
+    bench.add_argument("--udp", "-u", action="store_true", help="UDP: always (iperf3's -u)")
+    bench.add_argument(
+        "--reverse", "-R", action="store_true", help="iperf3's reverse mode: refused, saying why"
+    )
+
+
+def _add_load(bench: argparse.ArgumentParser) -> None:
+    """What to send: size, rate (datagrams or bits), how long or how many, flows, window."""
+    bench.add_argument(
+        "--size",
+        "-l",
+        "--length",
+        "-m",
+        "--msg-size",
+        dest="size",
+        type=options.PROBE_SIZE,
+        default=64,
+        metavar="BYTES",
+        help="datagram size, as iperf3 -l and sockperf -m (default 64; 1K is 1024)",
+    )
+    rate = bench.add_mutually_exclusive_group()
+    rate.add_argument(
+        "--rate",
+        "--mps",
+        dest="rate",
+        type=PROBE_RATE,
+        metavar="RATE",
+        help="datagrams/s (20k, 20kpps), bits/s of payload (100Mbps, 1Gb/s), bytes/s of "
+        "payload (5MB/s) or 'max'; all flows together (default 1k, or max with --window)",
+    )
+    rate.add_argument(
+        "--bitrate",
+        "-b",
+        dest="bitrate",
+        type=BIT_RATE,
+        metavar="BITS",
+        help="bits/s of payload as iperf3 -b reads it: 100M is 100 Mbit/s (also 100Mbit, "
+        "1Gbps); 0 is as fast as possible",
+    )
+    bench.add_argument(
+        "--duration",
+        "-t",
+        "--time",
+        dest="duration",
+        type=options.DURATION,
+        metavar="S",
+        help="how long to send (default 10 seconds; 500ms, 2min)",
+    )
+    bench.add_argument(
+        "--count",
+        "-n",
+        type=options.COUNT,
+        metavar="N",
+        help="probes per flow (then no time limit)",
+    )
+    bench.add_argument(
+        "--window", type=options.WINDOW, metavar="N", help="request/response: N probes outstanding"
+    )
+    bench.add_argument(
+        "--parallel", "-P", type=options.PARALLEL, default=1, metavar="N", help="flows (default 1)"
+    )
 
 
 def _add_reflect(sub: SubParsers) -> None:
@@ -129,7 +216,7 @@ def _add_reflect(sub: SubParsers) -> None:
         f"loss per direction. Default 127.0.0.1 {DEFAULT_REFLECT_PORT}.",
     )
     reflect.add_argument("host", nargs="?", default=None, metavar="HOST")
-    reflect.add_argument("port", nargs="?", default=DEFAULT_REFLECT_PORT, metavar="PORT")
+    reflect.add_argument("port", nargs="?", default=None, metavar="PORT")
     options.add_rcvbuf(reflect, "4M")
     options.add_busy_poll(reflect)
     reflect.add_argument("--no-batch", action="store_true", help="recvfrom/sendto, no recvmmsg")
@@ -146,17 +233,42 @@ def _add_reflect(sub: SubParsers) -> None:
     options.allow_negative_values(reflect)
 
 
+def _target(args: argparse.Namespace) -> tuple[str, str]:
+    """HOST and PORT from ``HOST PORT``, ``-c HOST [-p PORT]`` or ``HOST -p PORT``."""
+    host: str | None = args.host
+    port: str | None = args.port
+    if args.client is not None:
+        if host is not None and port is None:
+            host, port = None, host  # `bench -c HOST PORT`: the one word is the port
+        if host is not None:
+            raise UsageError(f"HOST given twice: {host!r} and -c {args.client!r}")
+        host = args.client
+    if args.port_option is not None:
+        if port is not None:
+            raise UsageError(f"port given twice: {port!r} and -p {args.port_option!r}")
+        port = args.port_option
+    if host is None:
+        raise UsageError("missing HOST: write udpkit bench HOST PORT (or -c HOST, as in iperf3)")
+    if args.client is not None and port is None:
+        lone_port(host, port, "bench")  # `-c 5202` is no host either
+        port = DEFAULT_REFLECT_PORT  # iperf3's -c has a default port: reflect's
+    return destination(host, port, "bench")  # `bench 5202`: the port
+
+
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Turn ``bench`` arguments (parsed by :mod:`udpkit._cli.options`) into a ``BenchConfig``."""
     from udpkit._loops.bench import BenchConfig
 
+    if args.reverse:
+        raise UsageError(_REVERSE)
     duration = args.duration
     if duration is None and args.count is None:
         duration = 10.0
-    rate = args.rate or units.Rate(math.inf if args.window else 1000.0, "")
+    rate = args.rate or args.bitrate or units.Rate(math.inf if args.window else 1000.0, "")
+    host, port = _target(args)
     return BenchConfig(
-        host=args.host,
-        port=args.port,
+        host=host,
+        port=port,
         family=_family(args),
         size=args.size,
         rate=None if rate.value == math.inf else rate.per_item(args.size),
@@ -174,374 +286,81 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-# ---------------------------------------------------------------- the document
+# ---------------------------------------------------------------- the run and its stop
 
 
-def _ms(ns: float) -> float:
-    return round(ns / 1e6, 6)
+class _Blocked(Exception):
+    """A write to stdout hung past a stop (a full pipe nobody reads)."""
 
 
-def _rate(n: float, seconds: float) -> float:
-    return round(n / seconds, 3) if seconds > 0 else 0.0
+_UNBLOCK_AFTER = 0.3  # seconds a stopped run gives a hung write to stdout
 
 
-def _split_dict(s: LossSplit, numbered: int) -> _Doc:
-    return {
-        "lost_datagrams": s.lost,
-        "lost_sender_datagrams": s.sender,
-        "lost_path_datagrams": s.path,
-        "lost_receiver_kernel_datagrams": s.receiver_kernel,
-        "loss_ratio": round(s.lost / numbered, 9) if numbered else 0.0,
-    }
+class _Output:
+    """stdout for a run that may be stopped: a write that hangs after a stop is broken
+    off, and a closed pipe is noted (``closed``) instead of raised.
 
+    The break is SIGALRM, armed by :meth:`stopped` while a write hangs, or before
+    the last write of a stopped run (:meth:`write` with ``bounded``): a full pipe
+    nobody reads (``udpkit bench ... | sleep 60``) never holds a stop past a second.
+    """
 
-def _direction(  # noqa: PLR0917 - one row of the table, field by field
-    numbered: int,
-    received: int,
-    unique: int,
-    dups: int,
-    reordered: int,
-    extent: int,
-    split: LossSplit,
-    jitter_ms: float | None,
-    seconds: float,
-    size: int,
-) -> _Doc:
-    return {
-        "sent_datagrams": numbered,
-        "received_datagrams": received,
-        "unique_datagrams": unique,
-        **_split_dict(split, numbered),
-        "duplicate_datagrams": dups,
-        "reordered_datagrams": reordered,
-        "reordered_ratio": round(reordered / unique, 9) if unique else 0.0,
-        "reorder_extent_max_datagrams": extent,
-        "jitter_ms": jitter_ms,
-        "datagrams_per_s": _rate(unique, seconds),
-        "bits_per_s": _rate(unique * size * 8, seconds),
-    }
+    def __init__(self, out: Writer) -> None:
+        self._out = out
+        self._writing = False
+        self.closed = False
 
+    def write(self, text: str, *, bounded: bool = False) -> bool:
+        """Write ``text``; False (and ``closed``) when the pipe is closed or hung."""
+        if self.closed:
+            return False
+        self._writing = True
+        try:
+            if bounded:
+                signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
+            self._out.write(text)
+        except (BrokenPipeError, _Blocked):
+            self.closed = True
+        finally:
+            self._writing = False
+            if bounded:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        return not self.closed
 
-def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> _Doc:
-    from udpkit._core.stats import split_loss
+    def stopped(self) -> None:
+        """Called by the stop handler: a write that hangs now is broken off soon."""
+        if self._writing:
+            signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
 
-    size = cfg.size
-    own = f.kernel_drops
-    doc: _Doc = {
-        "run_id": f.run_id,
-        "local": f.local,
-        "control_local": f.control_local,
-        "control_sent_datagrams": f.control_sent,
-        "control_received_datagrams": f.control_received,
-        "receivers": [
-            {
-                "peer": peer,
-                "received_datagrams": r.received,
-                "unique_datagrams": r.unique,
-                "lost_datagrams": max(f.sent - r.unique, 0),
-                "duplicate_datagrams": r.duplicates,
-                "reordered_datagrams": r.reordered,
-                "kernel_drops_datagrams": r.kernel_drops_run,
-            }
-            for peer, r in sorted(f.receivers.items())
-        ],
-        "sent_datagrams": f.sent,
-        "sent_bytes": f.sent_bytes,
-        "send_datagrams_per_s": _rate(f.sent, seconds),
-        "send_bits_per_s": _rate(f.sent_bytes * 8, seconds),
-        "send_errors": dict(f.send_errors),
-        "icmp_errors_count": sum(f.icmp_errors.values()),
-        "send_blocked_count": f.send_blocked,
-        "malformed_datagrams": f.malformed,
-        "late_replies_datagrams": f.late,
-        "kernel_drops_datagrams": own,
-        "forward": None,
-        "return": None,
-        "round_trip": None,
-    }
-    r = f.report
-    fwd_kernel = None if r is None else r.kernel_drops_run
-    if r is not None:
-        fs = split_loss(f.numbered, r.unique, f.sender_lost, r.kernel_drops_run)
-        doc["forward"] = _direction(
-            f.numbered, r.received, r.unique, r.duplicates, r.reordered,
-            r.reorder_extent_max, fs, _ms(r.jitter_ns), seconds, size,
-        )  # fmt: skip
-        doc["forward"]["receiver_kernel_drops_datagrams"] = r.kernel_drops_run
-        if not cfg.one_way:
-            t = f.reverse
-            rs = split_loss(r.echoed, t.unique, min(r.send_errors, r.echoed), own)
-            doc["return"] = _direction(
-                r.echoed, t.received, t.unique, t.duplicates, t.reordered,
-                t.extent_max, rs, None, seconds, size,
-            )  # fmt: skip
-    if not cfg.one_way:
-        t = f.round_trip
-        kernel = None if own is None and fwd_kernel is None else (own or 0) + (fwd_kernel or 0)
-        ts = split_loss(f.numbered, t.unique, f.sender_lost, kernel)
-        doc["round_trip"] = _direction(
-            f.numbered, t.received, t.unique, t.duplicates, t.reordered,
-            t.extent_max, ts, _ms(f.rtt_jitter.jitter_ns), seconds, size,
-        )  # fmt: skip
-    doc.update(_rtt(f.rtt, cfg.one_way))
-    paths = [doc[k]["lost_path_datagrams"] for k in ("forward", "return") if doc[k] is not None]
-    if peer == "echo":
-        paths = [doc["round_trip"]["lost_path_datagrams"]]
-    doc["unexplained_lost_datagrams"] = sum(paths)
-    return doc
+    def _on_alarm(self, _signum: int, _frame: object) -> None:
+        if self._writing:
+            raise _Blocked
 
-
-def _rtt(h: LatencyHistogram, none: bool) -> _Doc:
-    keys = ["rtt_min_ms", "rtt_mean_ms", *[f"rtt_{n}_ms" for n, _ in _PERCENTILES], "rtt_max_ms"]
-    if none or not h.count:
-        return {"rtt_samples_count": h.count, **dict.fromkeys(keys)}
-    vals = [h.min_ns, h.mean_ns, *[h.percentile(p) for _, p in _PERCENTILES], h.max_ns]
-    return {"rtt_samples_count": h.count, **{k: _ms(v) for k, v in zip(keys, vals, strict=True)}}
-
-
-def _sum_dirs(docs: Sequence[_Doc | None]) -> _Doc | None:
-    present = [d for d in docs if d is not None]
-    if not present:
-        return None
-    out: _Doc = {}
-    for key in present[0]:
-        vals = [d[key] for d in present]
-        if key == "reorder_extent_max_datagrams":
-            out[key] = max(vals)
-        elif key == "jitter_ms":
-            out[key] = None if None in vals else round(sum(vals) / len(vals), 6)
-        elif key.endswith("_ratio"):
-            continue
-        elif all(isinstance(v, int | float) for v in vals):
-            out[key] = sum(vals)
-        else:
-            out[key] = None if None in vals else sum(vals)
-    sent = out["sent_datagrams"]
-    out["loss_ratio"] = round(out["lost_datagrams"] / sent, 9) if sent else 0.0
-    uniq = out["unique_datagrams"]
-    out["reordered_ratio"] = round(out["reordered_datagrams"] / uniq, 9) if uniq else 0.0
-    return out
-
-
-def bench_document(result: BenchResult) -> _Doc:
-    """The run as one JSON-ready dict; every key names its unit."""
-    from udpkit._core.stats import LatencyHistogram
-
-    cfg = result.config
-    secs = result.send_seconds
-    flows = [_flow_doc(f, result.peer, cfg, secs) for f in result.flows]
-    hist = LatencyHistogram()
-    for f in result.flows:
-        hist.merge(f.rtt)
-    total: _Doc = {}
-    for key in (
-        "sent_datagrams",
-        "sent_bytes",
-        "send_blocked_count",
-        "malformed_datagrams",
-        "icmp_errors_count",
-    ):
-        total[key] = sum(d[key] for d in flows)
-    total["send_datagrams_per_s"] = _rate(total["sent_datagrams"], secs)
-    total["send_bits_per_s"] = _rate(total["sent_bytes"] * 8, secs)
-    errors: dict[str, int] = {}
-    for f in result.flows:
-        for k, v in f.send_errors.items():
-            errors[k] = errors.get(k, 0) + v
-    total["send_errors"] = errors
-    drops = [d["kernel_drops_datagrams"] for d in flows]
-    total["kernel_drops_datagrams"] = None if None in drops else sum(drops)
-    for key in ("forward", "return", "round_trip"):
-        total[key] = _sum_dirs([d[key] for d in flows])
-    total.update(_rtt(hist, cfg.one_way))
-    total["unexplained_lost_datagrams"] = sum(d["unexplained_lost_datagrams"] for d in flows)
-    return {
-        "version": 1,
-        "target": result.target,
-        "peer": result.peer,
-        "settings": {
-            "size_bytes": cfg.size,
-            "rate_datagrams_per_s": cfg.rate,
-            "duration_s": cfg.duration,
-            "count_datagrams": cfg.count,
-            "window_datagrams": cfg.window,
-            "parallel_flows": cfg.parallel,
-            "interval_s": cfg.interval,
-            "one_way": cfg.one_way,
-            "timeout_s": cfg.timeout,
-            "linger_s": cfg.linger,
-        },
-        "send_seconds_s": round(secs, 6),
-        "total": total,
-        "flows": flows,
-        "intervals": [_interval(r) for r in result.intervals],
-    }
-
-
-def _interval(r: IntervalRow) -> _Doc:
-    rx = r.sums.get("rx", 0)
-    return {
-        "start_s": round(r.start_ns / 1e9, 6),
-        "end_s": round(r.end_ns / 1e9, 6),
-        "sent_datagrams": r.sums.get("sent", 0),
-        "send_datagrams_per_s": round(r.per_second("sent"), 3),
-        "send_bits_per_s": round(r.per_second("sent_bytes") * 8, 3),
-        "received_datagrams": rx,
-        "receive_datagrams_per_s": round(r.per_second("rx"), 3),
-        "receive_bits_per_s": round(r.per_second("rx_bytes") * 8, 3),
-        "rtt_mean_ms": _ms(r.sums.get("rtt_sum_ns", 0) / rx) if rx else None,
-        "rtt_max_ms": _ms(r.peaks["rtt_max_ns"]) if "rtt_max_ns" in r.peaks else None,
-    }
-
-
-# ---------------------------------------------------------------- text output
-
-
-def _si(value: float, unit: str) -> str:
-    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= factor:
-            return f"{value / factor:.2f} {prefix}{unit}"
-    return f"{value:.0f} {unit}"
-
-
-ROW_HEADER = "interval         sent/s      bitrate          replies/s    rtt mean/max ms\n"
-
-
-def format_row(r: IntervalRow) -> str:
-    """One live row, iperf3-like."""
-    d = _interval(r)
-    rtt = "-"
-    if d["rtt_mean_ms"] is not None:
-        rtt = f"{d['rtt_mean_ms']:.3f}/{d['rtt_max_ms']:.3f}"
-    return (
-        f"{d['start_s']:6.2f}-{d['end_s']:<6.2f} s {d['send_datagrams_per_s']:>10.0f}  "
-        f"{_si(d['send_bits_per_s'], 'bit/s'):>15}  "
-        f"{d['receive_datagrams_per_s']:>10.0f}    {rtt}\n"
-    )
-
-
-def icmp_errors(result: BenchResult) -> dict[str, int]:
-    """ICMP errors reported on receive, by errno name, over all flows."""
-    out: dict[str, int] = {}
-    for f in result.flows:
-        for k, v in f.icmp_errors.items():
-            out[k] = out.get(k, 0) + v
-    return out
-
-
-def format_table(doc: _Doc, icmp: dict[str, int] | None = None) -> str:
-    """The final table (plain text); ``icmp``: ICMP errors by errno name, if any."""
-    t = doc["total"]
-    s = doc["settings"]
-    flows = s["parallel_flows"]
-    lines = [
-        f"udpkit bench: {doc['target']} ({doc['peer']}), {flows} flow{'s' * (flows > 1)}, "
-        f"{s['size_bytes']} B probes: {t['sent_datagrams']} sent in {doc['send_seconds_s']:.2f} s "
-        f"({t['send_datagrams_per_s']:.0f} datagrams/s, {_si(t['send_bits_per_s'], 'bit/s')})",
-        f"{'direction':<11}{'received':>10}{'datagrams/s':>13}{'bitrate':>16}{'lost':>9}"
-        f"  {'sender/path/kernel':<19}{'dup':>6}{'reordered':>10}{'extent':>7}{'jitter ms':>10}",
-    ]
-    for key, name in (("forward", "forward"), ("return", "return"), ("round_trip", "round trip")):
-        d = t[key]
-        if d is None:
-            continue
-        split = (
-            f"{d['lost_sender_datagrams']}/{d['lost_path_datagrams']}/"
-            f"{d['lost_receiver_kernel_datagrams']}"
-        )
-        jitter = "-" if d["jitter_ms"] is None else f"{d['jitter_ms']:.3f}"
-        lines.append(
-            f"{name:<11}{d['unique_datagrams']:>10}{d['datagrams_per_s']:>13.0f}"
-            f"{_si(d['bits_per_s'], 'bit/s'):>16}{d['lost_datagrams']:>9}  {split:<19}"
-            f"{d['duplicate_datagrams']:>6}{d['reordered_datagrams']:>10}"
-            f"{d['reorder_extent_max_datagrams']:>7}{jitter:>10}"
-        )
-    if t["rtt_samples_count"] and t["rtt_p50_ms"] is not None:
-        lines.append(
-            "rtt ms: "
-            + "  ".join(
-                f"{k} {t[f'rtt_{k}_ms']:.3f}" for k in ("min", "p50", "p90", "p99", "p99_9", "max")
-            ).replace("p99_9", "p99.9")
-            + f"  ({t['rtt_samples_count']} samples)"
-        )
-    extra = []
-    if t["send_errors"]:
-        extra.append("send errors " + ", ".join(f"{k} {v}" for k, v in t["send_errors"].items()))
-    if icmp:
-        # The probe each one was about is lost: it is in the loss above.
-        extra.append("ICMP errors " + ", ".join(f"{k} {v}" for k, v in sorted(icmp.items())))
-    elif t.get("icmp_errors_count"):
-        extra.append(f"ICMP errors {t['icmp_errors_count']}")
-    if t["malformed_datagrams"]:
-        extra.append(f"{t['malformed_datagrams']} malformed replies")
-    extra.append(f"unexplained loss {t['unexplained_lost_datagrams']}")
-    lines.append("; ".join(extra))
-    fl = doc["flows"]
-    for f in fl:
-        for r in f.get("receivers", []):
-            lines.append(
-                f"receiver {r['peer']}: received {r['unique_datagrams']}, lost "
-                f"{r['lost_datagrams']}, duplicates {r['duplicate_datagrams']}, reordered "
-                f"{r['reordered_datagrams']}"
-            )
-    if fl and fl[0].get("control_local"):
-        # Through a relay these are separate flows: compare its per-flow counters.
-        sent = sum(f["control_sent_datagrams"] for f in fl)
-        got = sum(f["control_received_datagrams"] for f in fl)
-        lines.append(
-            f"probes from {', '.join(f['local'] for f in fl)}; control exchange from "
-            f"{', '.join(f['control_local'] for f in fl)} ({sent} sent, {got} received), "
-            "a flow of its own, not in the figures above"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _plot(path: str, result: BenchResult, doc: _Doc) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from udpkit._core.stats import LatencyHistogram
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    hist = LatencyHistogram()
-    for f in result.flows:
-        hist.merge(f.rtt)
-    cdf = hist.cdf()
-    if cdf:
-        ax1.step([v / 1e6 for v, _ in cdf], [q for _, q in cdf], where="post")
-    ax1.set_xlabel("round-trip time (ms)")
-    ax1.set_ylabel("fraction of replies")
-    ax1.set_title("RTT CDF" if cdf else "RTT CDF (no replies)")
-    ax1.grid(True, alpha=0.3)
-    rows = doc["intervals"]
-    ends = [r["end_s"] for r in rows]
-    ax2.plot(ends, [r["send_datagrams_per_s"] for r in rows], marker="o", label="sent")
-    if doc["peer"] == "reflector" and doc["settings"]["one_way"]:
-        pass
-    else:
-        ax2.plot(ends, [r["receive_datagrams_per_s"] for r in rows], marker="x", label="replies")
-    ax2.set_xlabel("time (s)")
-    ax2.set_ylabel("datagrams/s")
-    ax2.set_title("throughput per interval")
-    ax2.legend()
-    ax2.grid(True, alpha=0.3)
-    fig.suptitle(f"udpkit bench {doc['target']} ({doc['settings']['size_bytes']} B)")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    @contextlib.contextmanager
+    def breaking_off(self) -> Iterator[None]:
+        """While the block runs, the alarm breaks off a hung write."""
+        old = signal.signal(signal.SIGALRM, self._on_alarm)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
 
 
 def bench_command(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     """The ``bench`` command.
 
     Returns:
-        0 (errors are raised: UsageError/AddressError exit 2, Timeout 3, NetworkError 1).
+        0; 128 + the signal's number when SIGINT or SIGTERM stopped the run (its
+        figures printed first).  Errors are raised: UsageError/AddressError exit 2,
+        Timeout 3, NetworkError 1.
     """
-    import json
+    import threading
 
+    from udpkit._cli.benchreport import ROW_HEADER, format_row
+    from udpkit._core.errors import Timeout
     from udpkit._loops.bench import run_bench
+    from udpkit._loops.sigwake import on_signals
 
     cfg = config_from_args(args)
     if args.plot is not None:
@@ -551,26 +370,60 @@ def bench_command(args: argparse.Namespace, out: Writer, err: Writer) -> int:
             raise UsageError(
                 f"--plot {args.plot!r} needs matplotlib: pip install matplotlib"
             ) from None
-    live = None if args.quiet else (err if args.json else out)
+    stop = threading.Event()
+    stdout = _Output(out)
+    live = None if args.quiet else (_Output(err) if args.json else stdout)
     header = [False]
 
     def on_rows(rows: list[IntervalRow]) -> None:
-        if live is None:
+        if live is None or live.closed:
             return
+        text = "".join(format_row(r) for r in rows)
         if not header[0]:
-            live.write(ROW_HEADER)
             header[0] = True
-        live.write("".join(format_row(r) for r in rows))
+            text = ROW_HEADER + text
+        if not live.write(text) and live is stdout:
+            stop.set()  # the reader has gone: end the run, its figures go to stderr
 
-    result = run_bench(cfg, on_rows)
-    doc = bench_document(result)
-    if args.json:
-        out.write(json.dumps(doc, indent=2) + "\n")
-    else:
-        out.write(format_table(doc, icmp_errors(result)))
+    def on_stop() -> None:
+        stop.set()
+        stdout.stopped()
+
+    with stdout.breaking_off(), on_signals(on_stop) as stopped:
+        try:
+            result = run_bench(cfg, on_rows, stop=stop)
+        except Timeout:
+            if not stopped:
+                raise
+            name = signal.Signals(stopped[0]).name
+            err.write(f"udpkit bench: stopped by {name} before {cfg.host} answered\n")
+            return 128 + stopped[0]
+        by = signal.Signals(stopped[0]).name if stopped else None
+        _print_run(args, result, by or ("closed stdout" if stdout.closed else None), stdout, err)
+    return 128 + stopped[0] if stopped else 0
+
+
+def _print_run(
+    args: argparse.Namespace, result: BenchResult, by: str | None, stdout: _Output, err: Writer
+) -> None:
+    """The figures: on stdout, or on stderr when stdout is closed or hung; then the
+    under-rate note on stderr, then the plot."""
+    import json
+
+    from udpkit._cli.benchreport import format_table, icmp_errors, plot
+
+    doc = bench_document(result, by)
+    table = format_table(doc, icmp_errors(result))
+    text = json.dumps(doc, indent=2) + "\n" if args.json else table
+    if not stdout.write(text, bounded=by is not None):
+        from udpkit._cli.common import quiet_stdout
+
+        quiet_stdout()  # nobody reads it: the interpreter's last flush must not hang
+        err.write(table)
+    if doc["under_rate"] is not None:
+        err.write(f"udpkit bench: {doc['under_rate']['message']}\n")
     if args.plot is not None:
-        _plot(args.plot, result, doc)
-    return 0
+        plot(args.plot, result, doc)
 
 
 # ---------------------------------------------------------------- reflect
@@ -588,9 +441,9 @@ def run_reflect(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     from udpkit._net.binding import bind_server
 
     # The same bind as serve's: loopback by default, the wildcard with --join.
-    (sock,) = bind_server(
-        args.host, args.port, family=_family(args), join=args.join, source=args.source
-    )
+    lone_port(args.host, args.port, "reflect")  # `reflect 5202` means the port
+    port = DEFAULT_REFLECT_PORT if args.port is None else args.port
+    (sock,) = bind_server(args.host, port, family=_family(args), join=args.join, source=args.source)
     with sock:
         refl = Reflector(
             sock,

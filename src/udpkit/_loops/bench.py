@@ -25,6 +25,7 @@ import math
 import random
 import select
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from udpkit._core.probe import (
     build_report_request,
     parse_report_untrusted,
 )
+from udpkit._core.shortfall import RateShortfall, rate_shortfall
 from udpkit._core.stats import IntervalMeter, IntervalRow, Jitter, LatencyHistogram, SequenceTracker
 from udpkit._core.units import parse_probe_rate
 from udpkit._loops.benchflow import BATCH, ProbeFlow
@@ -60,6 +62,11 @@ __all__ = ["BenchConfig", "BenchResult", "FlowResult", "parse_bench_rate", "run_
 _MAX_BURST = 1024  # most probes one flow sends per loop turn (the loop must still read)
 _HELLO_TRIES = 5
 _HELLO_WAIT = 0.3
+# A stop (Ctrl-C) ends the send phase at once; the replies in flight and the far
+# side's report still get these (seconds), so the figures of what ran are whole.
+_STOP_POLL = 0.1  # longest sleep when a stop may come from another thread
+_STOP_LINGER = 0.25
+_STOP_REPORT = 0.5
 
 
 def parse_bench_rate(text: str, size: int) -> float | None:
@@ -178,7 +185,12 @@ class FlowResult:
 
 @dataclass
 class BenchResult:
-    """A finished run: settings, mode, per-flow figures and the interval rows."""
+    """A finished run: settings, mode, per-flow figures and the interval rows.
+
+    ``stopped`` is true when ``run_bench``'s ``stop`` ended the run early (the
+    figures are those of what ran); ``send_idle_seconds`` is how long the send
+    loop slept during ``send_seconds`` (near 0: the sender's CPU set the pace).
+    """
 
     config: BenchConfig
     target: str
@@ -186,6 +198,25 @@ class BenchResult:
     send_seconds: float
     flows: list[FlowResult]
     intervals: list[IntervalRow]
+    stopped: bool = False
+    send_idle_seconds: float = 0.0
+
+    def shortfall(self) -> RateShortfall | None:
+        """Why the send rate stayed under 90 % of the asked rate, or ``None`` if it did not
+        (or the rate was ``max``); see :mod:`udpkit._core.shortfall`."""
+        errors: dict[str, int] = {}
+        for f in self.flows:
+            for name, n in f.send_errors.items():
+                errors[name] = errors.get(name, 0) + n
+        return rate_shortfall(
+            asked_per_s=self.config.rate,
+            sent=sum(f.sent for f in self.flows),
+            seconds=self.send_seconds,
+            idle_seconds=self.send_idle_seconds,
+            blocked=sum(f.send_blocked for f in self.flows),
+            errors=errors,
+            window=self.config.window,
+        )
 
 
 def _new_result(local: str, control_local: str) -> FlowResult:
@@ -196,10 +227,15 @@ class _Run:
     """The bench loop's state; ``run_bench`` is its only user."""
 
     def __init__(
-        self, cfg: BenchConfig, on_rows: Callable[[list[IntervalRow]], None] | None
+        self,
+        cfg: BenchConfig,
+        on_rows: Callable[[list[IntervalRow]], None] | None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.cfg = cfg
         self.on_rows = on_rows
+        self.stop = stop
+        self.idle_ns = 0  # the send loop's sleep: near 0 when the CPU sets the pace
         fast = fast_path_available() if cfg.fast is None else cfg.fast
         self.flows: list[ProbeFlow] = []
         try:
@@ -216,6 +252,11 @@ class _Run:
     def close(self) -> None:
         for f in self.flows:
             f.close()
+
+    @property
+    def stopping(self) -> bool:
+        """``stop`` was set: end the send phase, and end the rest soon."""
+        return self.stop is not None and self.stop.is_set()
 
     # -- receiving ------------------------------------------------------------------
 
@@ -299,11 +340,16 @@ class _Run:
 
     # -- control exchange -------------------------------------------------------------
 
-    def ask(self, flows: Sequence[ProbeFlow], tries: int, wait: float) -> list[ProbeFlow]:
-        """Send each flow a REPORT_REQUEST until answered; return the flows left unanswered."""
+    def ask(
+        self, flows: Sequence[ProbeFlow], tries: int, wait: float, *, stoppable: bool = False
+    ) -> list[ProbeFlow]:
+        """Send each flow a REPORT_REQUEST until answered; return the flows left unanswered.
+
+        With ``stoppable``, a stop ends the asking (the opening exchange).
+        """
         pending = list(flows)
         for _ in range(tries):
-            if not pending:
+            if not pending or (stoppable and self.stopping):
                 break
             for f in pending:
                 f.reported = False
@@ -318,6 +364,10 @@ class _Run:
             deadline = time.monotonic() + wait
             while pending and time.monotonic() < deadline:
                 left = deadline - time.monotonic()
+                if stoppable and self.stop is not None:
+                    if self.stopping:
+                        break
+                    left = min(left, _STOP_POLL)
                 if left > 0:
                     select.select([f.ctrl_fd for f in pending], [], [], left)
                 for f in pending:
@@ -339,6 +389,8 @@ class _Run:
             self._control(f, kind, seq, data, peer)
 
     def wait(self, seconds: float, flows: Sequence[ProbeFlow]) -> None:
+        if self.stop is not None:
+            seconds = min(seconds, _STOP_POLL)  # a stop from another thread is seen soon
         if seconds > 0:
             select.select([f.fd for f in flows], [], [], seconds)
 
@@ -412,7 +464,7 @@ class _Run:
         timeout_ns = int(cfg.timeout * 1e9)
         one_way = cfg.one_way
         last_send = start
-        while True:
+        while not self.stopping:
             now = clock_ns()
             if end is not None and now >= end:
                 break
@@ -432,8 +484,11 @@ class _Run:
                     room = min(room, window - len(f.outstanding))
                 if per_flow is not None:
                     due = int((now - start) * per_flow / 1e9) + 1 - res.numbered
+                    # A full window waits for a reply (or a slot's timeout), not for the
+                    # schedule, which may be past: that would spin instead of sleeping.
+                    full = window is not None and room <= 0
                     room = min(room, due)
-                    if room <= 0:
+                    if room <= 0 and not full:
                         nxt = start + math.ceil(res.numbered * 1e9 / per_flow)
                         next_due = min(next_due, nxt)
                 elif window is None:
@@ -453,11 +508,16 @@ class _Run:
                 if end is not None:
                     wake = min(wake, end)
                 self.wait((wake - now) / 1e9, [] if one_way else flows)
+                self.idle_ns += clock_ns() - now
         return max(last_send - start, 1) / 1e9
 
+    def _after_stop(self, seconds: float, most: float) -> float:
+        """``seconds``, or at most ``most`` once stopped: what ran is printed within a second."""
+        return min(seconds, most) if self.stopping else seconds
+
     def linger(self) -> None:
-        """Collect late replies until all are in or ``linger`` passes."""
-        deadline = time.monotonic() + self.cfg.linger
+        """Collect late replies until all are in or ``linger`` passes (after a stop, less)."""
+        deadline = time.monotonic() + self._after_stop(self.cfg.linger, _STOP_LINGER)
         if self.cfg.one_way:
             return
         while time.monotonic() < deadline:
@@ -470,7 +530,8 @@ class _Run:
 
     def final_reports(self) -> None:
         """Ask the reflector for each flow's report; in one-way mode until it saw everything."""
-        deadline = time.monotonic() + max(self.cfg.linger, _HELLO_WAIT)
+        wait = max(self.cfg.linger, _HELLO_WAIT)
+        deadline = time.monotonic() + self._after_stop(wait, _STOP_REPORT)
         if all(f.multicast for f in self.flows):
             # Several members answer each request: ask, then listen until the deadline
             # (asking again now and then, for requests or reports the path lost).
@@ -496,13 +557,20 @@ class _Run:
 
 
 def run_bench(
-    cfg: BenchConfig, on_rows: Callable[[list[IntervalRow]], None] | None = None
+    cfg: BenchConfig,
+    on_rows: Callable[[list[IntervalRow]], None] | None = None,
+    *,
+    stop: threading.Event | None = None,
 ) -> BenchResult:
     """Measure the path to a reflector or echo server.
 
     Args:
         cfg: what to measure.
         on_rows: called with interval rows as they close (live output).
+        stop: set it (from another thread or a signal handler) to end the run
+            early: sending stops within 0.1 s, replies in flight and the
+            reflector's report are collected for at most 0.75 s more, and the
+            figures of what ran come back with ``stopped`` true.
 
     Returns:
         The run's figures.
@@ -514,14 +582,14 @@ def run_bench(
         Timeout: the target never answered the opening exchange.
     """
     cfg.check()
-    run = _Run(cfg, on_rows)
+    run = _Run(cfg, on_rows, stop)
     try:
         target = run.flows[0].sock.local_text
         with contextlib.suppress(OSError):
             from udpkit._net.addr import format_sockaddr
 
             target = format_sockaddr(run.flows[0].raw.getpeername())
-        missing = run.ask(run.flows, _HELLO_TRIES, _HELLO_WAIT)
+        missing = run.ask(run.flows, _HELLO_TRIES, _HELLO_WAIT, stoppable=True)
         if missing:
             if any(f.res.icmp_errors.get(n) for f in missing for n in map(errno_name, UNANSWERED)):
                 raise ConnectionRefused(
@@ -562,6 +630,8 @@ def run_bench(
             send_seconds,
             [f.res for f in run.flows],
             run.meter.rows,
+            stopped=run.stopping,
+            send_idle_seconds=min(run.idle_ns / 1e9, send_seconds),
         )
     finally:
         run.close()
