@@ -20,7 +20,7 @@ from udpkit._cli.format import FORMATS, banner, format_datagram, format_summary
 from udpkit._core.errors import UsageError
 
 WHEN = 1795564741.123456  # 2026-11-24T23:59:01.123456 UTC
-ISO = "2026-11-24T23:59:01.123456"
+ISO = "2026-11-24T23:59:01.123456+00:00"
 V4 = ("127.0.0.1", 51696)
 HOSTILE_PATH = "/tmp/s\x1b[31m\u202e"
 
@@ -409,10 +409,22 @@ def test_when_defaults_to_now() -> None:
 
 def test_iso_time_is_local_time(utc: None) -> None:
     line = format_datagram("line", b"x", V4, when=0.5)
-    assert line.startswith("1970-01-01T00:00:00.500000 ")
+    assert line.startswith("1970-01-01T00:00:00.500000+00:00 ")
     assert json.loads(format_datagram("json", b"x", V4, when=0.5))["iso_time"] == (
         "1970-01-01T00:00:00.500000+00:00"
     )
+
+
+def test_timestamps_are_one_text_in_every_format() -> None:
+    """line and hex showed local time without its offset, json with it (issue 12):
+    one arrival now reads the same in all three, to the microsecond, offset said."""
+    when = 1795564741.1234567
+    line = format_datagram("line", b"x", V4, when=when).split(" ", 1)[0]
+    hexed = format_datagram("hex", b"x", V4, when=when).split(" ", 1)[0]
+    record = json.loads(format_datagram("json", b"x", V4, when=when))
+    assert line == hexed == record["iso_time"] == _format.iso_time(when)
+    assert line[-6] in "+-" and line[-3] == ":"  # the UTC offset, always
+    assert record["time"] == round(when, 6)
 
 
 @pytest.mark.parametrize("kind", [bytearray, memoryview])

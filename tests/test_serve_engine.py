@@ -159,7 +159,7 @@ def test_quiet_prints_no_datagram_lines() -> None:
         (("--workers", "2", "--tcp"), b"UDP only"),
         (("--gro", "--no-batch"), b"--gro needs the batched path"),
         (("--rcvbuf", "-5"), b"invalid --rcvbuf '-5'"),
-        (("--busy-poll", "x"), b"invalid --busy-poll 'x'"),
+        (("--busy-poll=x",), b"invalid --busy-poll 'x'"),
     ],
 )
 def test_bad_engine_options(args: tuple[str, ...], message: bytes) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs; loaded lazil
         UsageError,
     )
     from udpkit._core.escape import escape_bytes, escape_text
+    from udpkit._core.notices import Refusal, RefusalNotices
     from udpkit._core.policy import Policy, Verdict
     from udpkit._core.relay import ImpairConfig
     from udpkit._core.relaystats import RelayStats
@@ -137,6 +138,8 @@ __all__ = [
     "RecordStats",
     "Recorder",
     "Reflector",
+    "Refusal",
+    "RefusalNotices",
     "Relay",
     "RelayStats",
     "RouteSpec",
@@ -199,6 +202,8 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "Policy": "_core.policy",
     "Verdict": "_core.policy",
+    "Refusal": "_core.notices",
+    "RefusalNotices": "_core.notices",
     "Recorder": "_loops.record",
     "RecordStats": "_loops.record",
     "Record": "_loops.record",

@@ -8,18 +8,21 @@ terminal unescaped, see :mod:`udpkit._core.escape`):
     ``Client IP Address:('127.0.0.1', 51696)``, plus a third line
     ``(truncated: 2000 bytes, 1024 kept)`` when the datagram was cut.
 ``line``
-    One line per datagram: local ISO-8601 time with microseconds, the peer,
-    the size on the wire, the truncation note if any, the escaped text::
+    One line per datagram: the arrival time, the peer, the size on the wire,
+    the truncation note if any, the escaped text::
 
-        2026-11-24T23:59:01.123456 127.0.0.1:51696 16 B Hello UDP Server
+        2026-11-24T23:59:01.123456+00:00 127.0.0.1:51696 16 B Hello UDP Server
+
+    The time is the same text in ``line``, ``hex`` and ``json``
+    (:func:`iso_time`: local time, microseconds, and its UTC offset).
 
 ``hex``
     The ``line`` header without the text, then ``hexdump -C`` rows (without
     hexdump's ``*`` squeezing of repeated rows and its final offset row).
 ``json``
     One JSON object per line (JSON Lines), ASCII only. Every object has the
-    same keys: ``time`` (float epoch), ``iso_time`` (local time *with* UTC
-    offset, since machines read it), ``peer`` (display text), ``peer_host``
+    same keys: ``time`` (float epoch, microseconds), ``iso_time`` (the
+    ``line`` format's timestamp), ``peer`` (display text), ``peer_host``
     and ``peer_port`` (``peer_port`` is null for unix peers, ``peer_host``
     null for an unnamed one), ``length``, ``kept``, ``truncated``,
     ``payload_b64``, and ``text``: the kept bytes decoded as UTF-8, or null
@@ -43,7 +46,7 @@ from udpkit._core.errors import UsageError
 from udpkit._core.escape import escape_bytes, escape_controls, escape_text, safe_repr
 from udpkit._net.addr import format_sockaddr, scope_text
 
-__all__ = ["FORMATS", "banner", "format_datagram", "format_summary"]
+__all__ = ["FORMATS", "banner", "format_datagram", "format_refusal", "format_summary", "iso_time"]
 
 
 _UNNAMED = "(unnamed)"  # a unix peer with no address; as udpkit._net.addr spells it
@@ -103,8 +106,14 @@ def _peer_text(addr: object) -> str:
         return safe_repr(addr)
 
 
-def _iso_local(when: float) -> str:
-    return datetime.fromtimestamp(when).isoformat(timespec="microseconds")
+def iso_time(when: float) -> str:
+    """The one timestamp of every format: local time, microseconds, its UTC offset.
+
+    ``2026-11-24T23:59:01.123456+00:00``: the same text in ``line``, ``hex`` and
+    ``json`` for one arrival, and never ambiguous (converting from UTC, so a
+    DST fold cannot pick the wrong offset).
+    """
+    return datetime.fromtimestamp(when, UTC).astimezone().isoformat(timespec="microseconds")
 
 
 def _truncated_note(length: int, kept: int) -> str:
@@ -112,7 +121,7 @@ def _truncated_note(length: int, kept: int) -> str:
 
 
 def _header(data: bytes, peer: object, length: int, when: float, local: object) -> str:
-    parts = [_iso_local(when), _peer_text(peer)]
+    parts = [iso_time(when), _peer_text(peer)]
     if local is not None:
         parts += ["->", _peer_text(local)]
     parts.append(f"{length} B")
@@ -170,11 +179,8 @@ def _format_json(data: bytes, peer: object, length: int, when: float, local: obj
     except UnicodeDecodeError:
         text = None
     record: dict[str, object] = {
-        "time": when,
-        # From UTC to local, so a DST fold cannot make the offset ambiguous.
-        "iso_time": datetime.fromtimestamp(when, UTC)
-        .astimezone()
-        .isoformat(timespec="microseconds"),
+        "time": round(when, 6),  # the precision iso_time shows
+        "iso_time": iso_time(when),
         "peer": _peer_text(peer),
         "peer_host": peer_host,
         "peer_port": peer_port,
@@ -265,6 +271,86 @@ def format_datagram(
     if when is None:
         when = time.time()
     return formatter(data, unmap_v4(peer), length, when, local)
+
+
+# Why a refusal happened, and what would allow it ("" where no option does).
+_DENIED = ("denied by --allow/--deny", "--allow {cidr} (and no --deny covering it)")
+_REFUSED = {
+    "denied": _DENIED,
+    "unreplyable_denied": _DENIED,
+    "rate_limited": ("over the rate limit{limit}", "a higher --rate-limit, --rate-limit-log-only"),
+    "unreplyable_port0": ("no reply to source port 0 (it cannot be answered)", ""),
+    "unreplyable_broadcast": ("no reply to a broadcast source", ""),
+    "unreplyable_multicast": ("no reply to a multicast source", ""),
+    "unreplyable_unspecified": ("no reply to an unspecified source address", ""),
+    "unreplyable_self": ("no reply to this server's own address and port (it would loop)", ""),
+    "unreplyable_invalid": ("no reply to an address that cannot be answered", ""),
+}
+
+
+def _host_cidr(peer: object) -> str:
+    """``192.0.2.7/32`` or ``2001:db8::7/128`` for an IP peer; ``CIDR`` for anything else."""
+    host_port = _ip_host_port(unmap_v4(peer))
+    if host_port is None:
+        return "CIDR"
+    host = host_port[0].split("%", 1)[0]
+    return escape_controls(f"{host}/{128 if ':' in host else 32}")
+
+
+def format_refusal(
+    reason: str,
+    peer: object,
+    *,
+    suppressed: int = 0,
+    amplification: float = 1.0,
+    rate_limit: str | None = None,
+    fixed_reply: bool = False,
+    interval: float = 5.0,
+) -> str:
+    """The stderr line telling that ``peer`` was refused for ``reason``, and what allows it.
+
+    Args:
+        reason: the policy counter (``"denied"``, ``"rate_limited"``, ``"over_budget"``,
+            ``"unreplyable_<why>"``).
+        peer: the source as ``recvfrom`` gave it (escaped here).
+        suppressed: refusals of this reason since the last line, counted, not told.
+        amplification: the budget's factor (``--amplification``).
+        rate_limit: the ``--rate-limit`` text in force.
+        fixed_reply: the server answers a fixed text (``--reply``), so ``--echo``
+            (a reply never longer than the request) would fit the budget.
+        interval: the seconds between two lines of one reason, said in the text.
+
+    Returns:
+        One terminal-safe line ending in a newline, e.g. ``udpkit: no reply to
+        192.0.2.7:40000: ...; allowed by --trust 192.0.2.7/32 ...``.
+    """
+    who = _peer_text(unmap_v4(peer))
+    cidr = _host_cidr(peer)
+    if reason == "over_budget":
+        why = (
+            f"no reply to {who}: it would exceed the anti-amplification budget "
+            f"({amplification:g}x the bytes it sent, for sources outside --trust)"
+        )
+        ways = [f"--trust {cidr}"]
+        if amplification < 3:
+            ways.append("--amplification N (at most 3)")
+        if fixed_reply:
+            ways.append("--echo")
+        allow = ", ".join(ways[:-1]) + " or " + ways[-1] if len(ways) > 1 else ways[0]
+    else:
+        what, allow = _REFUSED.get(reason, (f"refused ({escape_text(reason)})", ""))
+        limit = f" (--rate-limit {escape_text(rate_limit)})" if rate_limit else ""
+        what = what.format(limit=limit)
+        allow = allow.format(cidr=cidr)
+        why = f"{what}: {who}" if what.startswith("no reply") else f"refused {who}: {what}"
+    text = f"udpkit: {why}"
+    if allow:
+        text += f"; allowed by {allow}"
+    if suppressed:
+        text += f" ({suppressed} more like it since the last note)"
+    else:
+        text += f" (this note at most every {interval:g} s; all counted in the summary)"
+    return text + "\n"
 
 
 def _plural(count: int, noun: str) -> str:

@@ -3,21 +3,93 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from udpkit._cli import common, options
-from udpkit._cli.common import DEFAULT_HOST, DEFAULT_REPLY, EXIT_NETWORK, EXIT_OK
+from udpkit._cli.common import DEFAULT_REPLY, EXIT_NETWORK, EXIT_OK
 from udpkit._cli.common import Out as _Out
-from udpkit._core.errors import NetworkError, UsageError
+from udpkit._core.errors import UsageError
 
 if TYPE_CHECKING:
     from udpkit._core.serving import Handler
     from udpkit._loops.record import Recorder
     from udpkit._loops.server import DatagramServer, ServeStats, StreamServer
+
+_UNBLOCK_AFTER = 0.25  # seconds stdout may hold serve up once a stop came
+
+
+class _Blocked(Exception):
+    """A write to stdout still hung when the time a stop allows it ran out."""
+
+
+class _Output:
+    """stdout for the banner and the datagrams: a closed or stuck reader never
+    keeps serve from stopping, nor from printing its summary.
+
+    A closed pipe (``udpkit serve | head -2``) stops the servers, so the summary
+    follows on stderr.  After SIGINT/SIGTERM, writes get :data:`_UNBLOCK_AFTER`
+    seconds in all (a SIGALRM timer), then one that hangs is broken off
+    (``udpkit serve | sleep 60``: a stop used to wait until the pipe drained).
+    The budget is shared, not per write, so the engine's drain of what is
+    queued, which prints too, still has its time.  Either way stdout then
+    points at /dev/null and nothing more is written.
+    """
+
+    def __init__(self, out: _Out) -> None:
+        self._out = out
+        self.stop_servers: Callable[[], None] = lambda: None
+        self.closed: str | None = None  # why nothing more is written
+        self._writing = False
+        self._deadline: float | None = None  # monotonic end of the writes' time after a stop
+
+    def write(self, text: str) -> None:
+        if self.closed is not None:
+            return
+        if self._deadline is not None:  # stopping: what is left of the budget
+            left = self._deadline - time.monotonic()
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+        self._writing = True
+        try:
+            self._out.write(text)
+        except BrokenPipeError:
+            self._close("output closed")
+            self.stop_servers()
+        except _Blocked:
+            self._close("output blocked")
+        finally:
+            self._writing = False
+
+    def _close(self, why: str) -> None:
+        self.closed = why
+        common.quiet_stdout()  # the final flush must neither fail nor hang
+
+    def stopped(self) -> None:
+        """Called by the stop handler: from now on writes have their time counted."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + _UNBLOCK_AFTER
+            if self._writing:
+                signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
+
+    def _on_alarm(self, _signum: int, _frame: object) -> None:
+        if self._writing:
+            raise _Blocked
+
+    @contextlib.contextmanager
+    def breaking_off(self) -> Iterator[None]:
+        """While the block runs, the alarm breaks off a hung write (in workers too)."""
+        old = signal.signal(signal.SIGALRM, self._on_alarm)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
 
 # ---------------------------------------------------------------- arguments
 
@@ -205,33 +277,19 @@ def _bind(args: argparse.Namespace, stream: bool, workers: int) -> tuple[list[An
     if stream and (args.join or args.source):
         raise UsageError("--join and --source are for UDP: multicast has no streams")
     family = common.family(args)
+    common.lone_port(args.host, args.port, "serve")  # `serve 5006` means the port
     port = args.port
     if port is None:
         port = common.DEFAULT_TCP_PORT if args.tcp else common.DEFAULT_UDP_PORT
-    try:
-        if stream:
-            host = args.host if args.host is not None else default_host(family)
-            endpoints: list[Any] = [tcp_listen(host, port, family=family)]
-        else:
-            endpoints = list(
-                bind_server(
-                    args.host,
-                    port,
-                    family=family,
-                    workers=workers,
-                    join=args.join,
-                    source=args.source,
-                )
+    if stream:
+        host = args.host if args.host is not None else default_host(family)
+        endpoints: list[Any] = [tcp_listen(host, port, family=family)]
+    else:
+        endpoints = list(
+            bind_server(
+                args.host, port, family=family, workers=workers, join=args.join, source=args.source
             )
-    except NetworkError as exc:
-        host_text = args.host or ""
-        if args.port is None and host_text.isdigit() and int(host_text) <= 65535:
-            raise type(exc)(
-                exc.errno,
-                f"{exc} (did you mean port {host_text}? give the host first: "
-                f"udpkit serve {DEFAULT_HOST} {host_text})",
-            ) from exc
-        raise
+        )
     return endpoints, format_sockaddr(endpoints[0].sock.getsockname())
 
 
@@ -252,7 +310,7 @@ def _broadcast_warning(sock: socket.socket, workers: int) -> str | None:
     )
 
 
-def _summary(st: ServeStats, stopped_by: int | None) -> str:
+def _summary(st: ServeStats, stopped_by: int | None, closed: str | None = None) -> str:
     from udpkit._cli.format import format_summary
 
     extra: dict[str, int | str] = {}
@@ -282,6 +340,8 @@ def _summary(st: ServeStats, stopped_by: int | None) -> str:
         text = text.replace(" from ", " from ~", 1)  # an estimate past 4,096 peers
     if stopped_by is not None:
         text += f" (stopped by {signal.Signals(stopped_by).name})"
+    elif closed is not None:
+        text += f" (stopped: {closed})"  # standard output's reader went away
     return text + "\n"
 
 
@@ -337,7 +397,8 @@ def _servers(
     handler: Handler | None,
     *,
     stream: bool,
-    out: _Out,
+    out: _Output,
+    err: _Out,
     recorder: Recorder | None,
 ) -> list[Any]:
     """One server per socket, showing and answering as the options ask."""
@@ -348,38 +409,80 @@ def _servers(
     fmt = args.format
 
     def observe(batch: Sequence[Any]) -> None:
-        # One write and one flush per batch: lines still appear as datagrams
-        # arrive, but printing costs no system call per datagram.
-        out.write("".join(format_datagram(fmt, d.data, d.peer, length=d.length) for d in batch))
+        # One clock read, one write and one flush per batch: lines still appear
+        # as datagrams arrive, and every format shows one batch's time alike.
+        when = time.time()
+        out.write(
+            "".join(format_datagram(fmt, d.data, d.peer, length=d.length, when=when) for d in batch)
+        )
 
     observer = None if args.quiet else observe
     if stream:
-        return [StreamServer(endpoints[0], handler, bufsize=args.buffer_size, count=args.count,
-                             observer=observer)]  # fmt: skip
-    policy_args = _policy_args(args)
-    return [
-        DatagramServer(
-            ep,
-            handler,
-            bufsize=args.buffer_size,
-            count=args.count,
-            observer=observer,
-            count_peers=not args.quiet or handler is not None,
-            fast=False if args.no_batch else None,
-            gro=args.gro,
-            busy_poll_us=args.busy_poll,
-            policy=None
-            if ep.family == socket.AF_UNIX
-            else Policy(**policy_args, local=ep.local_address),
-            recorder=recorder,
+        servers: list[Any] = [StreamServer(endpoints[0], handler, bufsize=args.buffer_size,
+                                           count=args.count, observer=observer)]  # fmt: skip
+    else:
+        policy_args = _policy_args(args)
+        notices = None if args.quiet else _refusal_notices(args, handler, err)
+        servers = [
+            DatagramServer(
+                ep,
+                handler,
+                bufsize=args.buffer_size,
+                count=args.count,
+                observer=observer,
+                count_peers=not args.quiet or handler is not None,
+                fast=False if args.no_batch else None,
+                gro=args.gro,
+                busy_poll_us=args.busy_poll,
+                policy=None
+                if ep.family == socket.AF_UNIX
+                else Policy(**policy_args, local=ep.local_address, on_refused=notices),
+                recorder=recorder,
+            )
+            for ep in endpoints
+        ]
+
+    def stop_servers() -> None:
+        for server in servers:
+            server.stop()  # in a worker the others are closed already: a no-op
+
+    out.stop_servers = stop_servers
+    return servers
+
+
+def _refusal_notices(args: argparse.Namespace, handler: Handler | None, err: _Out) -> Any:
+    """The policy's ``on_refused``: the first refusal of each reason told on stderr,
+    then at most one every few seconds, with who, why and the flag that allows it."""
+    from udpkit._cli.format import format_refusal
+    from udpkit._core.notices import Refusal, RefusalNotices
+    from udpkit._core.serving import Fixed
+
+    notices: RefusalNotices
+    limit = args.rate_limit
+    limit_text = None if limit is None else f"{limit.rate:g}/s:{limit.burst}"
+    if limit_text and args.rate_limit_prefix:
+        limit_text += " per /24 or /56 prefix"
+
+    def tell(refusal: Refusal) -> None:
+        err.write(
+            format_refusal(
+                refusal.reason,
+                refusal.peer,
+                suppressed=refusal.suppressed,
+                amplification=args.amplification,
+                rate_limit=limit_text,
+                fixed_reply=isinstance(handler, Fixed),
+                interval=notices.interval,
+            )
         )
-        for ep in endpoints
-    ]
+
+    notices = RefusalNotices(tell)
+    return notices
 
 
 def _announce(  # noqa: PLR0917 - what the banner and the warnings need
     args: argparse.Namespace, transport: str, endpoints: Sequence[Any], where: str,
-    answers: bool, out: _Out, err: _Out,
+    answers: bool, out: _Output, err: _Out,
 ) -> None:  # fmt: skip
     """The banner, where the server listens, and the warnings for what it will hear."""
     from udpkit._cli.format import banner
@@ -402,7 +505,7 @@ def _announce(  # noqa: PLR0917 - what the banner and the warnings need
 
 
 def _serve_one(
-    server: DatagramServer | StreamServer, args: argparse.Namespace, err: _Out
+    server: DatagramServer | StreamServer, args: argparse.Namespace, out: _Output, err: _Out
 ) -> tuple[ServeStats, list[int]]:
     """Serve in this process until done or stopped; SIGUSR1 prints the counters."""
     from udpkit._loops.sigwake import on_signals
@@ -410,7 +513,11 @@ def _serve_one(
     def counters() -> None:
         err.write(_summary(server.stats, None).replace(": ", ": counters: ", 1))
 
-    with on_signals(server.stop, counters) as stopped:
+    def stop() -> None:
+        server.stop()
+        out.stopped()
+
+    with on_signals(stop, counters) as stopped:
         try:
             if args.metrics:
                 err.write(f"udpkit: metrics at {server.start_metrics(args.metrics)}\n")
@@ -422,8 +529,6 @@ def _serve_one(
 def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     from udpkit._loops.server import reply_handler
     from udpkit._loops.sigwake import stops_held
-    from udpkit._loops.workers import run_workers
-    from udpkit._net.sockets import set_receive_buffer
 
     transport = common.transport(args)
     stream = transport in ("TCP", "Unix stream")
@@ -432,36 +537,59 @@ def run_serve(args: argparse.Namespace, out: _Out, err: _Out) -> int:
     handler = reply_handler(mode, os.fsencode(args.reply))
     _policy_args(args)  # bad values are reported before anything is bound
     endpoints, where = _bind(args, stream, workers)
+    output = _Output(out)
     recorder: Recorder | None = None
     try:
         # From here on a stop must reach the server's own handler (which drains
         # and counts): held until it is in place, also by the recorder's thread.
-        with stops_held():
+        with stops_held(), output.breaking_off():
             if args.record is not None:
                 from udpkit._loops.record import Recorder
 
                 on_full = "continue" if args.record_continue else "stop"
                 local = endpoints[0].sock.getsockname()
                 recorder = Recorder(args.record, force=args.force, on_full=on_full, local=local)
-            if args.rcvbuf is not None:
-                for ep in endpoints:
-                    got = set_receive_buffer(ep.sock, args.rcvbuf)
-                err.write(common.rcvbuf_note(args.rcvbuf, got))
-            servers = _servers(args, endpoints, handler, stream=stream, out=out, recorder=recorder)
-            _announce(args, transport, endpoints, where, handler is not None, out, err)
-            if workers > 1:
-                stats, stopped = run_workers(servers)
-            else:
-                stats, stopped = _serve_one(servers[0], args, err)
+            _set_rcvbuf(args, endpoints, err)
+            servers = _servers(
+                args, endpoints, handler, stream=stream, out=output, err=err, recorder=recorder
+            )
+            _announce(args, transport, endpoints, where, handler is not None, output, err)
+            stats, stopped = _run(servers, args, output, err)
     finally:
         for ep in endpoints:
             ep.close()
         if recorder is not None:
             recorder.close()  # drains the queue; idempotent
-    return _finish(stats, stopped, recorder, err)
+    return _finish(stats, stopped, output.closed, recorder, err)
 
 
-def _finish(stats: ServeStats, stopped: list[int], recorder: Recorder | None, err: _Out) -> int:
+def _set_rcvbuf(args: argparse.Namespace, endpoints: Sequence[Any], err: _Out) -> None:
+    from udpkit._net.sockets import set_receive_buffer
+
+    if args.rcvbuf is not None:
+        for ep in endpoints:
+            got = set_receive_buffer(ep.sock, args.rcvbuf)
+        err.write(common.rcvbuf_note(args.rcvbuf, got))
+
+
+def _run(
+    servers: Sequence[Any], args: argparse.Namespace, out: _Output, err: _Out
+) -> tuple[ServeStats, list[int]]:
+    """Serve: in this process, or in one worker process per server."""
+    from udpkit._loops.workers import run_workers
+
+    if len(servers) > 1:
+        return run_workers(servers, on_stop=out.stopped)
+    return _serve_one(servers[0], args, out, err)
+
+
+def _finish(
+    stats: ServeStats,
+    stopped: list[int],
+    closed: str | None,
+    recorder: Recorder | None,
+    err: _Out,
+) -> int:
     """The summary line, and the exit code a failed recording asks for."""
     if recorder is not None:
         # The recorder has written its queue out since serve() returned: final figures.
@@ -471,7 +599,7 @@ def _finish(stats: ServeStats, stopped: list[int], recorder: Recorder | None, er
             "record_dropped": rec.record_dropped,
             "record_errors": rec.record_errors,
         }
-    err.write(_summary(stats, stopped[0] if stopped else None))
+    err.write(_summary(stats, stopped[0] if stopped else None, closed))
     if recorder is not None and recorder.failure is not None:
         err.write(f"udpkit: recording stopped: {recorder.failure}\n")
         if recorder.fatal:

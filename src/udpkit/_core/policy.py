@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import math
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 from udpkit._core.datagram import Peer, SockAddr
 from udpkit._core.errors import UsageError
@@ -147,6 +147,12 @@ class Policy:
         broadcasts: subnet broadcast addresses (or CIDRs, meaning their broadcast
             address) never to reply to; 255.255.255.255 always counts.
         max_entries: bound of each per-source table (rate limits, budgets).
+        on_refused: called as ``on_refused(reason, peer, now)`` each time a
+            datagram or a reply is refused, ``reason`` being the counter it went
+            to (``"denied"``, ``"rate_limited"``, ``"over_budget"``,
+            ``"unreplyable_port0"``...): a :class:`~udpkit.RefusalNotices` tells
+            them at most once per reason every few seconds.  Called only where
+            a refusal happens, so it costs nothing while every source is served.
 
     Raises:
         UsageError: an option out of range or malformed, naming it.
@@ -167,7 +173,9 @@ class Policy:
         local_addresses: Iterable[str] | str | None = None,
         broadcasts: Iterable[str] | str | None = None,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        on_refused: Callable[[str, Peer, float], object] | None = None,
     ) -> None:
+        self.on_refused = on_refused
         self._allow = _NetSet(_as_list(allow))
         self._deny = _NetSet(_as_list(deny))
         self._trust = _NetSet([*_DEFAULT_TRUST, *_as_list(trust)])
@@ -335,10 +343,14 @@ class Policy:
             info = self._remember(peer)
         if info.denied:
             self._c["denied"] += 1
+            if self.on_refused is not None:
+                self.on_refused("denied", peer, now)
             return DENIED
         if self._rate and not self._take_token(info.rl_key, now):
             if not self._log_only:
                 self._c["rate_limited"] += 1
+                if self.on_refused is not None:
+                    self.on_refused("rate_limited", peer, now)
                 return RATE_LIMITED
             self._c["rate_limited_logged"] += 1
         if not info.trusted:
@@ -368,6 +380,8 @@ class Policy:
             info = self._remember(peer)
         if info.refuse is not None:
             self._c[info.refuse] += 1
+            if self.on_refused is not None:
+                self.on_refused(info.refuse, peer, now)
             return False
         if info.trusted:
             return True
@@ -380,6 +394,8 @@ class Policy:
             budget.sent += reply_size
             return True
         self._c["over_budget"] += 1
+        if self.on_refused is not None:
+            self.on_refused("over_budget", peer, now)
         return False
 
     # -- whole batches ----------------------------------------------------------

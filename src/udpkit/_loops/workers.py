@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from udpkit._core.errors import UsageError
@@ -53,7 +53,9 @@ def parse_workers(text: str) -> int:
     return n
 
 
-def run_workers(servers: Sequence[DatagramServer]) -> tuple[ServeStats, list[int]]:
+def run_workers(
+    servers: Sequence[DatagramServer], *, on_stop: Callable[[], None] | None = None
+) -> tuple[ServeStats, list[int]]:
     """Serve each server in a child process until SIGINT/SIGTERM; return the summed counters.
 
     Args:
@@ -61,6 +63,9 @@ def run_workers(servers: Sequence[DatagramServer]) -> tuple[ServeStats, list[int
             (:func:`udpkit.bind_server` with ``workers``), built before forking so
             a worker serves the moment it exists.  The parent closes the servers
             and their sockets once the children have them.
+        on_stop: called in a worker (from its signal handler) when it is told
+            to stop, after its server's ``stop()``: e.g. to break off a write
+            to a pipe nobody reads.
 
     Returns:
         ``(counters of every worker merged, the stop signals the parent received)``.
@@ -75,7 +80,7 @@ def run_workers(servers: Sequence[DatagramServer]) -> tuple[ServeStats, list[int
     # Signals wait (held) until each process has the handler meant for it:
     # a worker must never die to a stop that arrives while it starts.
     with stops_held():
-        children = _fork_workers(servers)
+        children = _fork_workers(servers, on_stop)
 
         def forward(signum: int) -> None:
             for pid in children:
@@ -88,7 +93,9 @@ def run_workers(servers: Sequence[DatagramServer]) -> tuple[ServeStats, list[int
             return _collect(children, stopped), stopped
 
 
-def _fork_workers(servers: Sequence[DatagramServer]) -> dict[int, int]:
+def _fork_workers(
+    servers: Sequence[DatagramServer], on_stop: Callable[[], None] | None
+) -> dict[int, int]:
     """Start one child per server; return ``{pid: read end of its report pipe}``."""
     children: dict[int, int] = {}
     parent = os.getpid()
@@ -98,7 +105,7 @@ def _fork_workers(servers: Sequence[DatagramServer]) -> dict[int, int]:
             pid = os.fork()
             if pid == 0:
                 os.close(r)
-                _worker(i, servers, w, parent)  # never returns
+                _worker(i, servers, w, parent, on_stop)  # never returns
             os.close(w)
             children[pid] = r
     finally:
@@ -151,7 +158,13 @@ def _die_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker(i: int, servers: Sequence[DatagramServer], report: int, parent: int) -> NoReturn:
+def _worker(
+    i: int,
+    servers: Sequence[DatagramServer],
+    report: int,
+    parent: int,
+    on_stop: Callable[[], None] | None,
+) -> NoReturn:
     """A worker's whole life: serve server ``i``, write its counters to ``report``, exit."""
     code = 0
     try:
@@ -170,8 +183,13 @@ def _worker(i: int, servers: Sequence[DatagramServer], report: int, parent: int)
             )
             sys.stderr.flush()
 
+        def stop() -> None:
+            server.stop()
+            if on_stop is not None:
+                on_stop()
+
         _die_with_parent(parent)  # its SIGTERM waits, held, for the handler below
-        with on_signals(server.stop, counters):
+        with on_signals(stop, counters):
             stats = server.serve()
         os.write(report, json.dumps(stats.as_dict()).encode())
     except BaseException as exc:  # a worker must always exit here, never return to the CLI
