@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -57,3 +59,30 @@ def test_request_all_limit_and_silence() -> None:
             assert udpkit.request_all(client, b"q", server.getsockname(), timeout=0.1) == []
         with pytest.raises(udpkit.UsageError, match="invalid limit 0"):
             udpkit.request_all(client, b"q", ("127.0.0.1", 9), limit=0)
+
+
+_WRONG_CALLS: list[tuple[Callable[[], object], str]] = [
+    (lambda: udpkit.request("127.0.0.1", 5005, b"x"), "request() takes a udpkit Datagram"),  # type: ignore[arg-type]
+    (lambda: udpkit.request_all("127.0.0.1", b"x"), "request_all() takes a udpkit"),  # type: ignore[arg-type]
+    (lambda: udpkit.stream_request("127.0.0.1", b"x"), "stream_request() takes a udpkit"),  # type: ignore[arg-type]
+    (lambda: udpkit.DatagramServer("127.0.0.1", udpkit.ECHO), "DatagramServer() takes"),  # type: ignore[arg-type]
+    (lambda: udpkit.StreamServer(("127.0.0.1", 1), None), "StreamServer() takes"),  # type: ignore[arg-type]
+]
+
+
+@pytest.mark.parametrize(("call", "expected"), _WRONG_CALLS)
+def test_a_wrong_guess_at_a_signature_is_a_usage_error(
+    call: Callable[[], object], expected: str
+) -> None:
+    """`udpkit.request("127.0.0.1", 5005, b"x")` raised a bare AttributeError (issue 12),
+    although every error is promised to derive from UdpkitError."""
+    with pytest.raises(udpkit.UsageError, match=re.escape(expected)):
+        call()
+
+
+def test_text_instead_of_bytes_says_encode() -> None:
+    with (
+        udpkit.udp_bind("127.0.0.1", 0) as sock,
+        pytest.raises(udpkit.UsageError, match=r"as bytes, not str .*encode"),
+    ):
+        udpkit.request(sock, "hello", ("127.0.0.1", 9))  # type: ignore[arg-type]

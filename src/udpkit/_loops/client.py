@@ -36,6 +36,30 @@ _T = TypeVar("_T")
 _STREAM_IDLE_GAP = 0.25
 
 
+def _check_call(call: str, sock: object, kind: type, message: object, hint: str = "") -> None:
+    """A wrong guess at a signature is a :class:`UsageError` naming what was expected.
+
+    ``request("127.0.0.1", 5005, b"x")`` used to end in a bare ``AttributeError``.
+    """
+    if not isinstance(sock, kind):
+        raise UsageError(
+            f"{call}() takes a udpkit {kind.__name__} first, not {type(sock).__name__} "
+            f"{sock!r:.60}{hint}"
+        )
+    if not isinstance(message, bytes | bytearray | memoryview):
+        fix = " (encode text: 'text'.encode())" if isinstance(message, str) else ""
+        raise UsageError(
+            f"{call}() takes the message as bytes, not {type(message).__name__} "
+            f"{message!r:.60}{fix}"
+        )
+
+
+_BY_ADDRESS = (
+    " (from udpkit.udp_connect(host, port) or udpkit.udp_bind(...)); to ask a host "
+    "and port directly: udpkit.request_first(host, port, message)"
+)
+
+
 def _check_timing(timeout: float, retries: int) -> None:
     if not timeout >= 0:  # also rejects NaN
         raise UsageError(f"invalid timeout {timeout!r}: must be a number of seconds >= 0")
@@ -101,8 +125,10 @@ def request(
             attempt is soft: the kernel has learned the path MTU, and the
             attempt is resent at once, fragmented to it.
         MessageTooLarge: over the family's largest datagram (at once).
-        UsageError: negative ``timeout`` or ``retries``.
+        UsageError: negative ``timeout`` or ``retries``; ``sock`` not a
+            :class:`~udpkit.DatagramSocket` or ``message`` not bytes.
     """
+    _check_call("request", sock, DatagramSocket, message, _BY_ADDRESS)
     _check_timing(timeout, retries)
     for attempt in range(1, retries + 2):
         # Only the last attempt's outcome counts: a server that came up
@@ -174,8 +200,10 @@ def request_all(
 
     Raises:
         ConnectionRefused: on a connected socket, nothing listens at the peer.
-        UsageError: a negative ``timeout`` or a ``limit`` below 1.
+        UsageError: a negative ``timeout`` or a ``limit`` below 1; ``sock``
+            not a :class:`~udpkit.DatagramSocket` or ``message`` not bytes.
     """
+    _check_call("request_all", sock, DatagramSocket, message, _BY_ADDRESS)
     _check_timing(timeout, 0)
     if limit < 1:
         raise UsageError(f"invalid limit {limit!r}: must be 1 or more replies")
@@ -207,7 +235,12 @@ def stream_request(
 
     Raises:
         Timeout: nothing arrived within ``timeout`` seconds.
+        UsageError: ``conn`` not a :class:`~udpkit.StreamSocket` (from
+            :func:`udpkit.tcp_connect`) or ``message`` not bytes.
     """
+    from udpkit._net.stream import StreamSocket
+
+    _check_call("stream_request", conn, StreamSocket, message, " (from udpkit.tcp_connect)")
     _check_timing(timeout, 0)
     conn.send_all(message)
     deadline = time.monotonic() + timeout

@@ -199,6 +199,11 @@ class DatagramServer(_Metrics):
         policy: Policy | None = None,
         recorder: Recorder | None = None,
     ) -> None:
+        if not isinstance(sock, DatagramSocket):
+            raise UsageError(
+                f"DatagramServer() takes a udpkit DatagramSocket, not {type(sock).__name__} "
+                f"{sock!r:.60} (from udpkit.udp_bind(host, port) or udpkit.bind_server(...))"
+            )
         self.sock = sock
         self.count = count
         self.recorder = recorder
@@ -299,6 +304,11 @@ class StreamServer(_Metrics):
         count: int | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
+        if not isinstance(listener, StreamListener):
+            raise UsageError(
+                f"StreamServer() takes a udpkit StreamListener, not {type(listener).__name__} "
+                f"{listener!r:.60} (from udpkit.tcp_listen(host, port))"
+            )
         self.listener = listener
         self.handler = handler
         self.bufsize = bufsize
