@@ -69,10 +69,9 @@ class RelayStats:
         }
 
 
-# Always shown (what parsers of the summary may rely on), then the rarer kinds
+# Always shown, in this order (parsers of the summary read ``out=N lost=N``), then the rarer kinds
 # only when they happened: a line stays readable when one fault is on.
 _IMPAIR_KEYS = (
-    "held",
     "lost",
     "duplicated",
     "reordered",
@@ -81,6 +80,7 @@ _IMPAIR_KEYS = (
     "queue_drop",
     "overflow",
     "abandoned",
+    "held",
 )
 _IMPAIR_RARE = ("blackout_drop", "mtu_drop", "truncated", "corrupted", "drained")
 
