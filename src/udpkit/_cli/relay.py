@@ -268,9 +268,10 @@ def _route_lines(relay: Relay) -> str:
             for ph, pc in doc["phases"].items():
                 lines.append(
                     f"udpkit relay:   phase {ph}: up in={pc.get('up_in', 0)} "
-                    f"out={pc.get('up_out', 0)} lost={pc.get('up_lost', 0)}; "
+                    f"out={pc.get('up_out', 0)} lost={pc.get('up_lost', 0)} "
+                    f"blackout={pc.get('up_blackout_drop', 0)}; "
                     f"down in={pc.get('down_in', 0)} out={pc.get('down_out', 0)} "
-                    f"lost={pc.get('down_lost', 0)}"
+                    f"lost={pc.get('down_lost', 0)} blackout={pc.get('down_blackout_drop', 0)}"
                 )
     return "".join(line + "\n" for line in lines)
 
