@@ -968,6 +968,12 @@ def _fmt_rate(x: float | None) -> str:
     return f"{x / 1e6:.2f} M/s" if x >= 1e6 else f"{x / 1e3:.0f} k/s"
 
 
+def default_json() -> Path:
+    """Where a run saves its figures unless ``--json`` says: the user's cache, not the tree."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "udpkit" / "bench" / "latest.json"
+
+
 def _find(results: list[dict[str, Any]], **kw: Any) -> dict[str, Any] | None:
     for r in results:
         if all(r.get(k) == v for k, v in kw.items()):
@@ -1542,7 +1548,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "C-gso (C sendmmsg+GSO, the fastest); default all three",
     )
     p.add_argument("--sizes", default="64,1400")
-    p.add_argument("--json", default=str(HERE / "results" / "latest.json"))
+    p.add_argument(
+        "--json",
+        default=str(default_json()),
+        help="where to save the figures (default: %(default)s, outside the repository, so a\n"
+        "run never dirties the tree; benchmarks/results/ holds the committed reference runs)",
+    )
     args = p.parse_args(argv)
     seconds = args.seconds or (0.5 if args.smoke else 1.0 if args.quick else 3.0)
     only = {x.strip() for x in args.only.split(",") if x.strip()}
