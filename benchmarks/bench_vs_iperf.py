@@ -139,7 +139,7 @@ def run_iperf3(seconds: float) -> dict[str, Any]:
         "lost_sender_datagrams": None,
         "lost_path_datagrams": None,
         "lost_receiver_kernel_datagrams": None,
-        "unexplained_lost_datagrams": int(s["lost_packets"]),  # iperf3 cannot say where
+        "path_lost_datagrams": int(s["lost_packets"]),  # iperf3 cannot say where
     }
 
 
@@ -197,7 +197,7 @@ def run_udpkit(seconds: float) -> dict[str, Any]:
         "lost_sender_datagrams": fwd["lost_sender_datagrams"],
         "lost_path_datagrams": fwd["lost_path_datagrams"],
         "lost_receiver_kernel_datagrams": fwd["lost_receiver_kernel_datagrams"],
-        "unexplained_lost_datagrams": t["unexplained_lost_datagrams"],
+        "path_lost_datagrams": t["path_lost_datagrams"],
     }
 
 
@@ -242,7 +242,7 @@ def main() -> int:
         print(
             f"{r['tool']:<46}{_fmt(r['send_datagrams_per_s']):>12}"
             f"{_fmt(r['receive_datagrams_per_s']):>12}{_fmt(r['lost_datagrams']):>10}"
-            f"  {split:<22}{_fmt(r['unexplained_lost_datagrams']):>11}"
+            f"  {split:<22}{_fmt(r['path_lost_datagrams']):>11}"
         )
     if doc["received_rate_ratio"] is not None:
         print(f"udpkit bench / iperf3 received rate: {doc['received_rate_ratio']:.2f}x")

@@ -942,7 +942,7 @@ def bench_case(seconds: float) -> list[dict[str, Any]]:
                 rate=r["receive_datagrams_per_s"],
                 sent_rate=r["send_datagrams_per_s"],
                 lost=r["lost_datagrams"],
-                unexplained=r["unexplained_lost_datagrams"],
+                unexplained=r["path_lost_datagrams"],
             )
         rows.append(row)
     return rows
@@ -1180,7 +1180,7 @@ def ratios(results: list[dict[str, Any]], sizes: Sequence[int]) -> list[dict[str
     add("bench 64B received/s bench/iperf3", ub, ib, "rate", 1.5)
     if out[-1]["value"] is not None and ub is not None:
         unexplained = ub.get("unexplained")
-        out[-1]["note"] = f"bench unexplained loss {unexplained} (target 0)"
+        out[-1]["note"] = f"bench lost on the path {unexplained} (target 0)"
         out[-1]["met"] = bool(out[-1]["met"]) and unexplained == 0
     return out
 

@@ -100,7 +100,7 @@ def test_reflector_counts_are_exact_per_direction(family: Family, fast: bool | N
     assert (
         t["rtt_samples_count"] == 3000 and 0 < t["rtt_p50_ms"] <= t["rtt_p99_ms"] <= t["rtt_max_ms"]
     )
-    assert t["unexplained_lost_datagrams"] == 0
+    assert t["path_lost_datagrams"] == 0
     run_id = doc["flows"][0]["run_id"]
     assert refl.runs[run_id].tracker.unique == 3000 and refl.runs[run_id].echoed == 3000
 
@@ -230,7 +230,7 @@ def test_cli_table_and_live_rows(family: Family) -> None:
     text = res.stdout.decode()
     assert text.count(" s ") >= 3  # live rows
     assert "forward" in text and "round trip" in text and "rtt ms:" in text
-    assert "unexplained loss 0" in text
+    assert "lost on the path 0" in text
 
 
 def test_cli_plot(tmp_path: Path) -> None:

@@ -227,7 +227,7 @@ def test_a_stop_prints_the_table_of_what_ran(reflect_port: int, sig: int, code: 
     name = signal.Signals(sig).name
     head = next(line for line in text.splitlines() if line.startswith("udpkit bench: "))
     assert head.endswith(f"(stopped by {name})"), head
-    assert "round trip" in text and "rtt ms:" in text and "unexplained loss 0" in text
+    assert "round trip" in text and "rtt ms:" in text and "lost on the path 0" in text
 
 
 def test_sigterm_prints_the_json_document_with_the_partial_intervals(reflect_port: int) -> None:

@@ -351,7 +351,7 @@ def test_clean_relay_is_invisible(reflect_port: int) -> None:
         assert (b["sent_datagrams"], b["unique_datagrams"], b["lost_datagrams"]) == (3000,) * 2 + (
             0,
         )
-    assert total["unexplained_lost_datagrams"] == 0
+    assert total["path_lost_datagrams"] == 0
     # Probes plus the control exchange: the relay forwarded all it received.
     assert counters.up["in"] == counters.up["out"] and counters.down["in"] == counters.down["out"]
     assert counters.up["in"] >= 3000 and counters.down["in"] >= 3000

@@ -145,7 +145,7 @@ def _flow_doc(f: FlowResult, peer: str, cfg: BenchConfig, seconds: float) -> _Do
     paths = [doc[k]["lost_path_datagrams"] for k in ("forward", "return") if doc[k] is not None]
     if peer == "echo":
         paths = [doc["round_trip"]["lost_path_datagrams"]]
-    doc["unexplained_lost_datagrams"] = sum(paths)
+    doc["path_lost_datagrams"] = sum(paths)
     return doc
 
 
@@ -230,7 +230,7 @@ def bench_document(result: BenchResult, stopped_by: str | None = None) -> _Doc:
     for key in ("forward", "return", "round_trip"):
         total[key] = _sum_dirs([d[key] for d in flows])
     total.update(_rtt(hist, cfg.one_way))
-    total["unexplained_lost_datagrams"] = sum(d["unexplained_lost_datagrams"] for d in flows)
+    total["path_lost_datagrams"] = sum(d["path_lost_datagrams"] for d in flows)
     total["send_idle_ratio"] = round(min(result.send_idle_seconds / secs, 1.0), 6) if secs else 0.0
     return {
         "version": 1,
@@ -357,7 +357,8 @@ def format_table(doc: _Doc, icmp: dict[str, int] | None = None) -> str:
         extra.append(f"ICMP errors {t['icmp_errors_count']}")
     if t["malformed_datagrams"]:
         extra.append(f"{t['malformed_datagrams']} malformed replies")
-    extra.append(f"unexplained loss {t['unexplained_lost_datagrams']}")
+    # Lost between the two sockets, in neither kernel's count: a relay, a router or the wire.
+    extra.append(f"lost on the path {t['path_lost_datagrams']}")
     lines.append("; ".join(extra))
     fl = doc["flows"]
     for f in fl:
