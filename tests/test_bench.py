@@ -34,7 +34,7 @@ from tests._proc import (
 )
 from tests.conftest import needs_tool
 
-from udpkit._cli.bench import bench_document
+from udpkit._cli.benchreport import bench_document
 from udpkit._core.errors import NetworkError, UsageError
 from udpkit._core.probe import HEADER_SIZE, Kind, build_probe, build_report_request
 from udpkit._loops.bench import BenchConfig, parse_bench_rate, run_bench

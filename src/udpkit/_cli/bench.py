@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from udpkit._cli import options
-from udpkit._cli.benchreport import bench_document
 from udpkit._cli.common import SubParsers, Writer, add_command, destination, lone_port
 from udpkit._cli.common import family as _family
 from udpkit._core import units
@@ -33,7 +32,7 @@ if TYPE_CHECKING:
     from udpkit._loops.bench import BenchConfig, BenchResult
     from udpkit._loops.reflect import Reflector
 
-__all__ = ["add_parser", "bench_command", "bench_document", "config_from_args", "run_reflect"]
+__all__ = ["add_parser", "bench_command", "config_from_args", "run_reflect"]
 
 DEFAULT_REFLECT_PORT = "5202"
 
@@ -410,7 +409,7 @@ def _print_run(
     under-rate note on stderr, then the plot."""
     import json
 
-    from udpkit._cli.benchreport import format_table, icmp_errors, plot
+    from udpkit._cli.benchreport import bench_document, format_table, icmp_errors, plot
 
     doc = bench_document(result, by)
     table = format_table(doc, icmp_errors(result))
