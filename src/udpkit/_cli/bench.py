@@ -14,14 +14,20 @@ text itself (JSON document, rows, table, plot) is :mod:`udpkit._cli.benchreport`
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from udpkit._cli import options
-from udpkit._cli.common import SubParsers, Writer, add_command, destination, lone_port
+from udpkit._cli.common import (
+    GuardedOutput,
+    SubParsers,
+    Writer,
+    add_command,
+    destination,
+    lone_port,
+)
 from udpkit._cli.common import family as _family
 from udpkit._core import units
 from udpkit._core.errors import UsageError
@@ -288,62 +294,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 # ---------------------------------------------------------------- the run and its stop
 
 
-class _Blocked(Exception):
-    """A write to stdout hung past a stop (a full pipe nobody reads)."""
-
-
 _UNBLOCK_AFTER = 0.3  # seconds a stopped run gives a hung write to stdout
-
-
-class _Output:
-    """stdout for a run that may be stopped: a write that hangs after a stop is broken
-    off, and a closed pipe is noted (``closed``) instead of raised.
-
-    The break is SIGALRM, armed by :meth:`stopped` while a write hangs, or before
-    the last write of a stopped run (:meth:`write` with ``bounded``): a full pipe
-    nobody reads (``udpkit bench ... | sleep 60``) never holds a stop past a second.
-    """
-
-    def __init__(self, out: Writer) -> None:
-        self._out = out
-        self._writing = False
-        self.closed = False
-
-    def write(self, text: str, *, bounded: bool = False) -> bool:
-        """Write ``text``; False (and ``closed``) when the pipe is closed or hung."""
-        if self.closed:
-            return False
-        self._writing = True
-        try:
-            if bounded:
-                signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
-            self._out.write(text)
-        except (BrokenPipeError, _Blocked):
-            self.closed = True
-        finally:
-            self._writing = False
-            if bounded:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-        return not self.closed
-
-    def stopped(self) -> None:
-        """Called by the stop handler: a write that hangs now is broken off soon."""
-        if self._writing:
-            signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
-
-    def _on_alarm(self, _signum: int, _frame: object) -> None:
-        if self._writing:
-            raise _Blocked
-
-    @contextlib.contextmanager
-    def breaking_off(self) -> Iterator[None]:
-        """While the block runs, the alarm breaks off a hung write."""
-        old = signal.signal(signal.SIGALRM, self._on_alarm)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
 
 
 def bench_command(args: argparse.Namespace, out: Writer, err: Writer) -> int:
@@ -370,8 +321,10 @@ def bench_command(args: argparse.Namespace, out: Writer, err: Writer) -> int:
                 f"--plot {args.plot!r} needs matplotlib: pip install matplotlib"
             ) from None
     stop = threading.Event()
-    stdout = _Output(out)
-    live = None if args.quiet else (_Output(err) if args.json else stdout)
+    # A full pipe nobody reads (``udpkit bench ... | sleep 60``) never holds a stop
+    # past a second: a write hanging then, and the figures' write, are broken off.
+    stdout = GuardedOutput(out, _UNBLOCK_AFTER)
+    live = None if args.quiet else (GuardedOutput(err, _UNBLOCK_AFTER) if args.json else stdout)
     header = [False]
 
     def on_rows(rows: list[IntervalRow]) -> None:
@@ -403,7 +356,11 @@ def bench_command(args: argparse.Namespace, out: Writer, err: Writer) -> int:
 
 
 def _print_run(
-    args: argparse.Namespace, result: BenchResult, by: str | None, stdout: _Output, err: Writer
+    args: argparse.Namespace,
+    result: BenchResult,
+    by: str | None,
+    stdout: GuardedOutput,
+    err: Writer,
 ) -> None:
     """The figures: on stdout, or on stderr when stdout is closed or hung; then the
     under-rate note on stderr, then the plot."""

@@ -8,11 +8,14 @@ command's start-up does not pay for another's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, Protocol, TextIO, TypeAlias
 
 from udpkit._core.errors import UsageError
@@ -31,7 +34,11 @@ __all__ = [
     "EXIT_USAGE",
     "FORMATS",
     "FORMAT_ALIASES",
+    "OUTPUT_BLOCKED",
+    "OUTPUT_CLOSED",
+    "GuardedOutput",
     "Out",
+    "OutputBlocked",
     "Parser",
     "SubParsers",
     "Writer",
@@ -252,6 +259,97 @@ def destination(host: str, port: str | None, command: str) -> tuple[str, str]:
         if split_host:
             return split_host, split_port
     raise UsageError(f"missing PORT: write udpkit {command} {host or 'HOST'} PORT")
+
+
+OUTPUT_CLOSED = "output closed"  # GuardedOutput.closed: the reader has gone
+OUTPUT_BLOCKED = "output blocked"  # GuardedOutput.closed: a write hung past a stop
+
+
+class OutputBlocked(Exception):
+    """A write still hung when the time a stop allows it ran out (a full pipe nobody reads)."""
+
+
+class GuardedOutput:
+    """Output (stdout) that neither a closed nor a stuck reader holds past a stop.
+
+    A closed pipe (``udpkit serve | head -2``) or a write broken off after a stop
+    (``udpkit bench ... | sleep 60``) makes :meth:`write` return False: ``closed``
+    says why (:data:`OUTPUT_CLOSED`, :data:`OUTPUT_BLOCKED`), ``on_closed(why)`` is
+    called (it may raise), and nothing more is written.
+
+    The break is SIGALRM (within :meth:`breaking_off`): the stop handler calls
+    :meth:`stopped`, which gives a write hanging then ``unblock_after`` seconds
+    before :class:`OutputBlocked` is raised out of it.  ``write(bounded=True)``
+    gives one write the same (a stopped run's last words).  With ``shared``, the
+    seconds after the first stop are shared by every write from then on, not only
+    the one hanging when it came (serve: the drain of what is queued prints too).
+    """
+
+    def __init__(
+        self,
+        out: Writer,
+        unblock_after: float,
+        *,
+        shared: bool = False,
+        on_closed: Callable[[str], None] | None = None,
+    ) -> None:
+        self._out = out
+        self._unblock_after = unblock_after
+        self._shared = shared
+        self._on_closed = on_closed
+        self.closed: str | None = None  # why nothing more is written
+        self._writing = False
+        self._deadline: float | None = None  # shared: monotonic end of the writes' time
+
+    def write(self, text: str, *, bounded: bool = False) -> bool:
+        """Write ``text``; False (and ``closed``) when the pipe is closed or hung."""
+        if self.closed is not None:
+            return False
+        if self._deadline is not None:  # stopping: what is left of the shared time
+            left = self._deadline - time.monotonic()
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+        elif bounded:
+            signal.setitimer(signal.ITIMER_REAL, self._unblock_after)
+        self._writing = True
+        try:
+            self._out.write(text)
+        except BrokenPipeError:
+            why = OUTPUT_CLOSED
+        except OutputBlocked:
+            why = OUTPUT_BLOCKED
+        else:
+            return True
+        finally:
+            self._writing = False
+            if bounded:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        self.closed = why
+        if self._on_closed is not None:
+            self._on_closed(why)
+        return False
+
+    def stopped(self) -> None:
+        """Called by the stop handler: a write that hangs now is broken off soon."""
+        if self._shared:
+            if self._deadline is not None:
+                return
+            self._deadline = time.monotonic() + self._unblock_after
+        if self._writing:
+            signal.setitimer(signal.ITIMER_REAL, self._unblock_after)
+
+    def _on_alarm(self, _signum: int, _frame: object) -> None:
+        if self._writing:
+            raise OutputBlocked
+
+    @contextlib.contextmanager
+    def breaking_off(self) -> Iterator[None]:
+        """While the block runs, the alarm breaks off a hung write."""
+        old = signal.signal(signal.SIGALRM, self._on_alarm)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
 
 
 def quiet_stdout() -> None:

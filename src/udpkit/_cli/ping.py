@@ -12,13 +12,18 @@ the command costs no start-up, and ``--help`` loads no socket code.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from udpkit._cli import options
-from udpkit._cli.common import SubParsers, Writer, add_command, destination, family
+from udpkit._cli.common import (
+    GuardedOutput,
+    SubParsers,
+    Writer,
+    add_command,
+    destination,
+    family,
+)
 
 if TYPE_CHECKING:
     from udpkit._core.pingstats import PingEvent, PingResult
@@ -199,51 +204,12 @@ def ping_document(
     return doc
 
 
-class _Blocked(Exception):
-    """A stop signal came while a write to stdout hung (a full pipe nobody reads)."""
-
-
 _UNBLOCK_AFTER = 0.5  # seconds a stopped run waits for a hung write to stdout
 
 
-class _Stdout:
-    """Writes to ``out`` that a stop breaks off when one hangs.
-
-    A stop that lands while a write hangs (``udpkit ping ... | sleep 60``)
-    arms a timer; if the write still hangs when it fires, :class:`_Blocked`
-    is raised out of it.  The timer is SIGALRM: :func:`on_signals` handles the
-    stops, this class only the alarm.
-    """
-
-    def __init__(self, out: Writer) -> None:
-        self._out = out
-        self._writing = False
-
-    def write(self, text: str) -> None:
-        self._writing = True
-        try:
-            self._out.write(text)
-        finally:
-            self._writing = False
-
-    def stopped(self) -> None:
-        """Called by the stop handler: a write that hangs now has its time counted."""
-        if self._writing:
-            signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
-
-    def _on_alarm(self, _signum: int, _frame: object) -> None:
-        if self._writing:
-            raise _Blocked
-
-    @contextlib.contextmanager
-    def breaking_off(self) -> Iterator[None]:
-        """While the block runs, the alarm breaks off a hung write."""
-        old = signal.signal(signal.SIGALRM, self._on_alarm)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+def _gone(why: str) -> NoReturn:
+    """stdout is closed, or hung when a stop came: the run ends (its statistics on stderr)."""
+    raise BrokenPipeError(why)
 
 
 def run_ping(args: argparse.Namespace, out: Writer, err: Writer) -> int:
@@ -267,7 +233,9 @@ def run_ping(args: argparse.Namespace, out: Writer, err: Writer) -> int:
     busy: int = args.busy_poll
     if busy == _WHOLE_WAIT:
         busy = round((timeout or max(1.0, interval)) * 1e6)
-    stdout = _Stdout(out)
+    # A stop that lands while a write hangs (``udpkit ping ... | sleep 60``) breaks
+    # it off; that, or a closed pipe, raises BrokenPipeError out of the write.
+    stdout = GuardedOutput(out, _UNBLOCK_AFTER, on_closed=_gone)
     with Pinger(
         target[0],
         target[1],
@@ -286,7 +254,7 @@ def run_ping(args: argparse.Namespace, out: Writer, err: Writer) -> int:
         with stdout.breaking_off(), on_signals(stop) as stopped:
             try:
                 received = _report(args, pinger, target, stdout, err, stopped=stopped)
-            except (BrokenPipeError, _Blocked):
+            except BrokenPipeError:
                 err.write(summary(_shown(*target), pinger.result()))
                 raise BrokenPipeError from None
     return 0 if received else 1
@@ -296,7 +264,7 @@ def _report(
     args: argparse.Namespace,
     pinger: Pinger,
     target: tuple[str, str],
-    stdout: _Stdout,
+    stdout: GuardedOutput,
     err: Writer,
     *,
     stopped: list[int],

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from udpkit._cli import common, options
@@ -24,11 +23,7 @@ if TYPE_CHECKING:
 _UNBLOCK_AFTER = 0.25  # seconds stdout may hold serve up once a stop came
 
 
-class _Blocked(Exception):
-    """A write to stdout still hung when the time a stop allows it ran out."""
-
-
-class _Output:
+class _Output(common.GuardedOutput):
     """stdout for the banner and the datagrams: a closed or stuck reader never
     keeps serve from stopping, nor from printing its summary.
 
@@ -42,53 +37,13 @@ class _Output:
     """
 
     def __init__(self, out: _Out) -> None:
-        self._out = out
+        super().__init__(out, _UNBLOCK_AFTER, shared=True, on_closed=self._closed)
         self.stop_servers: Callable[[], None] = lambda: None
-        self.closed: str | None = None  # why nothing more is written
-        self._writing = False
-        self._deadline: float | None = None  # monotonic end of the writes' time after a stop
 
-    def write(self, text: str) -> None:
-        if self.closed is not None:
-            return
-        if self._deadline is not None:  # stopping: what is left of the budget
-            left = self._deadline - time.monotonic()
-            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
-        self._writing = True
-        try:
-            self._out.write(text)
-        except BrokenPipeError:
-            self._close("output closed")
-            self.stop_servers()
-        except _Blocked:
-            self._close("output blocked")
-        finally:
-            self._writing = False
-
-    def _close(self, why: str) -> None:
-        self.closed = why
+    def _closed(self, why: str) -> None:
         common.quiet_stdout()  # the final flush must neither fail nor hang
-
-    def stopped(self) -> None:
-        """Called by the stop handler: from now on writes have their time counted."""
-        if self._deadline is None:
-            self._deadline = time.monotonic() + _UNBLOCK_AFTER
-            if self._writing:
-                signal.setitimer(signal.ITIMER_REAL, _UNBLOCK_AFTER)
-
-    def _on_alarm(self, _signum: int, _frame: object) -> None:
-        if self._writing:
-            raise _Blocked
-
-    @contextlib.contextmanager
-    def breaking_off(self) -> Iterator[None]:
-        """While the block runs, the alarm breaks off a hung write (in workers too)."""
-        old = signal.signal(signal.SIGALRM, self._on_alarm)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+        if why == common.OUTPUT_CLOSED:
+            self.stop_servers()
 
 
 # ---------------------------------------------------------------- arguments
