@@ -235,7 +235,7 @@ def run_ping(args: argparse.Namespace, out: Writer, err: Writer) -> int:
         busy = round((timeout or max(1.0, interval)) * 1e6)
     # A stop that lands while a write hangs (``udpkit ping ... | sleep 60``) breaks
     # it off; that, or a closed pipe, raises BrokenPipeError out of the write.
-    stdout = GuardedOutput(out, _UNBLOCK_AFTER, on_closed=_gone)
+    stdout = GuardedOutput(out, _UNBLOCK_AFTER, on_closed=_gone, shared=True)
     with Pinger(
         target[0],
         target[1],
