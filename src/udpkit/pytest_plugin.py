@@ -19,12 +19,15 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from udpkit._core.relaystats import RelayStats
-from udpkit._loops.relay import Relay
+# Every pytest run in an environment with udpkit loads this plugin: the relay
+# itself loads only when a test asks for the fixture.
+if TYPE_CHECKING:
+    from udpkit._core.relaystats import RelayStats
+    from udpkit._loops.relay import Relay
 
 __all__ = ["RelayHandle", "udp_relay"]
 
@@ -33,11 +36,13 @@ class RelayHandle:
     """A running relay for one test: its address, its faults, its counters."""
 
     def __init__(self, target: tuple[str, int], seed: int | None, **relay_kw: Any) -> None:
+        from udpkit._loops.relay import Relay
+
         host = target[0]
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
-        self.relay = Relay(self._sock, tuple(target), name="relay", seed=seed, **relay_kw)  # type: ignore[arg-type]
+        self.relay: Relay = Relay(self._sock, tuple(target), name="relay", seed=seed, **relay_kw)  # type: ignore[arg-type]
         self.final: RelayStats | None = None
         self._thread = threading.Thread(target=self._run, name="udp_relay", daemon=True)
         self._thread.start()
