@@ -69,6 +69,7 @@ exit codes:
   1  network or runtime error: port in use, nothing listening, permission denied
   2  bad arguments or input
   3  no reply before the timeout
+  130, 143  bench, connect and listen ended by SIGINT or SIGTERM (summary printed)
 """
 
 DEFAULT_HOST = "127.0.0.1"

@@ -6,10 +6,11 @@ arguments (``add_parser``), maps errors to exit codes, and imports a command's
 what they share lives in :mod:`udpkit._cli.common` and :mod:`udpkit._cli.options`.
 
 Exit codes (also in ``udpkit --help`` and the README):
-  0  success (and ``serve`` stopped by SIGINT/SIGTERM)
+  0  success (and ``serve``, ``relay``, ``reflect`` stopped by SIGINT/SIGTERM)
   1  network or runtime error: port in use, nothing listening, permission denied
   2  bad arguments or input
   3  no reply before the timeout
+  130, 143  ``bench``, ``connect`` and ``listen`` ended by SIGINT/SIGTERM
 """
 
 from __future__ import annotations
