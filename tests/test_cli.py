@@ -1106,3 +1106,24 @@ def test_command_modules_do_not_import_the_dispatcher() -> None:
             if isinstance(node, ast.ImportFrom):
                 names = [node.module or "", *(f"{node.module}.{a.name}" for a in node.names)]
                 assert "udpkit._cli.main" not in names, path.name
+
+
+@pytest.mark.parametrize(
+    ("argv", "want"),
+    [
+        (["bench", "127.0.0.1", "-t", "1", "5300"], {"host": "127.0.0.1", "port": "5300"}),
+        (["bench", "-t", "1", "127.0.0.1", "5300"], {"host": "127.0.0.1", "port": "5300"}),
+        (
+            ["send", "127.0.0.1", "--timeout", "1", "5005", "hi"],
+            {"args": ["127.0.0.1", "5005", "hi"]},
+        ),
+        (["ping", "127.0.0.1", "-c", "2", "5005"], {"host": "127.0.0.1", "port": "5005"}),
+    ],
+)
+def test_options_may_stand_between_positionals(argv: list[str], want: dict[str, object]) -> None:
+    """`bench HOST -t 1 PORT` broke once PORT became optional (argparse filled PORT
+    with nothing before the option); nc and iperf3 take options anywhere."""
+    from udpkit._cli.main import build_parser
+
+    args = build_parser().parse_args(argv)
+    assert {k: getattr(args, k) for k in want} == want

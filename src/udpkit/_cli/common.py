@@ -111,11 +111,23 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr and exit code 2, and an
     option whose value may be left out does not swallow a positional argument."""
 
+    _mixing = False  # inside parse_known_intermixed_args, which calls back here
+
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        argv = sys.argv[1:] if args is None else list(args)
-        return super().parse_known_args(self._bare_options_last(argv), namespace)
+        argv = self._bare_options_last(sys.argv[1:] if args is None else list(args))
+        if self._mixing or self._subparsers is not None:
+            return super().parse_known_args(argv, namespace)
+        # A command's options may stand between its positionals, as nc's and
+        # iperf3's do (`udpkit bench HOST -t 1 PORT`): options first, then the rest.
+        self._mixing = True
+        try:
+            return super().parse_known_intermixed_args(argv, namespace)
+        except TypeError:  # a parser argparse cannot read intermixed: read it in order
+            return super().parse_known_args(argv, namespace)
+        finally:
+            self._mixing = False
 
     def _bare_options_last(self, argv: list[str]) -> list[str]:
         """Move an option with an optional value (``--busy-poll [US]``) after the
