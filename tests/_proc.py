@@ -309,3 +309,25 @@ def datagram_client(
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         for data in payloads:
             s.sendto(data, (host, port))
+
+
+def run_piped_into_head(argv: Sequence[str], port: int, payload: bytes) -> tuple[int, bytes, bytes]:
+    """Run ``argv | head -1`` through a shell, sending ``payload`` to 127.0.0.1:``port``
+    every 50 ms until the pipeline ends (bounded by STEP); ``(returncode, out, err)``
+    of the pipeline, whose process group is killed if it outlives the bound."""
+    cmd = " ".join(repr(a) for a in argv) + " | head -1"
+    proc = subprocess.Popen(
+        ["sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + STEP
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            while proc.poll() is None and time.monotonic() < deadline:
+                c.sendto(payload, ("127.0.0.1", port))
+                time.sleep(0.05)
+        out, err = proc.communicate(timeout=STEP)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group this helper created
+        end_process(proc)
+    return proc.returncode, out, err

@@ -32,6 +32,7 @@ try:
         one_line_error,
         port_is_free,
         run,
+        run_piped_into_head,
         serving,
     )
 except ModuleNotFoundError:  # plain `pytest` puts tests/, not the repo, on sys.path
@@ -46,6 +47,7 @@ except ModuleNotFoundError:  # plain `pytest` puts tests/, not the repo, on sys.
         one_line_error,
         port_is_free,
         run,
+        run_piped_into_head,
         serving,
     )
 
@@ -291,22 +293,8 @@ def test_serve_ends_quietly_when_stdout_closes() -> None:
 def test_serve_piped_into_head() -> None:
     """The literal ``udpkit serve | head -1`` through a shell."""
     port = free_port(socket.AF_INET, "127.0.0.1")
-    cmd = " ".join([*UDPKIT, "serve", "127.0.0.1", str(port)]) + " | head -1"
-    proc = subprocess.Popen(
-        ["sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + STEP
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-            while proc.poll() is None and time.monotonic() < deadline:
-                c.sendto(b"ping", ("127.0.0.1", port))
-                time.sleep(0.05)
-        out, err = proc.communicate(timeout=STEP)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group this test created
-        end_process(proc)
-    assert proc.returncode == 0
+    code, out, err = run_piped_into_head([*UDPKIT, "serve", "127.0.0.1", str(port)], port, b"ping")
+    assert code == 0
     assert out == b"UDP server up and listening\n"
     assert b"Traceback" not in err
     assert b"Exception ignored" not in err

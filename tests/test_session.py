@@ -34,6 +34,7 @@ try:
         _popen_sigint_default,
         end_process,
         free_port,
+        run_piped_into_head,
         serving,
     )
     from tests.conftest import needs_tool
@@ -46,6 +47,7 @@ except ModuleNotFoundError:  # plain `pytest` puts tests/, not the repo, on sys.
         _popen_sigint_default,
         end_process,
         free_port,
+        run_piped_into_head,
         serving,
     )
     from conftest import needs_tool  # type: ignore[import-not-found,no-redef]
@@ -288,22 +290,8 @@ def test_listen_count_ends_after_n_datagrams() -> None:
 def test_a_closed_output_pipe_ends_quietly_with_the_summary() -> None:
     """`udpkit listen PORT | head -1`: the summary still reaches stderr."""
     port = free_port(socket.AF_INET, "127.0.0.1")
-    cmd = " ".join([*(repr(a) for a in SESSION), "listen", str(port)]) + " | head -1"
-    proc = subprocess.Popen(
-        ["sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + STEP
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-            while proc.poll() is None and time.monotonic() < deadline:
-                c.sendto(b"ping\n", ("127.0.0.1", port))
-                time.sleep(0.05)
-        out, err = proc.communicate(timeout=STEP)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group this test created
-        end_process(proc)
-    assert proc.returncode == 0
+    code, out, err = run_piped_into_head([*SESSION, "listen", str(port)], port, b"ping\n")
+    assert code == 0
     assert out == b"ping\n"
     assert SUMMARY.search(err), err
     assert b"Traceback" not in err and b"Exception ignored" not in err
